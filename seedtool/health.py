@@ -1,0 +1,265 @@
+"""NIST SP 800-90B continuous health tests (section 4.4) for raw source output.
+
+Both tests run on every sample a hardware source yields, at C speed: the
+Repetition Count Test looks for a run of C identical samples with a bytes regex,
+the Adaptive Proportion Test counts the window's first sample with `bytes.count`.
+
+Alpha = 2^-20 is a per-sample false-alarm rate, so a perfect source still trips
+the RCT about once per 2^24 byte samples at H = 8. The response defined here:
+a failing block is discarded whole (none of its bytes reach a seed) and counted;
+the source then has to pass a fresh start-up test. A second failure during one
+`HealthMonitor` lifetime (one seed generation) marks the source failed, because two
+false alarms within a few kilobytes have probability below 2^-30.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .errors import HealthTestFailure
+
+ALPHA_LOG2 = -20
+STARTUP_SAMPLES = 1024
+
+
+def rct_cutoff(h: float) -> int:
+    """C = 1 + ceil(-log2(alpha) / H)."""
+    if h <= 0:
+        raise ValueError("min-entropy must be positive")
+    return 1 + math.ceil(-ALPHA_LOG2 / h)
+
+
+@lru_cache(maxsize=64)
+def apt_cutoff(h: float, window: int) -> int:
+    """1 + CRITBINOM(W, 2^-H, 1 - alpha): the smallest count c with P(X >= c) <= alpha.
+
+    X ~ Binomial(W, p) is the number of samples in a window equal to its first sample
+    (SP 800-90B 4.4.2 counts the first sample itself, hence W trials with p = 2^-H).
+    """
+    p = 2.0 ** (-h)
+    alpha = 2.0**ALPHA_LOG2
+    # cumulative distribution, summed in log space for stability
+    log_p, log_q = math.log(p), math.log1p(-p) if p < 1 else float("-inf")
+    cdf = 0.0
+    for k in range(window + 1):
+        if p >= 1:
+            term = 1.0 if k == window else 0.0
+        else:
+            term = math.exp(
+                math.lgamma(window + 1)
+                - math.lgamma(k + 1)
+                - math.lgamma(window - k + 1)
+                + k * log_p
+                + (window - k) * log_q
+            )
+        cdf += term
+        if cdf >= 1 - alpha:
+            return min(window, k + 1)
+    return window
+
+
+def window_for(sample_bits: int) -> int:
+    return 1024 if sample_bits == 1 else 512
+
+
+@dataclass
+class HealthReport:
+    """What the tests saw; safe to record in provenance (no sample values)."""
+
+    samples: int = 0
+    startup_samples: int = 0
+    rct_failures: int = 0
+    apt_failures: int = 0
+    discarded_blocks: int = 0
+    verdict: str = "pass"
+    reason: str = ""
+    cutoffs: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "verdict": self.verdict,
+            "samples": self.samples,
+            "rct_failures": self.rct_failures,
+            "apt_failures": self.apt_failures,
+        }
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+class ByteTester:
+    """RCT + APT over byte samples (8 bits per sample), streaming across chunks."""
+
+    def __init__(self, h: float) -> None:
+        self.h = h
+        self.window = 512
+        self.rct_c = rct_cutoff(h)
+        self.apt_c = apt_cutoff(h, self.window)
+        self._rct_re = re.compile(rb"(.)\1{%d}" % (self.rct_c - 1), re.DOTALL)
+        self._tail = b""  # last rct_c - 1 samples of the previous chunk
+        self._apt_buf = b""  # incomplete APT window carried over
+
+    def reset(self) -> None:
+        self._tail = b""
+        self._apt_buf = b""
+
+    def check(self, chunk: bytes) -> tuple[int, int]:
+        """Return (rct_failures, apt_failures) found in chunk (continuing the stream)."""
+        rct = 0
+        joined = self._tail + chunk
+        if self._rct_re.search(joined) is not None:
+            rct = 1
+        keep = self.rct_c - 1
+        self._tail = joined[-keep:] if keep else b""
+        apt = 0
+        data = self._apt_buf + chunk if self._apt_buf else chunk
+        w, c = self.window, self.apt_c
+        end = len(data) - len(data) % w
+        for start in range(0, end, w):
+            if data.count(data[start : start + 1], start, start + w) >= c:
+                apt += 1
+                break
+        self._apt_buf = data[end:]
+        return rct, apt
+
+
+class BitTester:
+    """RCT + APT over single-bit samples (MSB first within each byte)."""
+
+    def __init__(self, h: float) -> None:
+        self.h = h
+        self.window = 1024
+        self.rct_c = rct_cutoff(h)
+        self.apt_c = apt_cutoff(h, self.window)
+        self._run_bit = -1
+        self._run_len = 0
+        self._apt_buf = b""
+
+    def reset(self) -> None:
+        self._run_bit, self._run_len = -1, 0
+        self._apt_buf = b""
+
+    def _rct(self, chunk: bytes) -> int:
+        # Runs longer than 8 bits need whole 0x00/0xFF bytes, so only those bytes and
+        # their neighbours are examined bit by bit; the rest are skipped in C.
+        bits = int.from_bytes(chunk, "big")
+        nbits = 8 * len(chunk)
+        if nbits == 0:
+            return 0
+        # transitions: positions where bit i differs from bit i+1
+        diff = bits ^ (bits >> 1)
+        # walk transitions from the MSB end using bit_length on the masked diff
+        pos = nbits  # index (from LSB) one past the current bit
+        run_bit, run_len = self._run_bit, self._run_len
+        first_bit = (bits >> (nbits - 1)) & 1
+        if first_bit != run_bit:
+            run_bit, run_len = first_bit, 0
+        mask_all = (1 << (nbits - 1)) - 1  # transitions between bit i and i-1 live below MSB
+        d = diff & mask_all
+        while True:
+            nxt = d.bit_length()  # highest transition below pos
+            length = pos - nxt if nxt else pos
+            run_len += length
+            if run_len >= self.rct_c:
+                self._run_bit, self._run_len = run_bit, 0
+                return 1
+            if not nxt:
+                break
+            pos = nxt
+            run_bit ^= 1
+            run_len = 0
+            d &= (1 << (nxt - 1)) - 1
+        self._run_bit, self._run_len = run_bit, run_len
+        return 0
+
+    def check(self, chunk: bytes) -> tuple[int, int]:
+        rct = self._rct(chunk)
+        apt = 0
+        data = self._apt_buf + chunk
+        wb = self.window // 8
+        end = len(data) - len(data) % wb
+        for start in range(0, end, wb):
+            win = data[start : start + wb]
+            ones = int.from_bytes(win, "big").bit_count()
+            same = ones if win[0] & 0x80 else self.window - ones
+            if same >= self.apt_c:
+                apt += 1
+                break
+        self._apt_buf = data[end:]
+        return rct, apt
+
+
+class HealthMonitor:
+    """Wraps a source's reads: start-up test, continuous tests, response to failures."""
+
+    def __init__(self, name: str, h: float, sample_bits: int = 8, max_failures: int = 1) -> None:
+        self.name = name
+        self.tester: ByteTester | BitTester = (
+            BitTester(h) if sample_bits == 1 else ByteTester(h)
+        )
+        self.sample_bits = sample_bits
+        self.max_failures = max_failures
+        self.report = HealthReport(
+            cutoffs={"rct": self.tester.rct_c, "apt": self.tester.apt_c, "window": self.tester.window}
+        )
+        self._started = False
+
+    def _startup_bytes(self) -> int:
+        return STARTUP_SAMPLES if self.sample_bits == 8 else STARTUP_SAMPLES // 8
+
+    def _fail(self, why: str) -> None:
+        self.report.verdict = "fail"
+        self.report.reason = why
+        raise HealthTestFailure(
+            f"source '{self.name}' failed its health tests ({why}); it contributes nothing. "
+            "Check the device, or lower its assumed min-entropy if it is known to be weaker"
+        )
+
+    def _test(self, block: bytes) -> bool:
+        rct, apt = self.tester.check(block)
+        self.report.samples += len(block) * 8 // self.sample_bits
+        self.report.rct_failures += rct
+        self.report.apt_failures += apt
+        return not (rct or apt)
+
+    def startup(self, read: "ReadFn") -> None:
+        """Run the start-up test on fresh samples, which are then discarded."""
+        n = self._startup_bytes()
+        block = read(n)
+        self.report.startup_samples += n * 8 // self.sample_bits
+        if not self._test(block):
+            self._failure("start-up test")
+        self._started = True
+
+    def _failure(self, where: str) -> None:
+        self.report.discarded_blocks += 1
+        failures = self.report.rct_failures + self.report.apt_failures
+        if failures > self.max_failures:
+            kinds = []
+            if self.report.rct_failures:
+                kinds.append(f"repetition count test x{self.report.rct_failures}")
+            if self.report.apt_failures:
+                kinds.append(f"adaptive proportion test x{self.report.apt_failures}")
+            self._fail(", ".join(kinds) + f" during {where}")
+        self.tester.reset()
+        self._started = False
+
+    def read(self, read: "ReadFn", n: int) -> bytes:
+        """Read n health-tested bytes; a failing block is dropped and re-read once."""
+        while True:
+            if not self._started:
+                self.startup(read)
+                if not self._started:
+                    continue
+            block = read(n)
+            if self._test(block):
+                return block
+            self._failure("continuous testing")
+
+
+from typing import Callable  # noqa: E402
+
+ReadFn = Callable[[int], bytes]

@@ -1,0 +1,52 @@
+"""Registry of entropy sources.
+
+Adding a source means one new module here and one line in `REGISTRY`. Modules are
+imported only when their source is used, so an extra's package (pyusb, boto3,
+google-cloud-kms) is never imported by a command that does not need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import UsageError
+from .base import Availability, Source
+
+#: name -> "module:Class", in the order `seedtool sources` lists them
+REGISTRY: dict[str, str] = {
+    "os": "seedtool.sources.os:OsSource",
+}
+
+
+def source_class(name: str) -> type[Source]:
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        known = ", ".join(REGISTRY)
+        raise UsageError(f"unknown source '{name}'; known sources are: {known}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def make_source(name: str, **options: Any) -> Source:
+    return source_class(name)(**options)
+
+
+def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`NAME` or `NAME:key=value,key=value` -> (name, options)."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    if rest:
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise UsageError(
+                    f"bad source option '{item}' in '{spec}'; write NAME:key=value,key=value"
+                )
+            options[key.strip().replace("-", "_")] = value.strip()
+    source_class(name)  # validate the name early
+    return name, options
+
+
+__all__ = ["REGISTRY", "Availability", "Source", "make_source", "parse_source_spec", "source_class"]
