@@ -1,0 +1,1 @@
+"""Delivery targets: how a seed reaches a VM (user-data, NoCloud ISO, disk image)."""
