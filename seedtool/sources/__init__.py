@@ -16,6 +16,9 @@ from .base import Availability, Source
 #: name -> "module:Class", in the order `seedtool sources` lists them
 REGISTRY: dict[str, str] = {
     "os": "seedtool.sources.os:OsSource",
+    "hwrng": "seedtool.sources.hwrng:HwrngSource",
+    "aws-kms": "seedtool.sources.aws_kms:AwsKmsSource",
+    "gcp-kms": "seedtool.sources.gcp_kms:GcpKmsSource",
 }
 
 
