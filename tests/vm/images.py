@@ -95,6 +95,28 @@ def _run(argv: Sequence[str], what: str, log: Path | None = None) -> None:
         raise ImageBuildError(f"{what} failed (exit {out.returncode}):\n{tail}")
 
 
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        points = [line.split()[1].replace("\\040", " ") for line in f]
+    return sorted((p for p in points if (p + "/").startswith(prefix)), key=len, reverse=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a (possibly half-built) root, first unmounting what debootstrap left mounted.
+
+    A failed debootstrap can leave /proc or /sys mounted inside the target; rmtree
+    must never walk into those.
+    """
+    if not path.exists():
+        return
+    for point in _mounts_under(path):
+        _run(["umount", "--lazy", point], f"unmounting {point}")
+    if _mounts_under(path):
+        raise ImageBuildError(f"{path} still has file systems mounted; unmount them and retry")
+    shutil.rmtree(path)
+
+
 def _root_spec(release: str) -> dict[str, object]:
     return {
         "format": ROOT_FORMAT,
@@ -136,8 +158,7 @@ def base_root(release: str) -> Path:
             marker.unlink()
         partial = roots / f"{release}.partial"
         for stale in (partial, root):
-            if stale.exists():
-                shutil.rmtree(stale)
+            _remove_tree(stale)
         t0 = time.monotonic()
         _run(
             [
