@@ -1,0 +1,376 @@
+"""AWS KMS `GenerateRandom` as an entropy source (extra "aws").
+
+KMS answers GenerateRandom from its HSMs, or from a CloudHSM cluster when a
+CloudHSM key store id is given (`custom_key_store=`). One call returns 1-1024 bytes
+(API reference, GenerateRandom `NumberOfBytes`), so longer reads loop. The bytes are
+the output of the HSM's DRBG, already conditioned: `raw = False`.
+
+boto3 is imported only when this source is actually used, never at import time, so
+commands that do not use KMS neither need nor load it.
+
+`available()` never calls KMS. It resolves the region and walks botocore's standard
+credential chain; every step of that chain is local except the EC2 instance metadata
+lookup, which botocore bounds by `AWS_METADATA_SERVICE_TIMEOUT` (default 1 s, one
+attempt), and which `AWS_EC2_METADATA_DISABLED=true` turns off. Expired session or
+SSO tokens are therefore only found by `read()`, which says so in plain words.
+
+This module must never log or put the bytes KMS returns into an exception. botocore
+logs whole response bodies at DEBUG level (`botocore.parsers`: "Response body"),
+so those records are dropped while this source's own calls are in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import SourceError, UsageError
+from .base import Availability, Source
+
+MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_MAX_ATTEMPTS = 3  # botocore's "standard" retry mode default: 1 call + 2 retries
+
+_CREDENTIALS_FIX = "run aws configure / aws sso login or set AWS_PROFILE"
+_NO_REGION = "no AWS region is set; pass region= or set AWS_REGION (or AWS_DEFAULT_REGION)"
+_OPTIONS = (
+    "region",
+    "profile",
+    "endpoint_url",
+    "custom_key_store",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+    "min_entropy",
+)
+
+# Error codes, as botocore reports them in ClientError.response["Error"]["Code"].
+_BAD_CREDENTIALS = frozenset(
+    {
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "RequestExpired",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "InvalidToken",
+    }
+)
+_ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
+# The same list botocore's standard retry mode treats as throttling.
+_THROTTLED = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+_SERVER_SIDE = frozenset({"KMSInternalException", "DependencyTimeoutException"})
+
+
+class _DropWhileReading(logging.Filter):
+    """Drops a library logger's records made on a thread inside one of our KMS calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "depth", 0)
+
+
+_QUIET = _DropWhileReading()
+_QUIET_LOGGERS = ("botocore.parsers",)
+_quiet_installed = False
+_quiet_lock = threading.Lock()
+
+
+@contextmanager
+def _no_body_logging() -> Iterator[None]:
+    global _quiet_installed
+    with _quiet_lock:
+        if not _quiet_installed:
+            for name in _QUIET_LOGGERS:
+                logging.getLogger(name).addFilter(_QUIET)
+            _quiet_installed = True
+    _QUIET.active.depth = getattr(_QUIET.active, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.active.depth -= 1
+
+
+def _number(options: dict[str, Any], key: str, default: float, kind: type = float) -> Any:
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"aws-kms option {key}= must be a number, not '{value}'"
+        ) from None
+    if out <= 0:
+        raise UsageError(f"aws-kms option {key}= must be greater than zero")
+    return out
+
+
+class AwsKmsSource(Source):
+    name = "aws-kms"
+    description = "AWS KMS GenerateRandom (KMS HSMs, or a CloudHSM key store)"
+    min_entropy = 8.0
+    sample_bits = 8
+    raw = False
+    extra = "aws"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise UsageError(
+                f"unknown aws-kms option '{unknown[0]}'; known options are: {', '.join(_OPTIONS)}"
+            )
+        self.region: str | None = options.get("region") or None
+        self.profile: str | None = options.get("profile") or None
+        self.endpoint_url: str | None = options.get("endpoint_url") or None
+        self.custom_key_store: str | None = options.get("custom_key_store") or None
+        self.connect_timeout: float = _number(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        self.read_timeout: float = _number(options, "read_timeout", DEFAULT_READ_TIMEOUT)
+        self.max_attempts: int = _number(options, "max_attempts", DEFAULT_MAX_ATTEMPTS, int)
+        self._session: Any = None
+        self._client: Any = None
+
+    # -- setting up -------------------------------------------------------------
+
+    def _boto3(self) -> Any:
+        try:
+            import boto3
+        except ImportError:
+            raise SourceError(
+                "the aws-kms source needs boto3; pip install 'seedtool[aws]'"
+            ) from None
+        return boto3
+
+    def _get_session(self) -> Any:
+        if self._session is None:
+            boto3 = self._boto3()
+            from botocore.exceptions import ProfileNotFound
+
+            try:
+                self._session = boto3.session.Session(
+                    profile_name=self.profile, region_name=self.region
+                )
+            except ProfileNotFound:
+                raise SourceError(
+                    f"AWS profile '{self.profile}' is not configured; "
+                    f"run aws configure --profile {self.profile} or pass another profile="
+                ) from None
+        return self._session
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            session = self._get_session()
+            if not session.region_name:
+                raise SourceError(_NO_REGION)
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+            )
+            try:
+                self._client = session.client(
+                    "kms", endpoint_url=self.endpoint_url, config=config
+                )
+            except Exception as e:  # noqa: BLE001 - mapped to one sentence below
+                raise self._translate(e) from None
+        return self._client
+
+    # -- the Source interface ---------------------------------------------------
+
+    def available(self) -> Availability:
+        try:
+            self._boto3()
+        except SourceError as e:
+            return Availability.no(str(e))
+        try:
+            session = self._get_session()
+        except SourceError as e:
+            return Availability.no(str(e))
+        if not session.region_name:
+            return Availability.no(_NO_REGION)
+        try:
+            creds = session.get_credentials()
+        except Exception as e:  # noqa: BLE001 - botocore raises many kinds here
+            return Availability.no(str(self._translate(e)))
+        if creds is None:
+            return Availability.no(f"no AWS credentials were found; {_CREDENTIALS_FIX}")
+        detail = {
+            "region": str(session.region_name),
+            "credentials": str(getattr(creds, "method", "unknown")),
+        }
+        if self.endpoint_url:
+            detail["endpoint"] = self.endpoint_url
+        if self.custom_key_store:
+            detail["custom_key_store"] = self.custom_key_store
+        return Availability.yes(detail)
+
+    def read(self, n: int) -> bytes:
+        if n < 0:
+            raise UsageError("cannot read a negative number of bytes")
+        client = self._get_client()
+        out = bytearray()
+        while len(out) < n:
+            want = min(MAX_PER_CALL, n - len(out))
+            params: dict[str, Any] = {"NumberOfBytes": want}
+            if self.custom_key_store:
+                params["CustomKeyStoreId"] = self.custom_key_store
+            try:
+                with _no_body_logging():
+                    reply = client.generate_random(**params)
+            except Exception as e:  # noqa: BLE001 - mapped to one sentence below
+                raise self._translate(e) from None
+            got = reply.get("Plaintext")
+            if not isinstance(got, (bytes, bytearray)) or len(got) != want:
+                size = len(got) if isinstance(got, (bytes, bytearray)) else 0
+                raise SourceError(
+                    f"AWS KMS returned {size} bytes where {want} were asked; "
+                    "the reply was discarded, check endpoint_url= points at AWS KMS"
+                )
+            out += got
+        return bytes(out)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            client.close()
+
+    # -- errors -----------------------------------------------------------------
+
+    def _where(self) -> str:
+        if self._client is not None:
+            return str(self._client.meta.endpoint_url)
+        return self.endpoint_url or "the AWS KMS endpoint"
+
+    def _translate(self, e: Exception) -> SourceError:
+        """One actionable sentence for anything boto3/botocore raised (never its text)."""
+        try:
+            from botocore import exceptions as bx
+        except ImportError:  # pragma: no cover - boto3 always brings botocore
+            return SourceError(f"AWS KMS failed ({type(e).__name__})")
+
+        if isinstance(e, bx.ClientError):
+            return self._translate_client_error(e)
+        if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            return SourceError(f"no usable AWS credentials were found; {_CREDENTIALS_FIX}")
+        refresh_errors = tuple(
+            getattr(bx, n)
+            for n in (
+                "SSOTokenLoadError",
+                "UnauthorizedSSOTokenError",
+                "TokenRetrievalError",
+                "CredentialRetrievalError",
+                "RefreshWithMFAUnsupportedError",
+                "InvalidConfigError",
+            )
+            if hasattr(bx, n)
+        )
+        if isinstance(e, refresh_errors):
+            return SourceError(
+                f"AWS credentials could not be loaded or refreshed ({type(e).__name__}); "
+                f"{_CREDENTIALS_FIX}"
+            )
+        if isinstance(e, bx.ProfileNotFound):
+            return SourceError(
+                f"AWS profile '{self.profile}' is not configured; "
+                "run aws configure --profile NAME or pass another profile="
+            )
+        if isinstance(e, bx.NoRegionError):
+            return SourceError(_NO_REGION)
+        if isinstance(e, bx.ReadTimeoutError):
+            return SourceError(
+                f"AWS KMS at {self._where()} did not answer within {self.read_timeout:g} s "
+                f"in {self.max_attempts} attempts; check the network or raise read_timeout="
+            )
+        if isinstance(e, (bx.ConnectTimeoutError, bx.EndpointConnectionError)):
+            return SourceError(
+                f"could not connect to AWS KMS at {self._where()} in {self.max_attempts} "
+                "attempts; check the network, region= or endpoint_url= (e.g. a VPC endpoint)"
+            )
+        if isinstance(e, bx.BotoCoreError):
+            return SourceError(
+                f"AWS KMS GenerateRandom failed ({type(e).__name__}) at {self._where()}; "
+                "check the network, region= and endpoint_url="
+            )
+        return SourceError(f"AWS KMS GenerateRandom failed unexpectedly ({type(e).__name__})")
+
+    def _translate_client_error(self, e: Any) -> SourceError:
+        err = e.response.get("Error", {})
+        meta = e.response.get("ResponseMetadata", {})
+        code = str(err.get("Code") or "unknown")
+        status = meta.get("HTTPStatusCode")
+        attempts = int(meta.get("RetryAttempts", 0)) + 1
+        store = self.custom_key_store
+        if code in _BAD_CREDENTIALS:
+            return SourceError(
+                f"AWS did not accept the credentials ({code}); {_CREDENTIALS_FIX}"
+            )
+        if code in _ACCESS_DENIED:
+            return SourceError(
+                "AWS KMS denied GenerateRandom (AccessDeniedException); "
+                "allow kms:GenerateRandom for this identity in an IAM policy"
+            )
+        if code in _THROTTLED:
+            return SourceError(
+                f"AWS KMS kept throttling GenerateRandom ({code}) through {attempts} attempts; "
+                "retry later, raise max_attempts= or ask AWS for a higher KMS request quota"
+            )
+        if code == "CustomKeyStoreInvalidStateException":
+            return SourceError(
+                f"the CloudHSM key store '{store}' is not connected; run "
+                f"aws kms connect-custom-key-store --custom-key-store-id {store} "
+                "and wait until it is CONNECTED"
+            )
+        if code == "CustomKeyStoreNotFoundException":
+            return SourceError(
+                f"AWS KMS has no custom key store '{store}' in {self._region()}; "
+                "check custom_key_store= and region="
+            )
+        if code == "UnsupportedOperationException":
+            return SourceError(
+                f"AWS KMS cannot GenerateRandom in key store '{store}'; "
+                "only CloudHSM key stores support it, so pass a CloudHSM key store id or none"
+            )
+        if code in _SERVER_SIDE or (isinstance(status, int) and status >= 500):
+            return SourceError(
+                f"AWS KMS failed on its side ({code}, HTTP {status}) through {attempts} "
+                "attempts; retry later"
+            )
+        return SourceError(
+            f"AWS KMS refused GenerateRandom ({code}, HTTP {status}); "
+            "check region=, custom_key_store= and endpoint_url="
+        )
+
+    def _region(self) -> str:
+        if self._session is not None and self._session.region_name:
+            return str(self._session.region_name)
+        return self.region or "this region"
+

@@ -1,0 +1,184 @@
+"""A local stand-in for Cloud KMS's REST `generateRandomBytes`, for tests only.
+
+It speaks just enough of the v1 REST surface for the real google-cloud-kms client
+(`transport="rest"`) to talk to it on 127.0.0.1:
+
+    POST /v1/projects/{project}/locations/{location}:generateRandomBytes
+    {"lengthBytes": 8..1024, "protectionLevel": "HSM" | 2}
+    -> 200 {"data": base64, "dataCrc32c": "decimal string"}
+
+Field names and limits follow the public REST reference
+(https://cloud.google.com/kms/docs/reference/rest/v1/projects.locations/generateRandomBytes)
+and the `GenerateRandomBytesRequest/Response` messages in google-cloud-kms. Errors use
+Google's JSON error shape `{"error": {"code", "message", "status"}}`, which the
+client turns into `google.api_core.exceptions` by HTTP status.
+
+Tests script faults with `push()`: each queued `Reply` answers one request, after
+which the fake goes back to answering normally.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/:]+):generateRandomBytes$")
+# protectionLevel may arrive as the enum name or, with numeric enums, its number.
+_HSM = ("HSM", 2)
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bit by bit: deliberately not the table-driven code under test."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+@dataclass
+class Reply:
+    """One scripted answer. `status` with no `body` gives a Google-style error body."""
+
+    status: int = 200
+    body: bytes | None = None
+    hang: bool = False
+
+
+@dataclass
+class Seen:
+    """What the fake received, for assertions (never the bytes it sent back)."""
+
+    path: str
+    body: dict[str, Any]
+    status: int
+
+
+@dataclass
+class FakeCloudKms:
+    requests: list[Seen] = field(default_factory=list)
+    _script: deque[Reply] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _release: threading.Event = field(default_factory=threading.Event)
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def push(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def start(self) -> FakeCloudKms:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # keep test output clean
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                fake._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()  # let any hanging handler finish
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> FakeCloudKms:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- request handling -------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        path = h.path.split("?", 1)[0]
+        with self._lock:
+            scripted = self._script.popleft() if self._script else None
+        if scripted is not None and scripted.hang:
+            self._record(path, body, 0)
+            self._release.wait()
+            return
+        if scripted is not None:
+            status = scripted.status
+            out = scripted.body if scripted.body is not None else _error(status, "scripted")
+        else:
+            status, out = self._answer(path, body)
+        self._record(path, body, status)
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json; charset=UTF-8")
+        h.send_header("Content-Length", str(len(out)))
+        h.end_headers()
+        h.wfile.write(out)
+
+    def _record(self, path: str, body: dict[str, Any], status: int) -> None:
+        with self._lock:
+            self.requests.append(Seen(path, body, status))
+
+    @staticmethod
+    def _answer(path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        if not _PATH.match(path):
+            return 404, _error(404, f"no such method {path}")
+        n = body.get("lengthBytes")
+        if not isinstance(n, int) or not 8 <= n <= 1024:
+            return 400, _error(400, "lengthBytes must be between 8 and 1024")
+        if body.get("protectionLevel") not in _HSM:
+            return 400, _error(400, "only HSM protection level is supported")
+        data = os.urandom(n)
+        reply = {"data": base64.b64encode(data).decode(), "dataCrc32c": str(crc32c(data))}
+        return 200, json.dumps(reply).encode()
+
+
+def _error(status: int, message: str) -> bytes:
+    name = _STATUS_NAMES.get(status, "UNKNOWN")
+    return json.dumps({"error": {"code": status, "message": message, "status": name}}).encode()
+
+
+def reply_with(data: bytes, *, crc: int | None = None, status: int = 200) -> Reply:
+    """A success reply carrying exactly `data` (and `crc`, default: the right one)."""
+    obj = {
+        "data": base64.b64encode(data).decode(),
+        "dataCrc32c": str(crc32c(data) if crc is None else crc),
+    }
+    return Reply(status, json.dumps(obj).encode())
