@@ -29,14 +29,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 RELEASES = ("bookworm", "trixie")
 MIRROR = os.environ.get("SEEDTOOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
-# FACTS "These machines": without python3-cffi-backend cloud-init stays unconfigured;
+# Measured on Debian 12 hosts: without python3-cffi-backend cloud-init stays unconfigured;
 # trixie's minbase lacks e2fsprogs (cloud-init's resizefs then fails); the guest checks
 # envelope signatures with python3-cryptography.
 BASE_PACKAGES = (
@@ -180,6 +182,242 @@ def base_root(release: str) -> Path:
             json.dumps({**spec, "digest": want, "seconds": round(time.monotonic() - t0, 1)})
         )
     return root
+
+
+# --- bootable test images ---------------------------------------------------------------
+
+#: bump when the image recipe below changes
+IMAGE_FORMAT = 1
+DISK_SIZE = "3G"
+
+# cloud-init's locale module fails in a minbase root (en_US.UTF-8 is not generated) and
+# records an error; C.UTF-8 always exists (seen in boots of these images). Listing only NoCloud
+# spares cloud-init probing for clouds that are not there.
+TEST_SYSTEM_CONFIG = """\
+# seedtool test image: system config (not user-data)
+locale: C.UTF-8
+datasource_list: [ NoCloud, None ]
+"""
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    release: str
+    disk: Path  # raw ext4 file system, no partition table: boot with -kernel/-initrd
+    kernel: Path
+    initrd: Path
+    #: public host keys that debootstrap's openssh-server made; stripped from the image
+    build_host_keys: tuple[str, ...]
+    #: False if seedtool.guest.install was not importable when the image was built
+    guest_installed: bool
+    digest: str
+
+    @property
+    def append(self) -> str:
+        return "root=/dev/vda rw console=ttyS0"
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _guest_sources() -> list[Path]:
+    """Every file whose change must rebuild the image (the guest code lives in these)."""
+    repo = _repo_root()
+    files = [p for d in ("seedtool", "cloud_init_modules") for p in (repo / d).rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    return sorted(files) + [Path(__file__).resolve()]
+
+
+def _image_digest(
+    root_digest: str, keys: Sequence[Path], policy: Mapping[str, object] | None
+) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": IMAGE_FORMAT, "root": root_digest, "size": DISK_SIZE,
+                         "policy": policy, "config": TEST_SYSTEM_CONFIG},
+                        sort_keys=True, default=str).encode())
+    repo = _repo_root()
+    for f in _guest_sources():
+        name = str(f.relative_to(repo)) if f.is_relative_to(repo) else f.name
+        h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for k in keys:
+        h.update(b"key\0" + Path(k).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _install_guest(root: Path, keys: Sequence[Path], policy: Mapping[str, object] | None) -> bool:
+    try:
+        from seedtool.guest.install import install_guest
+    except ImportError:
+        return False
+    install_guest(root, list(keys), policy)
+    return True
+
+
+def _strip_shared_state(root: Path) -> tuple[str, ...]:
+    """Remove what would make every VM from this image share a secret or an identity.
+
+    systemd's image notes: reset /etc/machine-id and delete the random seed, or "every
+    instance will seed its random pool with the same random data" (systemd,
+    docs/BUILDING_IMAGES.md).
+    """
+    ssh = root / "etc/ssh"
+    build_keys = tuple(p.read_text().strip() for p in sorted(ssh.glob("ssh_host_*_key.pub")))
+    for p in ssh.glob("ssh_host_*"):
+        p.unlink()
+    (root / "etc/machine-id").write_text("uninitialized\n")
+    for rel in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed"):
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+    for d in ("var/lib/cloud", "var/log/journal"):
+        if (root / d).is_dir():
+            for child in (root / d).iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    for log in (root / "var/log").glob("cloud-init*"):
+        log.unlink()
+    (root / "etc/hostname").write_text("debian\n")
+    return build_keys
+
+
+def guest_image(
+    release: str,
+    trusted_keys: Sequence[Path],
+    policy: Mapping[str, object] | None = None,
+) -> GuestImage:
+    """A bootable raw disk of `release` with the seedtool guest and `trusted_keys` installed.
+
+    Cached by a hash of the base root, the repository's guest code, the keys and the
+    policy; a cache hit costs a hash of the sources, a miss about 10 s.
+    """
+    root = base_root(release)
+    root_digest = json.loads((cache_dir() / "roots" / f"{release}{COMPLETE}").read_text())["digest"]
+    digest = _image_digest(root_digest, trusted_keys, policy)
+    images = cache_dir() / "images"
+    out = images / f"{release}-{digest}"
+    info_path = out / "image.json"
+
+    def load() -> GuestImage | None:
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return GuestImage(release, out / "disk.raw", out / "vmlinuz", out / "initrd.img",
+                          tuple(info["build_host_keys"]), bool(info["guest_installed"]), digest)
+
+    img = load()
+    if img is not None:
+        return img
+    with _locked(images / f"{release}.lock"):
+        img = load()
+        if img is not None:
+            return img
+        if shutil.which("mkfs.ext4") is None:
+            raise ImageBuildError("mkfs.ext4 is not installed; run 'apt-get install e2fsprogs'")
+        work = images / f"{release}-{digest}.partial"
+        _remove_tree(work)
+        work.mkdir(parents=True)
+        tree = work / "root"
+        t0 = time.monotonic()
+        _run(["cp", "-a", "--reflink=auto", str(root), str(tree)], f"copying the {release} root")
+        installed = _install_guest(tree, trusted_keys, policy)
+        cfg = tree / "etc/cloud/cloud.cfg.d/90_seedtool_test_image.cfg"
+        cfg.write_text(TEST_SYSTEM_CONFIG)
+        build_keys = _strip_shared_state(tree)
+        kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+        initrds = sorted((tree / "boot").glob("initrd.img-*"))
+        if not kernels or not initrds:
+            raise ImageBuildError(f"the {release} root has no kernel or initrd in /boot")
+        shutil.copyfile(kernels[-1], work / "vmlinuz")
+        shutil.copyfile(initrds[-1], work / "initrd.img")
+        _run(["mkfs.ext4", "-q", "-F", "-L", "seedtool-root", "-d", str(tree),
+              str(work / "disk.raw"), DISK_SIZE], f"mkfs.ext4 -d for {release}")
+        shutil.rmtree(tree)
+        (work / "image.json").write_text(json.dumps({
+            "release": release, "digest": digest, "guest_installed": installed,
+            "build_host_keys": list(build_keys), "policy": policy,
+            "seconds": round(time.monotonic() - t0, 1),
+        }, indent=1, default=str))
+        _remove_tree(out)
+        work.rename(out)
+        _prune(images, release, keep=out)
+    img = load()
+    assert img is not None
+    return img
+
+
+def _prune(images: Path, release: str, keep: Path, retain: int = 2) -> None:
+    """Drop all but the newest few images of a release (each is a 3 GB sparse file)."""
+    done = sorted((p for p in images.glob(f"{release}-*") if p.is_dir() and p != keep
+                   and not p.name.endswith(".partial")),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in done[retain - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- reading and writing files in an ext4 image, without mounting ------------------------
+
+
+def debugfs_write(image: Path, requests: Sequence[str]) -> None:
+    """Run debugfs requests read-write on an ext4 image file."""
+    script = "\n".join(requests) + "\n"
+    out = subprocess.run(["debugfs", "-w", "-f", "-", str(image)], input=script.encode(),
+                         capture_output=True, check=False)
+    if out.returncode != 0:
+        err = out.stderr.decode("utf-8", "replace")[-400:]
+        raise ImageBuildError(f"debugfs -w on {image} failed: {err}")
+
+
+def read_file(image: Path, path: str) -> bytes | None:
+    """A file's content from an ext4 image, or None if it does not exist."""
+    out = subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
+                         check=False)
+    err = out.stderr.decode("utf-8", "replace")
+    if "File not found" in err or "not found by ext2_lookup" in err:
+        return None
+    if out.returncode != 0:
+        raise ImageBuildError(f"debugfs cannot read {path} from {image}: {err[-300:]}")
+    return out.stdout
+
+
+def dump_tree(image: Path, path: str, dest: Path) -> Path | None:
+    """Copy a directory out of an ext4 image into `dest`; return the copy (None if absent)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["debugfs", "-R", f"rdump {path} {dest}", str(image)],
+                         capture_output=True, check=False)
+    copy = dest / Path(path).name
+    if not copy.exists():
+        err = out.stderr.decode("utf-8", "replace")
+        if "not found" in err:
+            return None
+        raise ImageBuildError(f"debugfs cannot copy {path} out of {image}: {err[-300:]}")
+    return copy
+
+
+def write_file(image: Path, path: str, data: bytes, mode: int = 0o600) -> None:
+    """Create or replace a root-owned file in an ext4 image (`debugfs -w`, no mount)."""
+    parent = str(Path(path).parent)
+    with tempfile.NamedTemporaryFile(prefix="seedtool-inject-") as tmp:
+        os.fchmod(tmp.fileno(), 0o600)
+        tmp.write(data)
+        tmp.flush()
+        parts = Path(parent).parts[1:]
+        requests = [f"mkdir /{'/'.join(parts[: i + 1])}" for i in range(len(parts))]
+        requests += [f"rm {path}", f"write {tmp.name} {path}",
+                     f"sif {path} mode 0{0o100000 | mode:o}", f"sif {path} uid 0",
+                     f"sif {path} gid 0"]
+        debugfs_write(image, requests)
+    if read_file(image, path) != data:
+        raise ImageBuildError(f"writing {path} into {image} with debugfs did not take")
+
+
+def qcow2_to_raw(overlay: Path, raw: Path) -> Path:
+    """Flatten a qcow2 overlay (with its backing file) into a sparse raw image."""
+    _run(["qemu-img", "convert", "-O", "raw", str(overlay), str(raw)],
+         f"qemu-img convert {overlay.name}")
+    return raw
 
 
 def build_roots(releases: Sequence[str] = RELEASES) -> dict[str, Path]:
