@@ -19,6 +19,9 @@ REGISTRY: dict[str, str] = {
     "hwrng": "seedtool.sources.hwrng:HwrngSource",
     "aws-kms": "seedtool.sources.aws_kms:AwsKmsSource",
     "gcp-kms": "seedtool.sources.gcp_kms:GcpKmsSource",
+    "truerng": "seedtool.sources.truerng:TrueRngSource",
+    "onerng": "seedtool.sources.onerng:OneRngSource",
+    "chaoskey": "seedtool.sources.chaoskey:ChaosKeySource",
 }
 
 

@@ -11,6 +11,11 @@ interface, EACCES for a device node the user cannot open; a timeout is
 `usb.core.USBTimeoutError`; a timed-out bulk transfer that moved some bytes
 returns the short count, as pyusb's libusb1 backend does).
 
+Like real hardware, a device fills an IN transfer with whole packets of the
+endpoint's wMaxPacketSize: a read whose buffer is not a whole number of packets
+fails with EOVERFLOW when the device has enough data to fill it (so hosts must
+read in multiples of wMaxPacketSize and keep the excess).
+
 Nothing here sleeps: a "timeout" is reported at once, so tests never depend on
 wall-clock time.
 
@@ -633,6 +638,10 @@ class FakeBackend(usb.backend.IBackend):
         dev.log.append(Event(kind, (ep, len(chunk))))
         if not chunk:
             raise usb_error(_errno.ETIMEDOUT)
+        if len(chunk) == wanted and wanted % e.max_packet:
+            # The device sends whole packets; a buffer that ends mid-packet while
+            # the device still has data overflows (libusb: LIBUSB_ERROR_OVERFLOW).
+            raise usb_error(_errno.EOVERFLOW)
         raw = memoryview(buff).cast("B")
         raw[: len(chunk)] = chunk
         dev.delivered[ep] = dev.delivered.get(ep, 0) + len(chunk)
