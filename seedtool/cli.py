@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "inspect": "inspect_",
     "verify": "verify",
+    "userdata": "userdata",
 }
 
 HELP: dict[str, str] = {
@@ -31,6 +32,7 @@ HELP: dict[str, str] = {
     "generate": "Make a fresh signed seed envelope.",
     "inspect": "Show an envelope's id, key, times and provenance (never the seed).",
     "verify": "Check an envelope's signature and validity period.",
+    "userdata": "Add a fresh seed to your user-data, keeping every part of it as is.",
 }
 
 

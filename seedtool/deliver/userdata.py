@@ -228,6 +228,15 @@ def build(
     return Result(data, fmt, gz, target, limit, len(originals))
 
 
+def check(user_data: bytes | None) -> str:
+    """Check `user_data` as `add_seed` would, without a seed; return its format name
+    ("none", "mime-multipart", "mime" or the cloud-init content type)."""
+    body, _ = _gunzip_if_gzip(b"" if user_data is None else bytes(user_data), "the user-data")
+    if not body.strip():
+        return "none"
+    return _inspect(body)[0]
+
+
 def find_seed(user_data: bytes | None) -> str | None:
     """The `random_seed.data` cloud-init's merged cloud-config would hold, or None.
 
@@ -848,6 +857,7 @@ __all__ = [
     "UserDataTooLarge",
     "add_seed",
     "build",
+    "check",
     "find_seed",
     "gce_metadata",
     "parts",
