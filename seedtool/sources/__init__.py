@@ -17,6 +17,7 @@ from .base import Availability, Source
 REGISTRY: dict[str, str] = {
     "os": "seedtool.sources.os:OsSource",
     "hwrng": "seedtool.sources.hwrng:HwrngSource",
+    "tpm": "seedtool.sources.tpm:TpmSource",
     "aws-kms": "seedtool.sources.aws_kms:AwsKmsSource",
     "gcp-kms": "seedtool.sources.gcp_kms:GcpKmsSource",
     "truerng": "seedtool.sources.truerng:TrueRngSource",
