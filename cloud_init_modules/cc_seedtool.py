@@ -1,0 +1,210 @@
+# This file is part of seedtool. See LICENSE file for license information.
+"""Seedtool: verify a signed seed and credit it to the kernel before host keys exist.
+
+cloud-init's own ``seed_random`` writes ``random_seed.data`` to /dev/urandom, which
+mixes but never credits. This module, listed right after ``seed_random`` and before
+``ssh`` in ``cloud_init_modules``, reads the same ``random_seed: {data, encoding}``
+and, when ``data`` is a seedtool envelope signed by a key the image trusts, still
+valid and never seen on this disk, credits it with RNDADDENTROPY. Anything else is
+mixed uncredited and the reason recorded. A datasource's own ``random_seed``
+(OpenStack, Azure) is mixed, and credited only when the image's policy trusts that
+platform. Afterwards the envelope is scrubbed from cloud-init's own copies of
+user-data (see ``seedtool.guest.scrub``).
+
+Policy comes from system config only (/etc/seedtool/policy.json), never from
+user-data. The module never fails the boot unless that policy sets fail_closed.
+It never logs seed bytes. The shared logic lives in ``seedtool.guest``, which the
+image keeps in a private directory so a pip-installed seedtool cannot clash with it.
+
+Signature note: cloud-init 22.4 calls ``handle(name, cfg, cloud, log, args)``
+positionally; 23.2+ passes ``log=`` only to a handle with exactly five parameters
+(and logs a deprecation), otherwise ``handle(name=, cfg=, cloud=, args=)`` by
+keyword (cloudinit/config/modules.py). Six parameters suit both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+#: where seedtool.guest.install puts the guest code in the image
+PRIVATE_PATH = "/usr/lib/seedtool/python"
+if os.path.isdir(PRIVATE_PATH) and PRIVATE_PATH not in sys.path:
+    sys.path.insert(0, PRIVATE_PATH)
+
+from seedtool import envelope  # noqa: E402
+from seedtool.guest import core, gce, scrub  # noqa: E402
+from seedtool.guest.policy import load_policy  # noqa: E402
+
+try:
+    from cloudinit.settings import PER_INSTANCE
+except ImportError:  # only outside cloud-init (documentation tools)
+    PER_INSTANCE = "once-per-instance"
+
+LOG = logging.getLogger(__name__)
+
+meta: dict[str, Any] = {
+    "id": "cc_seedtool",
+    "distros": ["all"],
+    "frequency": PER_INSTANCE,
+}
+
+#: the encodings cloud-init's seed_random accepts (cc_seed_random._decode)
+_B64 = ("b64", "base64")
+_GZIP = ("gz", "gzip")
+_RAW = ("", "raw")
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "replace")
+
+
+def _decode(data: Any, encoding: Any) -> bytes | str:
+    """The envelope from ``random_seed.data`` as cloud-init would decode it.
+
+    Undecodable data is returned unchanged, so the envelope parser says why.
+    """
+    enc = str(encoding or "").lower()
+    if enc in _B64:
+        try:
+            return base64.b64decode(_as_bytes(data))
+        except (binascii.Error, ValueError):
+            return _as_bytes(data)
+    if enc in _GZIP:
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = d.decompress(_as_bytes(data), envelope.MAX_TEXT + 1)
+            return out
+        except zlib.error:
+            return _as_bytes(data)
+    if enc in _RAW:
+        return data if isinstance(data, (bytes, str)) else str(data)
+    # an encoding seed_random itself refuses: hand over the text, the parser decides
+    return _as_bytes(data)
+
+
+def _platform(cloud: Any) -> str:
+    ds = getattr(cloud, "datasource", None)
+    for attr in ("platform_type", "dsname"):
+        value = getattr(ds, attr, None)
+        if isinstance(value, str) and value:
+            return value.lower()
+    return ""
+
+
+def _datasource_seed(cloud: Any) -> bytes | None:
+    """The datasource's own ``random_seed`` (OpenStack meta_data.json, Azure OEM0)."""
+    md = getattr(getattr(cloud, "datasource", None), "metadata", None)
+    if not isinstance(md, dict):
+        return None
+    value = md.get("random_seed")
+    if not value or not isinstance(value, (str, bytes)):
+        return None
+    raw = _as_bytes(value)
+    try:
+        return base64.b64decode(raw, validate=True) or raw
+    except (binascii.Error, ValueError):
+        return raw
+
+
+def _instance_id(cloud: Any) -> str:
+    try:
+        return str(cloud.get_instance_id() or "")
+    except Exception:
+        return ""
+
+
+def _scrub(cloud: Any, cfg: dict, texts: list[Any]) -> None:
+    """Remove the seed from cloud-init's in-memory and on-disk copies of user-data."""
+    needles: list[bytes] = []
+    for text in texts:
+        if isinstance(text, (str, bytes)) and text:
+            needles.extend(scrub.needles_for(text))
+    needles = sorted(set(needles), key=len, reverse=True)
+    if not needles:
+        return
+    ds = getattr(cloud, "datasource", None)
+    in_memory = scrub.scrub_object(cfg, needles)
+    if ds is not None:
+        in_memory += scrub.scrub_object(ds, needles)
+        pkl = None
+        try:
+            pkl = cloud.paths.get_ipath_cur("obj_pkl")
+        except Exception:
+            pkl = None
+        if in_memory and pkl and os.path.exists(pkl):
+            try:
+                from cloudinit import sources
+
+                sources.pkl_store(ds, pkl)
+            except Exception as e:
+                LOG.debug("seedtool: could not re-pickle the datasource (%s)", type(e).__name__)
+    changed = scrub.scrub_tree(Path("/"), needles)
+    LOG.debug(
+        "seedtool: scrubbed the seed from %d in-memory copies and %d files: %s",
+        in_memory,
+        len(changed),
+        ", ".join(changed),
+    )
+
+
+def _run(cfg: dict, cloud: Any) -> core.Outcome:
+    mycfg = cfg.get("random_seed") or {}
+    if not isinstance(mycfg, dict):
+        mycfg = {}
+    given = mycfg.get("data")
+    data: bytes | str | None = None
+    origin = "user-data"
+    if given:
+        data = _decode(given, mycfg.get("encoding"))
+    platform = _platform(cloud)
+    ds_seed = _datasource_seed(cloud)
+    if data is None and ds_seed is not None and ds_seed.startswith(envelope.MAGIC):
+        # a seedtool envelope delivered through the platform's own seed channel
+        data, ds_seed, origin = ds_seed, None, f"datasource:{platform or 'unknown'}"
+    elif data is None and ds_seed is not None:
+        origin = f"datasource:{platform or 'unknown'}"
+    outcome = core.credit_seed(
+        data,
+        origin,
+        stage=core.STAGE_CLOUD_INIT,
+        instance_id=_instance_id(cloud),
+        platform_seed=ds_seed,
+        platform=platform,
+    )
+    _scrub(cloud, cfg, [given, data, ds_seed])
+    if platform == "gce" and outcome.verified and outcome.seed_id:
+        gce.report_consumed(outcome.seed_id)
+    return outcome
+
+
+def _fail_closed() -> bool:
+    try:
+        return load_policy(core.Paths.under("/").policy).fail_closed
+    except Exception:
+        return False
+
+
+def handle(name: str, cfg: dict, cloud: Any, args: Any = None, *extra: Any, **kwargs: Any) -> None:
+    try:
+        outcome = _run(cfg, cloud)
+    except Exception as e:  # a bug must not stop the boot; the reason is in the log
+        LOG.warning("%s: seed not credited: internal error (%s)", name, type(e).__name__)
+        if _fail_closed():
+            raise core.SeedNotCredited(
+                "seedtool failed internally and the image's seed policy sets fail_closed; "
+                "see /var/log/cloud-init.log"
+            ) from None
+        return
+    LOG.info("%s", outcome.line())
+    for note in outcome.notes:
+        LOG.info("%s: %s", name, note)
+    outcome.raise_if_fail_closed()

@@ -1,0 +1,419 @@
+"""Verify a seed envelope and credit it to the kernel: the one core both entry points call.
+
+`credit_seed()` is called by the cloud-init module (`cc_seedtool`) and by the
+early-boot unit (`seedtool-early`). Given the envelope text (or nothing), where it
+came from, the image's policy and its paths, it:
+
+1. parses the envelope and checks its signature against the trusted keys and its
+   validity period (with the policy's clock skew), using `seedtool.envelope`;
+2. records the seed id in the ledger, durably, before anything is credited, and
+   refuses a seed id the ledger already holds;
+3. mixes in local unpredictable inputs (instance id, high-resolution clocks, the
+   boot id, a few bytes of /dev/hwrng if it has them ready);
+4. credits `8 x seed bytes` bits with RNDADDENTROPY only when all of that passed,
+   and otherwise writes everything to /dev/urandom uncredited and records why;
+5. records the CRNG state before and after, refreshes systemd's random-seed file
+   from the now-seeded pool, writes /var/lib/seedtool/status.json and prints one
+   line to /dev/kmsg.
+
+It never raises for an environmental problem (not root, read-only /var, no
+/dev/kmsg): each is recorded in the outcome. It never logs, prints or stores seed
+bytes: the status, the kmsg line, the ledger and every message hold ids only.
+Standard library only; `cryptography` is used by `seedtool.envelope` when present.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import envelope
+from ..envelope import (
+    BadSignature,
+    EnvelopeExpired,
+    EnvelopeNotYetValid,
+    MalformedEnvelope,
+    UntrustedKey,
+    VerificationUnavailable,
+)
+from ..errors import EnvelopeError, SeedtoolError, SigningKeyError
+from ..fileio import atomic_write
+from ..keys import PublicKey, load_public_keys, trusted_pairs
+from ..mix import mix
+from . import kernel
+from .ledger import Ledger, LedgerError
+from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
+
+STATUS_VERSION = 1
+STAGE_CLOUD_INIT = "cloud-init"
+STAGE_EARLY = "early-boot"
+#: bytes of the local-inputs digest appended to what goes into the pool
+LOCAL_DIGEST_LEN = 64
+HWRNG_BYTES = 32
+#: the largest datasource seed we mix (OpenStack sends 512 bytes); credit is capped too
+PLATFORM_SEED_MAX = 4096
+
+
+class SeedNotCredited(EnvelopeError):
+    """The policy says fail closed and the seed was not credited."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file the guest touches; `under(root)` puts them below a test root."""
+
+    root: Path
+    policy: Path
+    ledger: Path
+    status: Path
+    seed_file: Path
+    random_seed: Path
+    kmsg: Path
+    urandom: Path
+    hwrng: Path
+    boot_id: Path
+
+    @classmethod
+    def under(cls, root: str | os.PathLike[str] = "/",
+              devices: str | os.PathLike[str] | None = None) -> Paths:
+        """Paths below `root`; device and /proc files below `devices` (default `root`)."""
+        r = Path(root)
+        d = Path(devices) if devices is not None else r
+        return cls(
+            root=r,
+            policy=r / DEFAULT_POLICY_PATH.lstrip("/"),
+            ledger=r / "var/lib/seedtool/ledger",
+            status=r / "var/lib/seedtool/status.json",
+            seed_file=r / "var/lib/seedtool/seed",
+            random_seed=r / "var/lib/systemd/random-seed",
+            kmsg=d / "dev/kmsg",
+            urandom=d / "dev/urandom",
+            hwrng=d / "dev/hwrng",
+            boot_id=d / "proc/sys/kernel/random/boot_id",
+        )
+
+    def in_root(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+
+@dataclass
+class Outcome:
+    """What happened to one seed. Holds ids and counts only, never seed bytes."""
+
+    origin: str
+    stage: str
+    seed_id: str | None = None
+    key_id: str | None = None
+    verified: bool = False
+    credited_bits: int = 0
+    crng_before: str = "unknown"
+    crng_after: str = "unknown"
+    reason: str = ""
+    time: str = ""
+    boot_id: str = ""
+    local_inputs: list[str] = field(default_factory=list)
+    #: secondary problems (kmsg missing, status unwritable, ...), short sentences
+    notes: list[str] = field(default_factory=list)
+    status_written: bool = False
+    kmsg_written: bool = False
+    fail_closed: bool = False
+
+    @property
+    def credited(self) -> bool:
+        return self.credited_bits > 0
+
+    def line(self) -> str:
+        """The one kernel-log line for this outcome."""
+        crng = f"crng {self.crng_before}->{self.crng_after}"
+        if self.credited:
+            return (
+                f"seedtool: credited {self.credited_bits} bits from seed {self.seed_id or '-'} "
+                f"signed by key {self.key_id or '-'} ({self.origin}, {crng})"
+            )
+        return (
+            f"seedtool: mixed seed {self.seed_id or '-'} uncredited ({self.origin}): "
+            f"{self.reason}"
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": STATUS_VERSION,
+            "origin": self.origin,
+            "stage": self.stage,
+            "seed_id": self.seed_id,
+            "key_id": self.key_id,
+            "verified": self.verified,
+            "credited_bits": self.credited_bits,
+            "crng_before": self.crng_before,
+            "crng_after": self.crng_after,
+            "reason": self.reason or None,
+            "time": self.time,
+            "boot_id": self.boot_id,
+            "local_inputs": list(self.local_inputs),
+            "notes": list(self.notes),
+        }
+
+    def raise_if_fail_closed(self) -> None:
+        if self.fail_closed and not self.credited:
+            raise SeedNotCredited(
+                f"the seed was not credited ({self.reason}) and the image's seed policy sets "
+                "fail_closed; deliver a valid seed signed by a trusted key, or set fail_closed "
+                "to false in /etc/seedtool/policy.json"
+            )
+
+
+def _short(err: BaseException) -> str:
+    """The first clause of an error message: stable, short, never data."""
+    text = str(err).split(";")[0].strip()
+    return text[:120]
+
+
+def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[PublicKey]:
+    """Every readable trusted key; unreadable files are skipped and noted."""
+    where = paths.in_root(policy.trusted_keys)
+    files = sorted(where.glob("*.pub")) if where.is_dir() else [where] if where.exists() else []
+    keys: list[PublicKey] = []
+    for f in files:
+        try:
+            keys.extend(load_public_keys([f]))
+        except SigningKeyError:
+            notes.append(f"ignored invalid trusted key file {f.name}")
+    return keys
+
+
+def _verify(
+    env: envelope.UnverifiedEnvelope, paths: Paths, policy: Policy, now: float,
+    notes: list[str],
+) -> tuple[envelope.VerifiedEnvelope | None, str]:
+    keys = _load_trusted(paths, policy, notes)
+    if not keys:
+        return None, "no trusted keys installed"
+    try:
+        return envelope.verify(env, trusted_pairs(keys), now=now, skew=policy.clock_skew), ""
+    except UntrustedKey:
+        return None, f"signed by untrusted key {env.key_id_hex}"
+    except VerificationUnavailable:
+        return None, "cryptography unavailable"
+    except BadSignature:
+        return None, "signature does not verify"
+    except EnvelopeExpired:
+        return None, "expired"
+    except EnvelopeNotYetValid:
+        return None, "not yet valid"
+    except EnvelopeError as e:
+        return None, f"invalid: {_short(e)}"
+
+
+def _read_small(path: Path, limit: int = 256) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+def local_inputs(instance_id: str, paths: Paths) -> list[tuple[str, bytes]]:
+    """Unpredictable-to-outsiders local inputs, labelled. None is credited."""
+    clocks = struct.pack(
+        ">QQQQ",
+        time.time_ns(),
+        time.monotonic_ns(),
+        time.perf_counter_ns(),
+        time.clock_gettime_ns(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)),
+    )
+    inputs = [("clocks", clocks), ("pid", struct.pack(">I", os.getpid()))]
+    if instance_id:
+        inputs.append(("instance-id", instance_id.encode("utf-8", "replace")[:1024]))
+    boot_id = _read_small(paths.boot_id)
+    if boot_id:
+        inputs.append(("boot-id", boot_id))
+    hw = kernel.read_nonblocking(str(paths.hwrng), HWRNG_BYTES)
+    if hw:
+        inputs.append(("hwrng", hw))
+    return inputs
+
+
+def refresh_random_seed(path: Path) -> str:
+    """Replace systemd's saved seed with fresh pool output; '' or a short note.
+
+    Only once the CRNG is ready (else the file would carry weak output into the
+    next boot). Keeps the file's size (32 bytes on 5.18+, larger before), 0600.
+    """
+    if not path.parent.is_dir():
+        return ""  # no systemd-random-seed here: nothing to refresh
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    size = size if 32 <= size <= 4096 else 32
+    try:
+        fresh = os.getrandom(size, os.GRND_NONBLOCK)
+    except (OSError, AttributeError):
+        return "random-seed not refreshed: the CRNG is not ready"
+    try:
+        atomic_write(path, fresh, mode=0o600)
+    except SeedtoolError:
+        return f"random-seed not refreshed: cannot write {path.name}"
+    return ""
+
+
+def _keeps_earlier(path: Path, status: dict[str, Any]) -> bool:
+    """True when `status` offered no seed and `path` already tells of a seed this boot.
+
+    The early unit and cloud-init both run in one boot; a disk seed credited early
+    must not be hidden by cloud-init's "no seed offered" a minute later.
+    """
+    if status.get("seed_id") or status.get("credited_bits") or status.get("reason") not in (
+        "no seed offered",
+    ):
+        return False
+    try:
+        with open(path, "rb") as f:
+            old = json.loads(f.read(1 << 16))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(old, dict)
+        and bool(status.get("boot_id"))
+        and old.get("boot_id") == status.get("boot_id")
+        and bool(old.get("seed_id") or old.get("credited_bits"))
+    )
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Write status.json (0644) and status-<stage>.json atomically; raise OSError/SeedtoolError.
+
+    status.json is the latest outcome, except that an outcome without any seed does
+    not replace one with a seed from the same boot; the per-stage file is always written.
+    """
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    text = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
+    atomic_write(path.with_name(f"status-{status['stage']}.json"), text, mode=0o644)
+    if not _keeps_earlier(path, status):
+        atomic_write(path, text, mode=0o644)
+
+
+def _now_text(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+
+
+def credit_seed(
+    data: bytes | str | None,
+    origin: str,
+    *,
+    stage: str,
+    instance_id: str = "",
+    paths: Paths | None = None,
+    policy: Policy | None = None,
+    platform_seed: bytes | None = None,
+    platform: str = "",
+    now: float | None = None,
+) -> Outcome:
+    """Verify `data` (an envelope, raw or base64) and credit or mix it; see the module doc.
+
+    `platform_seed` is a datasource's own unsigned `random_seed` (from `platform`):
+    always mixed, credited only when no envelope was offered and the policy trusts
+    that platform. `now` overrides the clock for the validity check (tests).
+    """
+    paths = paths or Paths.under("/")
+    wall = time.time() if now is None else now
+    out = Outcome(origin=origin, stage=stage, time=_now_text(wall))
+    out.crng_before = kernel.crng_state()
+    policy_ok = True
+    if policy is None:
+        try:
+            policy = load_policy(paths.policy)
+        except PolicyError as e:
+            policy, policy_ok = Policy(), False
+            out.notes.append(_short(e))
+    out.fail_closed = policy.fail_closed
+
+    to_credit: tuple[bytes, int] | None = None
+    to_mix: list[bytes] = []
+    if not policy_ok:
+        out.reason = "policy invalid"
+    if data is not None:
+        try:
+            env = envelope.parse(data)
+        except MalformedEnvelope as e:
+            out.reason = out.reason or f"malformed: {_short(e)}"
+        else:
+            out.seed_id, out.key_id = env.seed_id_hex, env.key_id_hex
+            to_mix.append(env.uncredited_seed)
+            if policy_ok:
+                verified, out.reason = _verify(env, paths, policy, wall, out.notes)
+                if verified is not None:
+                    out.verified = True
+                    try:
+                        fresh = Ledger(paths.ledger).consume(env.seed_id_hex, origin, wall)
+                    except LedgerError as e:
+                        out.reason = "ledger not writable"
+                        out.notes.append(_short(e))
+                    else:
+                        if fresh:
+                            to_credit = (verified.seed, verified.creditable_bits)
+                        else:
+                            out.reason = "already consumed"
+    if platform_seed:
+        pseed = bytes(platform_seed[:PLATFORM_SEED_MAX])
+        to_mix.append(pseed)
+        if data is None and policy_ok:
+            if policy.trusts_platform(platform):
+                to_credit = (pseed, 8 * len(pseed))
+            elif not policy.credit_datasource:
+                out.reason = "datasource seeds are not credited by policy"
+            else:
+                out.reason = f"platform {platform or '-'} not trusted"
+    if data is None and not platform_seed and not out.reason:
+        out.reason = "no seed offered"
+
+    out.boot_id = _read_small(paths.boot_id, 64).decode("ascii", "replace").strip()
+    local = local_inputs(instance_id, paths)
+    out.local_inputs = [f"{name}:{len(value)}" for name, value in local]
+    digest = mix(local, LOCAL_DIGEST_LEN, b"seedtool guest local inputs")
+    urandom = str(paths.urandom)
+    if to_credit is not None:
+        seed, bits = to_credit
+        try:
+            kernel.add_entropy(urandom, seed + digest, bits)
+            out.credited_bits = bits
+            out.reason = ""
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.EACCES):
+                out.reason = "not permitted"
+            elif e.errno == errno.ENOENT:
+                out.reason = f"no {urandom}"
+            else:
+                out.reason = f"credit failed: {e.strerror or 'error'}"
+    if not out.credited:
+        try:
+            kernel.write_uncredited(urandom, b"".join(to_mix) + digest)
+        except OSError as e:
+            out.notes.append(f"could not mix into {urandom}: {e.strerror}")
+    kernel.reseed(urandom)
+    out.crng_after = kernel.crng_state()
+    if out.crng_after == "ready":
+        note = refresh_random_seed(paths.random_seed)
+        if note:
+            out.notes.append(note)
+
+    # the kernel log first, so a failure to write it is in the status file too
+    try:
+        kernel.kmsg(str(paths.kmsg), out.line())
+        out.kmsg_written = True
+    except OSError as e:
+        out.notes.append(f"kmsg unavailable: {e.strerror}")
+    try:
+        write_status(paths.status, out.status())
+        out.status_written = True
+    except SeedtoolError as e:
+        out.notes.append(f"status not written: {_short(e)}")
+    except OSError as e:
+        out.notes.append(f"status not written: {e.strerror}")
+    return out

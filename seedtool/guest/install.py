@@ -1,0 +1,308 @@
+"""Install the guest side into an image root (trusted-host side, no root needed).
+
+Used by the image builder and `seedtool bake`. `install_guest(root, keys, policy)`
+writes, below `root`:
+
+* `/usr/lib/seedtool/python/seedtool/...`: the guest code (envelope, keys, mix,
+  errors, fileio and `seedtool.guest`), in a private directory so a pip-installed
+  seedtool never clashes with it; never the CLI, click or a cloud SDK;
+* `/usr/lib/python3/dist-packages/cc_seedtool.py`: the cloud-init module (cloud-init
+  looks for a top-level `cc_<name>` on sys.path before its own package);
+* `/usr/lib/seedtool/seedtool-early` and `/usr/lib/systemd/system/seedtool-early.service`,
+  enabled by the symlink systemctl would make in `sysinit.target.wants/`;
+* `/etc/seedtool/trusted-keys/*.pub` (exactly the given keys) and
+  `/etc/seedtool/policy.json` (validated);
+* `/etc/cloud/cloud.cfg.d/90_seedtool.cfg` when the root has cloud-init: the root's
+  own `cloud_init_modules`, every entry kept in its own form, with seedtool right
+  after `seed_random` (before `ssh`). A cloud.cfg.d file replaces the whole list
+  (FACTS "cloud-init"), so the list must be complete.
+
+Idempotent: running it again gives the same files. Needs no YAML library: the
+module list is copied line by line from the YAML text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import DeliveryError, SigningKeyError, UsageError
+from ..keys import load_public_keys
+from .policy import policy_from_mapping
+
+PRIVATE_DIR = "usr/lib/seedtool/python"
+LAUNCHER = "usr/lib/seedtool/seedtool-early"
+CC_MODULE = "usr/lib/python3/dist-packages/cc_seedtool.py"
+UNIT_NAME = "seedtool-early.service"
+UNIT_DIR = "usr/lib/systemd/system"
+WANTS_DIR = "etc/systemd/system/sysinit.target.wants"
+KEYS_DIR = "etc/seedtool/trusted-keys"
+POLICY = "etc/seedtool/policy.json"
+CLOUD_CFG = "etc/cloud/cloud.cfg"
+CLOUD_CFG_D = "etc/cloud/cloud.cfg.d"
+DROPIN_NAME = "90_seedtool.cfg"
+STATE_DIR = "var/lib/seedtool"
+#: the list form passes cloud-init 22.4's schema check of system config, which
+#: refuses an unknown module name given as a plain string (its enum of modules);
+#: the frequency equals the module's own meta frequency
+MODULE_ENTRY = "[seedtool, once-per-instance]"
+#: modules of the seedtool package the guest needs (relative to the package)
+GUEST_CODE = ("__init__.py", "errors.py", "envelope.py", "keys.py", "mix.py", "fileio.py")
+
+_PKG = Path(__file__).resolve().parent.parent
+_DATA = Path(__file__).resolve().parent / "data"
+
+
+def _write(root: Path, rel: str, data: bytes, mode: int, written: list[str]) -> None:
+    path = root / rel
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    tmp = path.with_name(f".{path.name}.seedtool-tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    written.append("/" + rel)
+
+
+def _data(name: str) -> bytes:
+    path = _DATA / name
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DeliveryError(
+            f"seedtool's guest file {name} is missing ({e.strerror}); reinstall seedtool"
+        ) from None
+
+
+def _install_code(root: Path, written: list[str]) -> None:
+    target = root / PRIVATE_DIR / "seedtool"
+    if target.is_symlink():
+        raise DeliveryError(f"{target} is a symlink; refusing to write through it")
+    if target.exists():
+        shutil.rmtree(target)  # our private directory: drop modules of older versions
+    for name in GUEST_CODE:
+        _write(root, f"{PRIVATE_DIR}/seedtool/{name}", (_PKG / name).read_bytes(), 0o644, written)
+    for src in sorted((_PKG / "guest").glob("*.py")):
+        if src.name == "install.py":
+            continue  # trusted-host side only
+        _write(root, f"{PRIVATE_DIR}/seedtool/guest/{src.name}", src.read_bytes(), 0o644, written)
+
+
+def _install_keys(root: Path, trusted_keys: Sequence[str | os.PathLike[str]],
+                  written: list[str]) -> None:
+    if not trusted_keys:
+        raise UsageError(
+            "no trusted public keys given: an image without them can never credit a seed; "
+            "pass the .pub file made by 'seedtool keygen'"
+        )
+    names: dict[str, bytes] = {}
+    for k in trusted_keys:
+        path = Path(k)
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory; give the .pub files themselves")
+        keys = load_public_keys([path])  # raises SigningKeyError with the reason
+        if not keys:
+            raise SigningKeyError(f"{path} holds no public key; use the .pub file from keygen")
+        name = path.name if path.name.endswith(".pub") else f"{path.name}.pub"
+        if name in names:
+            raise UsageError(f"two trusted key files are named {name}; rename one")
+        names[name] = "".join(key.line() for key in keys).encode()
+    keydir = root / KEYS_DIR
+    if keydir.is_dir():
+        for old in keydir.glob("*.pub"):
+            if old.name not in names:
+                old.unlink()
+    for name, text in sorted(names.items()):
+        _write(root, f"{KEYS_DIR}/{name}", text, 0o644, written)
+
+
+# --- cloud.cfg module list -----------------------------------------------------------
+
+_TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:(.*)$")
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().strip("'\"").strip()
+    name = name.replace("-", "_")
+    if name.lower().endswith(".py"):
+        name = name[:-3]
+    if name.startswith("cc_"):
+        name = name[3:]
+    return name
+
+
+def _entry_name(first_line: str) -> str:
+    """The module name of a list entry from its first line (after '- ')."""
+    text = first_line.split(" #", 1)[0].strip()
+    if text.startswith("["):
+        return _canonical(text[1:].split(",", 1)[0].rstrip("]"))
+    if text.startswith("{"):
+        m = re.search(r"\bname\s*:\s*([^,}]+)", text)
+        return _canonical(m.group(1)) if m else ""
+    m = re.match(r"name\s*:\s*(.+)$", text)
+    if m:
+        return _canonical(m.group(1))
+    return _canonical(text)
+
+
+def _module_block(text: str) -> list[str] | None:
+    """The lines of the block-style `cloud_init_modules:` list, or None if absent.
+
+    Raises DeliveryError for a form this line-based reader does not handle (flow
+    style on the key's own line), rather than guessing.
+    """
+    lines = text.splitlines()
+    block: list[str] | None = None
+    for i, line in enumerate(lines):
+        m = _TOP_KEY.match(line)
+        if not m or m.group(1) != "cloud_init_modules":
+            continue
+        rest = m.group(2).split("#", 1)[0].strip()
+        if rest:
+            raise DeliveryError(
+                "cloud_init_modules is written in YAML flow style in the image's cloud config; "
+                "write it as a block list ('- module' per line) so seedtool can extend it"
+            )
+        block = []
+        for follow in lines[i + 1 :]:
+            if follow.strip() and not follow[0].isspace() and not follow.startswith(("-", "#")):
+                break
+            block.append(follow)
+        while block and (not block[-1].strip() or block[-1].lstrip().startswith("#")):
+            block.pop()
+    return block
+
+
+def _entries(block: list[str]) -> list[tuple[int, int, str]]:
+    """[(first line index, end line index, module name)] of the entries of a block."""
+    starts: list[tuple[int, int, str]] = []
+    dash_indent = None
+    for i, line in enumerate(block):
+        stripped = line.lstrip()
+        if not stripped.startswith("- ") and stripped != "-":
+            continue
+        indent = len(line) - len(stripped)
+        if dash_indent is None:
+            dash_indent = indent
+        if indent != dash_indent:
+            continue
+        starts.append((i, -1, _entry_name(stripped[2:])))
+    out = []
+    for n, (i, _, name) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(block)
+        while end > i + 1 and (
+            not block[end - 1].strip() or block[end - 1].lstrip().startswith("#")
+        ):
+            end -= 1
+        out.append((i, end, name))
+    return out
+
+
+def with_seedtool(block: list[str]) -> list[str]:
+    """The module list lines with seedtool after seed_random and before ssh (once)."""
+    entries = _entries(block)
+    if any(name == "seedtool" for _, _, name in entries):
+        return list(block)
+    if not entries:
+        return [f" - {MODULE_ENTRY}"]
+    first = block[entries[0][0]]
+    indent = first[: len(first) - len(first.lstrip())]
+    line = f"{indent}- {MODULE_ENTRY}"
+    names = [name for _, _, name in entries]
+    ssh_at = names.index("ssh") if "ssh" in names else None
+    seed_at = names.index("seed_random") if "seed_random" in names else None
+    if seed_at is not None and (ssh_at is None or seed_at < ssh_at):
+        pos = entries[seed_at][1]
+    elif ssh_at is not None:
+        pos = entries[ssh_at][0]
+    else:
+        pos = entries[-1][1]
+    return block[:pos] + [line] + block[pos:]
+
+
+def _effective_source(root: Path) -> tuple[Path, list[str]]:
+    """The file whose cloud_init_modules cloud-init would use, and that list's lines."""
+    candidates = [root / CLOUD_CFG]
+    cfgd = root / CLOUD_CFG_D
+    if cfgd.is_dir():
+        # cloud-init reads cloud.cfg.d/*.cfg in name order; a later file's list wins
+        candidates += sorted(p for p in cfgd.glob("*.cfg") if p.name != DROPIN_NAME)
+    found: tuple[Path, list[str]] | None = None
+    for path in candidates:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        block = _module_block(text)
+        if block is None:
+            continue
+        if path.parent == cfgd and path.name > DROPIN_NAME:
+            raise DeliveryError(
+                f"{path.relative_to(root)} sets cloud_init_modules after seedtool's "
+                f"{DROPIN_NAME}, so seedtool would never run; merge it into cloud.cfg or "
+                "rename it to sort before 90_"
+            )
+        found = (path, block)
+    if found is None:
+        raise DeliveryError(
+            "the image's cloud config has no cloud_init_modules list; seedtool's module "
+            "cannot be added to it (is cloud-init installed in the root?)"
+        )
+    return found
+
+
+def _install_cloud_cfg(root: Path, written: list[str]) -> None:
+    source, block = _effective_source(root)
+    rel_source = "/" + str(source.relative_to(root))
+    text = (
+        "# Written by seedtool (seedtool.guest.install); do not edit, rerun the install.\n"
+        f"# The distribution's cloud_init_modules from {rel_source}, every module kept in its\n"
+        "# own form, with seedtool right after seed_random and before ssh: a cloud.cfg.d\n"
+        "# file replaces the whole list.\n"
+        "cloud_init_modules:\n" + "\n".join(with_seedtool(block)) + "\n"
+    )
+    _write(root, f"{CLOUD_CFG_D}/{DROPIN_NAME}", text.encode(), 0o644, written)
+
+
+# --- the entry point -------------------------------------------------------------------
+
+
+def install_guest(
+    root: str | os.PathLike[str],
+    trusted_keys: Sequence[str | os.PathLike[str]],
+    policy: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Install seedtool's guest side into the image root `root`; the paths written.
+
+    Raises UsageError/SigningKeyError for bad keys or policy, DeliveryError when the
+    root cannot take it (e.g. its cloud config has no module list).
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise DeliveryError(f"image root {r} is not a directory")
+    pol = policy_from_mapping(policy or {}, "policy given to install_guest")
+    written: list[str] = []
+    _install_code(r, written)
+    _write(r, CC_MODULE, _data("cc_seedtool.py"), 0o644, written)
+    _write(r, LAUNCHER, _data("seedtool-early"), 0o755, written)
+    _write(r, f"{UNIT_DIR}/{UNIT_NAME}", _data(UNIT_NAME), 0o644, written)
+    wants = r / WANTS_DIR
+    wants.mkdir(mode=0o755, parents=True, exist_ok=True)
+    link = wants / UNIT_NAME
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(f"/{UNIT_DIR}/{UNIT_NAME}")
+    written.append(f"/{WANTS_DIR}/{UNIT_NAME}")
+    _install_keys(r, trusted_keys, written)
+    text = json.dumps(pol.to_json(), indent=1, sort_keys=True) + "\n"
+    _write(r, POLICY, text.encode(), 0o644, written)
+    (r / STATE_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
+    if (r / CLOUD_CFG).exists():
+        _install_cloud_cfg(r, written)
+    return written

@@ -1,0 +1,136 @@
+"""The kernel's random pool, from user space: probe, credit, mix, reseed, log.
+
+Facts used here (include/uapi/linux/random.h, drivers/char/random.c, random(4)):
+
+* `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])` = 0x40085203 takes
+  `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }`, mixes
+  `buf` into the input pool and credits `entropy_count` bits. It needs
+  CAP_SYS_ADMIN; without it the ioctl fails with EPERM.
+* Writing to /dev/urandom mixes but never credits.
+* `RNDRESEEDCRNG` = 0x5207 (4.17+, CAP_SYS_ADMIN) reseeds the CRNG from the pool
+  now, so input added after the CRNG was already ready reaches its output at once
+  instead of at the next periodic reseed.
+* `getrandom(1, GRND_NONBLOCK)` fails with EAGAIN until the CRNG is ready.
+
+Nothing here logs or returns the bytes it is given; the ioctl buffer is a
+bytearray wiped after use.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+#: kernel log level 5 (notice), the level of the kernel's own "random: crng init done"
+#: (pr_notice in drivers/char/random.c): wherever that line is shown, ours is too
+KMSG_LEVEL = 5
+#: /dev/kmsg refuses records longer than about 1 KiB (LOG_LINE_MAX - prefix)
+KMSG_MAX = 900
+
+
+def crng_state() -> str:
+    """'ready' when the kernel CRNG is initialised, else 'not-ready'."""
+    getrandom = getattr(os, "getrandom", None)
+    if getrandom is None:  # not Linux, or Python without it: say so honestly
+        return "unknown"
+    try:
+        getrandom(1, os.GRND_NONBLOCK)
+    except BlockingIOError:
+        return "not-ready"
+    except OSError:
+        return "unknown"
+    return "ready"
+
+
+def add_entropy(device: str, data: bytes | bytearray, bits: int) -> None:
+    """Mix `data` into the pool and credit `bits` with RNDADDENTROPY; raise OSError."""
+    if bits < 0 or bits > 8 * len(data):
+        raise ValueError("cannot credit more bits than the buffer holds")
+    buf = bytearray(struct.pack("ii", bits, len(data)))
+    buf += data
+    try:
+        fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            # mutate_flag=True: the kernel gets the buffer itself and we get the int
+            # return value, not a copy of the buffer (which holds the seed)
+            rc = fcntl.ioctl(fd, RNDADDENTROPY, buf, True)
+        finally:
+            os.close(fd)
+    finally:
+        for i in range(len(buf)):
+            buf[i] = 0
+    if rc != 0:  # ioctl() raises on -1; anything else would be a kernel surprise
+        raise OSError(errno.EIO, f"RNDADDENTROPY returned {rc}")
+
+
+def write_uncredited(device: str, data: bytes | bytearray) -> None:
+    """Mix `data` into the pool without crediting it; raise OSError."""
+    fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    finally:
+        os.close(fd)
+
+
+def reseed(device: str) -> bool:
+    """Ask the CRNG to reseed from the pool now; False when not possible (ignored)."""
+    try:
+        fd = os.open(device, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+        return True
+    except OSError:  # EPERM without CAP_SYS_ADMIN, ENODATA before the CRNG is ready
+        return False
+    finally:
+        os.close(fd)
+
+
+def kmsg(device: str, line: str, level: int = KMSG_LEVEL) -> None:
+    """Write one line to the kernel log (/dev/kmsg); raise OSError."""
+    text = line.replace("\n", " ")[:KMSG_MAX]
+    record = f"<{level}>{text}\n".encode("utf-8", "replace")
+    fd = os.open(device, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+
+
+def read_nonblocking(device: str, n: int, tries: int = 5, pause: float = 0.01) -> bytes:
+    """Up to `n` bytes from a device opened O_NONBLOCK (e.g. /dev/hwrng); b'' if none.
+
+    hw_random honours O_NONBLOCK (drivers/char/hw_random/core.c: `rng_get_data(...,
+    !(filp->f_flags & O_NONBLOCK))`), so this never waits for a slow source longer
+    than `tries * pause` seconds.
+    """
+    import time
+
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        got = b""
+        for _ in range(tries):
+            try:
+                chunk = os.read(fd, n - len(got))
+            except BlockingIOError:
+                chunk = b""
+            except OSError:
+                break
+            got += chunk
+            if len(got) >= n:
+                break
+            time.sleep(pause)
+        return got
+    finally:
+        os.close(fd)
