@@ -269,13 +269,15 @@ def build_frame(keys: SessionKeys, kind: bytes, encoding: bytes, body: bytes) ->
 class Deframer:
     """Finds 64-byte frames in a byte stream, resynchronising as ekeyd's frame.c does.
 
-    `skipped` counts bytes thrown away while looking for a frame boundary.
+    `skipped` counts bytes thrown away while looking for a frame boundary and
+    `framing_errors` the garbled stretches (one per run of skipped bytes).
     """
 
     def __init__(self) -> None:
         self._buf = b""
         self.skipped = 0
         self.framing_errors = 0
+        self._skipping = False
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf + data
@@ -285,19 +287,23 @@ class Deframer:
             if buf[pos : pos + 2] == SOF and buf[pos + 62 : pos + 64] == EOF:
                 frames.append(Frame(buf[pos : pos + FRAME_LEN]))
                 pos += FRAME_LEN
+                self._skipping = False
                 continue
             # not a frame here: resume at the next '*' after this position
             nxt = buf.find(b"*", pos + 1)
             if nxt < 0:
                 nxt = len(buf)
             self.skipped += nxt - pos
-            self.framing_errors += 1
+            if not self._skipping:
+                self.framing_errors += 1
+                self._skipping = True
             pos = nxt
         self._buf = buf[pos:]
         return frames
 
     def reset(self) -> None:
         self._buf = b""
+        self._skipping = False
 
 
 # -- keyring -------------------------------------------------------------------
