@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "truerng": "seedtool.sources.truerng:TrueRngSource",
     "onerng": "seedtool.sources.onerng:OneRngSource",
     "chaoskey": "seedtool.sources.chaoskey:ChaosKeySource",
+    "entropykey": "seedtool.sources.entropykey:EntropyKeySource",
 }
 
 
