@@ -21,16 +21,18 @@ EP_COOKED = 0x85
 EP_RAW = 0x86
 INTERFACE = 0
 
-# Raw mode sample handling. Each 16-bit word holds one 12-bit sample. For noise
-# centred in the ADC's range the top 4 bits of a sample barely move, so bytes
+# Raw mode sample handling. Each 16-bit word holds one 12-bit ADC sample. Bytes
 # taken straight from the words would alternate between a near-constant high
-# byte and a noisy low byte: byte-level health tests would then measure the
-# word layout, not the noise. So raw mode keeps the low 8 bits of each sample as
-# one byte sample (two device bytes per output byte) and health-tests those.
-# Unconditioned noise has less than full entropy per sample and nobody has
-# published an SP 800-90B assessment of this device, so the assumed min-entropy
-# is a conservative 2 bits per byte sample; set `min_entropy=` from your own
-# assessment (e.g. NIST's ea_non_iid on raw captures) to tighten the tests.
+# byte (only 4 sample bits, which barely move for noise centred in the ADC's
+# range) and a noisy low byte, so byte-level health tests would measure the word
+# layout rather than the noise. Instead each sample gives one byte: bits 1-8,
+# the same reduction the device author's own tool makes (chaosread(1), Debian
+# package chaosread 1.1: "--bytes ... one byte per sample from bits 1-8 of the
+# sample (zero-based, so shift right by one)"). Unconditioned noise has less than
+# full entropy per sample and no SP 800-90B assessment of this device has been
+# published, so the assumed min-entropy is a conservative 2 bits per byte sample;
+# set `min_entropy=` from your own assessment (e.g. NIST's ea_non_iid on raw
+# captures) to tighten the tests.
 _RAW_MIN_ENTROPY = 2.0
 
 
@@ -39,9 +41,9 @@ class ChaosKeySource(UsbSource):
     description = "ChaosKey (USB avalanche-noise TRNG); raw=1 for unconditioned samples"
     product = "ChaosKey"
     ids: ClassVar[tuple[UsbId, ...]] = (CHAOSKEY,)
-    # Cooked output (0x85) is conditioned by the firmware: H = 8 is the
-    # health-test setting a conditioned byte stream must pass, not an entropy
-    # claim. Raw mode changes both attributes in __init__.
+    # Cooked output (0x85) is conditioned by the firmware, "trimmed and whitened
+    # data which has 8 bits of entropy per byte" (chaosread(1)): H = 8. Raw mode
+    # changes both attributes in __init__.
     raw = False
     min_entropy = 8.0
     sample_bits = 8
@@ -73,4 +75,18 @@ class ChaosKeySource(UsbSource):
         if not self.raw_mode:
             return link.read_exact(self._ep, n, self._packet, self.timeout_ms)
         words = link.read_exact(self._ep, 2 * n, self._packet, self.timeout_ms)
-        return words[0::2]  # low byte of each little-endian word
+        return sample_bytes(words)
+
+
+# (sample >> 1) & 0xFF from a little-endian word: low byte >> 1, plus bit 0 of the
+# high byte as bit 7; done with bytes.translate so it runs at C speed.
+_LOW_SHIFTED = bytes(b >> 1 for b in range(256))
+_HIGH_BIT0_TO_7 = bytes((b & 1) << 7 for b in range(256))
+
+
+def sample_bytes(words: bytes) -> bytes:
+    """One byte per 16-bit LE sample: bits 1-8 of the sample."""
+    n = len(words) // 2
+    low = words[0 : 2 * n : 2].translate(_LOW_SHIFTED)
+    high = words[1 : 2 * n : 2].translate(_HIGH_BIT0_TO_7)
+    return (int.from_bytes(low, "big") | int.from_bytes(high, "big")).to_bytes(n, "big")

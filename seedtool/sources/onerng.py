@@ -4,7 +4,8 @@ The OneRNG boots paused. It takes four-byte ASCII commands on its data
 interface's bulk OUT endpoint: `cmd0` selects the default noise mode (avalanche
 diode, firmware whitening on), `cmdO` starts the stream, `cmdo` pauses it. The
 first output after starting can be stale, so the first 10 KB are read and
-thrown away, as the vendor's own start-up script does. This source never logs
+thrown away. (Commands, endpoints and the discard: the vendor's documentation
+and start-up script, as recorded in the project's device notes.) This source never logs
 or reports device output.
 """
 

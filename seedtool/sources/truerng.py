@@ -4,7 +4,8 @@ All three are USB serial devices that stream random bytes while DTR is raised.
 The Pro models keep several output modes; the mode is chosen by opening the port
 at 110, 300, 110 baud and then at the mode's baud (300 = normal, whitened output).
 This source always selects normal mode on a Pro, so it reads the same kind of
-output from every model. It never logs or reports device output.
+output from every model. (Mode sequence and ids: the vendor's documentation,
+as recorded in the project's device notes.) It never logs or reports device output.
 """
 
 from __future__ import annotations

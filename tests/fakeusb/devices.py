@@ -5,7 +5,8 @@ predict exactly which bytes the host must return and where they come from
 (e.g. that the OneRNG's first 10 KB were thrown away). Pass `stream=Stuck(0)`
 for a broken device that repeats one byte.
 
-Protocol facts modelled here (see FACTS.md, Devices): TrueRNGs stream over CDC
+Protocol facts modelled here (the project's shared device notes; ChaosKey also
+chaosread(1) from Debian's chaosread 1.1 package): TrueRNGs stream over CDC
 while DTR is on; TrueRNGpro models choose a mode by the line-coding sequence
 110, 300, 110 baud then the mode's baud (300 normal, 19200 raw binary); OneRNG
 boots paused and needs `cmd0`/`cmdO`, with `cmdo` pausing; ChaosKey is a vendor
