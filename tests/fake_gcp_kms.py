@@ -69,10 +69,13 @@ class Seen:
     path: str
     body: dict[str, Any]
     status: int
+    authorization: str | None = None
 
 
 @dataclass
 class FakeCloudKms:
+    #: when set, requests must carry `Authorization: Bearer <token>` (else 401)
+    token: str | None = None
     requests: list[Seen] = field(default_factory=list)
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -104,7 +107,9 @@ class FakeCloudKms:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -136,25 +141,28 @@ class FakeCloudKms:
         path = h.path.split("?", 1)[0]
         with self._lock:
             scripted = self._script.popleft() if self._script else None
+        auth = h.headers.get("Authorization")
         if scripted is not None and scripted.hang:
-            self._record(path, body, 0)
+            self._record(Seen(path, body, 0, auth))
             self._release.wait()
             return
         if scripted is not None:
             status = scripted.status
             out = scripted.body if scripted.body is not None else _error(status, "scripted")
+        elif self.token is not None and auth != f"Bearer {self.token}":
+            status, out = 401, _error(401, "request had invalid authentication credentials")
         else:
             status, out = self._answer(path, body)
-        self._record(path, body, status)
+        self._record(Seen(path, body, status, auth))
         h.send_response(status)
         h.send_header("Content-Type", "application/json; charset=UTF-8")
         h.send_header("Content-Length", str(len(out)))
         h.end_headers()
         h.wfile.write(out)
 
-    def _record(self, path: str, body: dict[str, Any], status: int) -> None:
+    def _record(self, seen: Seen) -> None:
         with self._lock:
-            self.requests.append(Seen(path, body, status))
+            self.requests.append(seen)
 
     @staticmethod
     def _answer(path: str, body: dict[str, Any]) -> tuple[int, bytes]:

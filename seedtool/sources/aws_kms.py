@@ -192,7 +192,8 @@ class AwsKmsSource(Source):
             from botocore.config import Config
 
             config = Config(
-                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                # total_max_attempts counts the first call; botocore's max_attempts does not.
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
             )
