@@ -344,6 +344,25 @@ def test_aws_disconnected_cloudhsm_key_store(kms: ScriptedKms) -> None:
     assert "cks-0123" in msg and "not connected" in msg and "connect-custom-key-store" in msg
 
 
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        ("CustomKeyStoreNotFoundException", ["no custom key store 'cks-0123'", "us-east-1"]),
+        ("UnsupportedOperationException", ["only CloudHSM key stores"]),
+        ("ValidationException", ["ValidationException", "custom_key_store="]),
+    ],
+)
+def test_aws_other_refusals_name_the_fix(kms: ScriptedKms, code: str, words: list[str]) -> None:
+    kms.script.append(("error", 400, code))
+    with _scripted_source(kms, custom_key_store="cks-0123") as src, pytest.raises(
+        SourceError
+    ) as err:
+        src.read(16)
+    assert len(kms.bodies) == 1
+    for w in words:
+        assert w in str(err.value)
+
+
 def test_aws_hanging_reply_times_out_after_retries(kms: ScriptedKms) -> None:
     kms.script.extend([("hang",)] * 2)
     with _scripted_source(kms, read_timeout="0.3", max_attempts="2") as src, pytest.raises(

@@ -237,6 +237,8 @@ class AwsKmsSource(Source):
     def read(self, n: int) -> bytes:
         if n < 0:
             raise UsageError("cannot read a negative number of bytes")
+        if n == 0:
+            return b""
         client = self._get_client()
         out = bytearray()
         while len(out) < n:
