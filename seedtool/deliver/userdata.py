@@ -246,10 +246,20 @@ def find_seed(user_data: bytes | None) -> str | None:
     `#include` URLs are not fetched, jinja templates not rendered, JSON patches not
     applied.
     """
+    merged = merged_cloud_config(user_data)
+    rs = merged.get("random_seed") if merged is not None else None
+    if not isinstance(rs, dict) or not isinstance(rs.get("data"), str):
+        return None
+    return str(rs["data"])
+
+
+def merged_cloud_config(user_data: bytes | None) -> dict[str, Any] | None:
+    """The cloud-config cloud-init would merge from `user_data` (its cloud-config.txt),
+    or None when there is no cloud-config; with the limits `find_seed` states."""
     if not user_data:
         return None
     body, _ = _gunzip_if_gzip(bytes(user_data), "the user-data")
-    merged: Any = None
+    merged: dict[str, Any] | None = None
     for part in _expand_archives(_parts(body)):
         if part.content_type != _CLOUD_CONFIG:
             continue
@@ -261,12 +271,7 @@ def find_seed(user_data: bytes | None) -> str | None:
         except ValueError:
             continue  # cloud-init logs the failure and skips this part
         merged = _Merger(how).merge({} if merged is None else merged, cfg)
-    if not isinstance(merged, dict):
-        return None
-    rs = merged.get("random_seed")
-    if not isinstance(rs, dict) or not isinstance(rs.get("data"), str):
-        return None
-    return str(rs["data"])
+    return merged
 
 
 def parts(user_data: bytes | None) -> list[Part]:
@@ -426,7 +431,9 @@ def _inspect(body: bytes) -> tuple[str, list[Part]]:
     if _is_mime(body):
         msg = _message(body)
         fmt = "mime-multipart" if msg.is_multipart() else "mime"
-        if msg.is_multipart() and not msg.get_boundary():
+        if msg.get_content_maintype() == "multipart" and not (
+            msg.is_multipart() and msg.get_boundary()
+        ):
             raise UserDataRefused(
                 "the user-data is MIME multipart without a boundary parameter, so its "
                 "parts cannot be found; fix its Content-Type header"
@@ -860,6 +867,7 @@ __all__ = [
     "check",
     "find_seed",
     "gce_metadata",
+    "merged_cloud_config",
     "parts",
     "user_parts",
 ]
