@@ -168,10 +168,10 @@ class Outcome:
             )
 
 
-def _short(err: BaseException) -> str:
+def _short(err: BaseException, limit: int = 120) -> str:
     """The first clause of an error message: stable, short, never data."""
     text = str(err).split(";")[0].strip()
-    return text[:120]
+    return text[:limit]
 
 
 def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[PublicKey]:
@@ -331,7 +331,7 @@ def credit_seed(
             policy = load_policy(paths.policy)
         except PolicyError as e:
             policy, policy_ok = Policy(), False
-            out.notes.append(_short(e))
+            out.notes.append(_short(e, 400))
     out.fail_closed = policy.fail_closed
 
     to_credit: tuple[bytes, int] | None = None
@@ -354,7 +354,7 @@ def credit_seed(
                         fresh = Ledger(paths.ledger).consume(env.seed_id_hex, origin, wall)
                     except LedgerError as e:
                         out.reason = "ledger not writable"
-                        out.notes.append(_short(e))
+                        out.notes.append(_short(e, 400))
                     else:
                         if fresh:
                             to_credit = (verified.seed, verified.creditable_bits)
@@ -413,7 +413,7 @@ def credit_seed(
         write_status(paths.status, out.status())
         out.status_written = True
     except SeedtoolError as e:
-        out.notes.append(f"status not written: {_short(e)}")
+        out.notes.append(f"status not written: {_short(e, 400)}")
     except OSError as e:
         out.notes.append(f"status not written: {e.strerror}")
     return out
