@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "os": "seedtool.sources.os:OsSource",
     "hwrng": "seedtool.sources.hwrng:HwrngSource",
     "tpm": "seedtool.sources.tpm:TpmSource",
+    "egd": "seedtool.sources.egd:EgdSource",
     "aws-kms": "seedtool.sources.aws_kms:AwsKmsSource",
     "gcp-kms": "seedtool.sources.gcp_kms:GcpKmsSource",
     "truerng": "seedtool.sources.truerng:TrueRngSource",
