@@ -19,6 +19,7 @@ import os
 import pty
 import select
 import threading
+import time
 import tty
 from typing import Callable
 
@@ -143,13 +144,18 @@ class PtySimulator:
     """An `EntropyKeySim` behind a pseudo-terminal; `path` is the tty a host opens.
 
     A background thread answers host commands and writes frames whenever the host
-    side can take them (at most `rate_frames` frames per second if given). `unplug()`
-    closes the master side, which is what a host sees when a key is pulled out.
+    side can take them (at most `rate_frames` frames per second if given). Like the
+    real key, it sends "re-key me" frames only now and then (every `idle_interval`
+    seconds), not as a flood. `unplug()` closes the master side, which is what a
+    host sees when a key is pulled out.
     """
 
-    def __init__(self, sim: EntropyKeySim, rate_frames: float | None = None) -> None:
+    def __init__(
+        self, sim: EntropyKeySim, rate_frames: float | None = None, idle_interval: float = 0.02
+    ) -> None:
         self.sim = sim
-        self.rate_frames = rate_frames
+        self.interval = 1.0 / rate_frames if rate_frames else 0.0
+        self.idle_interval = idle_interval
         self.master, self.slave = pty.openpty()
         tty.setraw(self.master)
         tty.setraw(self.slave)
@@ -163,25 +169,29 @@ class PtySimulator:
 
     def _run(self) -> None:
         pending = b""
-        interval = 1.0 / self.rate_frames if self.rate_frames else 0.0
+        hold_until = 0.0
         while not self._stop.is_set():
             try:
-                want_write = [self.master] if pending or not interval else []
-                r, w, _ = select.select([self.master], want_write, [], interval or 0.05)
-                if r:
-                    data = os.read(self.master, 4096)
-                    if not data:
-                        return
-                    with self._lock:
-                        self.sim.host_write(data)
-                if not pending:
+                now = time.monotonic()
+                if not pending and now >= hold_until:
                     with self._lock:
                         frame = self.sim.next_frame()
                     if self.tamper is not None:
                         frame = self.tamper(frame)
                     pending = frame
                     self.frames_written += 1
-                if pending and (w or interval):
+                    gap = self.idle_interval if frame[2:3] == b"k" else self.interval
+                    hold_until = now + gap
+                timeout = 0.05 if pending else max(0.0, hold_until - time.monotonic())
+                writers = [self.master] if pending else []
+                r, w, _ = select.select([self.master], writers, [], timeout)
+                if r:
+                    data = os.read(self.master, 4096)
+                    if not data:
+                        return
+                    with self._lock:
+                        self.sim.host_write(data)
+                if w and pending:
                     n = os.write(self.master, pending)
                     pending = pending[n:]
             except OSError:
@@ -190,11 +200,10 @@ class PtySimulator:
     def unplug(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        for fd in (self.master,):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
         self.master = -1
 
     def close(self) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from seedtool.sources.entropykey_protocol import (
     KeyringError,
     SessionKeys,
     WrongLongTermKey,
+    build_frame,
     decode_subcode,
     encode_subcode,
     format_keyring_line,
@@ -375,6 +378,20 @@ def test_every_single_bit_flip_of_an_entropy_frame_is_rejected_and_counted() -> 
     assert flips == 512
 
 
+def test_entropy_under_the_old_key_still_counts_while_a_rekey_is_pending() -> None:
+    sim, host = keyed_pair()
+    request = build_frame(sim._keys, b"k", b">", b"Unable to send entropy. Please re-key session.")
+    host.receive(request)
+    command = host.take_writes()
+    assert command[:1] == b"K"
+    host.receive(sim.next_frame())  # still under the old session key
+    assert host.take_entropy(host.available) == sim.sent_entropy[-1]
+    sim.host_write(command)
+    pump(sim, host, 3)  # K!, then entropy under the new key
+    assert host.stats.rekeys == 2
+    assert host.take_entropy(host.available) == b"".join(sim.sent_entropy[-2:])
+
+
 def test_a_replayed_entropy_frame_is_rejected() -> None:
     sim, host = keyed_pair()
     frame = sim.next_frame()
@@ -435,6 +452,20 @@ def test_device_failure_report_fails_the_source() -> None:
     sim, host = keyed_pair(info_every=3, failure_mode="3")
     with pytest.raises(DeviceError, match="correlated"):
         pump(sim, host, 10)
+
+
+def test_a_lost_serial_frame_makes_the_host_reset_again() -> None:
+    sim = EntropyKeySim(SERIAL, LTK)
+    host = HostSession({SERIAL: LTK}, os.urandom)
+    host.start()
+    sim.host_write(host.take_writes())
+    sim.next_frame()  # the serial frame is lost on the way
+    for _ in range(HostSession.RESET_AFTER_IGNORED):
+        host.receive(sim.next_frame())  # 'k' frames the host cannot use yet
+    assert host.take_writes() == b"\x03"
+    sim.host_write(b"\x03")
+    pump(sim, host, 3)
+    assert host.keyed
 
 
 def test_deframer_resynchronises_after_garbage() -> None:
@@ -613,6 +644,53 @@ def test_tty_serial_mismatch(keyring: Path, pty_sim: PtySimulator) -> None:
         other.read(32)
 
 
+def test_tty_device_that_sends_nothing_times_out(keyring: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        src = EntropyKeySource(keyring=str(keyring), device=os.ttyname(slave), timeout="0.2")
+        with pytest.raises(DeviceError, match="sent nothing"):
+            src.read(32)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_unix_socket_transport(keyring: Path, tmp_path: Path) -> None:
+    """ekey-ulusbd serves a key on a UNIX socket; ekeyd (and we) connect to it."""
+    sim = EntropyKeySim(SERIAL, LTK)
+    path = str(tmp_path / "ekey.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(0.01)
+            while not stop.is_set():
+                try:
+                    sim.host_write(conn.recv(4096))
+                except socket.timeout:
+                    pass
+                try:
+                    conn.sendall(sim.next_frame())
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    src = EntropyKeySource(keyring=str(keyring), device=path)
+    try:
+        got = src.read(500)
+    finally:
+        src.close()
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+    assert got == b"".join(sim.sent_entropy)[:500]
+
+
 # ---- the real ekeyd daemon as the peer of our simulator
 
 EKEYD = shutil.which("ekeyd") or ("/usr/sbin/ekeyd" if os.path.exists("/usr/sbin/ekeyd") else None)
@@ -664,16 +742,20 @@ def test_real_ekeyd_accepts_the_simulators_frames(tmp_path: Path) -> None:
             return out_path.exists() and out_path.stat().st_size >= 8192
 
         got, log = _run_ekeyd(tmp_path, pty, LTK, enough)
-        sent = b"".join(pty.sim.sent_entropy)
     assert len(got) >= 8192, log
-    assert got == sent[: len(got)]
+    # Every 32-byte block ekeyd decrypted is one the simulator encrypted, in order.
+    # (A subsequence rather than a prefix: if ekeyd resets the link, frames that
+    # were already on their way are dropped, as with a real key.)
+    blocks = [got[i : i + 32] for i in range(0, len(got), 32)]
+    sent_iter = iter(pty.sim.sent_entropy)
+    assert all(any(b == s for s in sent_iter) for b in blocks)
     # ekeyd sent our simulator a well-formed nonce (12 bytes: its counter + 8 random)
     assert pty.sim.nonces and len(pty.sim.nonces[0]) == 12
 
 
 @pytest.mark.skipif(EKEYD is None, reason="ekeyd is not installed (apt-get install ekeyd)")
 def test_real_ekeyd_rejects_the_simulator_under_a_wrong_key(tmp_path: Path) -> None:
-    with PtySimulator(EntropyKeySim(SERIAL, LTK)) as pty:
+    with PtySimulator(EntropyKeySim(SERIAL, LTK), idle_interval=0.002) as pty:
         # ekeyd resets and re-keys after a MAC failure; three re-keys make the point
         got, log = _run_ekeyd(tmp_path, pty, bytes(32), lambda: len(pty.sim.nonces) >= 3)
         assert len(pty.sim.nonces) >= 3, log

@@ -375,6 +375,8 @@ class HostSession:
     WRONG_KEY_AFTER = 3
     #: 'k' frames tolerated after our re-key command before we reset (ekeyd: 5)
     MAX_KEY_REQUESTS = 5
+    #: frames ignored while waiting for the serial-number frame before resetting again
+    RESET_AFTER_IGNORED = 8
 
     def __init__(
         self,
@@ -399,6 +401,8 @@ class HostSession:
         self._pending_nonce: bytes | None = None
         self._unverified_after_rekey = 0  # frames failed since the last K! (no success yet)
         self._key_requests = 0
+        self._ignored = 0
+        self._has_session = False
         self._synced = False
 
     # -- interface for the transport ---------------------------------------
@@ -408,6 +412,7 @@ class HostSession:
         self._tx += RESET
         self._state = "init"
         self._keys = None
+        self._has_session = False
         self._deframer.reset()
         self._synced = False
 
@@ -427,7 +432,8 @@ class HostSession:
 
     @property
     def keyed(self) -> bool:
-        return self._state in ("keyed_first", "keyed")
+        """True once a session key derived from the long-term key is in use."""
+        return self._has_session
 
     def receive(self, data: bytes) -> None:
         before = self._deframer.framing_errors
@@ -466,6 +472,10 @@ class HostSession:
             # Before the serial-number frame nothing is known; stale frames are ignored.
             if frame.kind == "S" and frame.binary:
                 self._on_serial(frame)
+            if self._state == "init":
+                self._ignored += 1
+                if self._ignored % self.RESET_AFTER_IGNORED == 0:
+                    self._tx += RESET  # the serial frame was lost: ask for another
             return
         keys = self._keys
         assert keys is not None
@@ -542,6 +552,7 @@ class HostSession:
         self.serial = serial
         self._ltk = ltk
         self._keys = zero
+        self._has_session = False
         self._seen.clear()
         self._state = "session"
         self._synced = True
@@ -578,6 +589,7 @@ class HostSession:
             return
         session = derive_session_key(self.serial, self._ltk, device_entropy, nonce)
         self._keys = SessionKeys(self.serial, session)
+        self._has_session = True
         self._pending_nonce = None
         self._seen.clear()
         self._unverified_after_rekey = 0
@@ -600,6 +612,9 @@ class HostSession:
         pad = keys.pad(frame.subcode_text)
         self._out += bytes(a ^ b for a, b in zip(data, pad))
         self.stats.entropy_frames += 1
+        if seq == MAX_SEQUENCE and self._state != "session_sent":
+            # the last sequence number: re-key now rather than wait for 'k' (as ekeyd does)
+            self._on_key_request()
 
     def _on_info(self, text: str) -> None:
         for item in text.split(" "):
