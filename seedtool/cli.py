@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "inspect": "inspect_",
     "verify": "verify",
+    "launch": "launch",
+    "nocloud": "nocloud",
     "userdata": "userdata",
 }
 
@@ -32,6 +34,8 @@ HELP: dict[str, str] = {
     "generate": "Make a fresh signed seed envelope.",
     "inspect": "Show an envelope's id, key, times and provenance (never the seed).",
     "verify": "Check an envelope's signature and validity period.",
+    "launch": "Launch VMs (local QEMU now), each with its own fresh seed, and report.",
+    "nocloud": "Write a NoCloud cidata ISO whose user-data carries a fresh seed.",
     "userdata": "Add a fresh seed to your user-data, keeping every part of it as is.",
 }
 

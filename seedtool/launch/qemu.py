@@ -1,0 +1,561 @@
+"""The local launcher: boot VMs under QEMU, each with its own fresh seed.
+
+Per VM: one `SeedFactory.new()`, its own NoCloud `cidata` ISO holding the user's
+user-data plus that seed, and a qcow2 copy-on-write overlay on the shared base disk,
+so the base image is never written. The launcher watches each VM's serial console for
+the guest's kmsg line (`seedtool: credited ...` / `seedtool: mixed seed ...`) and for
+cloud-init's SSH host key fingerprint block, and reports those per VM.
+
+Acceleration: KVM when /dev/kvm is usable, else TCG. Some hosts expose a PVM shim as
+/dev/kvm (module `kvm_pvm`) on which a stock Debian kernel does not boot (measured on
+this project's CI machines), so that case counts as "no KVM".
+
+This module never prints; progress goes to an optional callback. The seed exists on
+the host only inside the VM's ISO, which is written 0600 and deleted as soon as the
+VM has reported (QEMU keeps its open file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CloudError, SeedtoolError, UsageError
+
+QEMU = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+APT_HINT = {QEMU: "qemu-system-x86", QEMU_IMG: "qemu-utils"}
+DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0"
+DEFAULT_TIMEOUT = 900.0
+SERIAL_TAIL = 25
+
+
+class QemuError(CloudError):
+    """QEMU is missing, refused to start, or a VM failed to boot."""
+
+
+class BootTimeout(QemuError):
+    """A VM did not reach the expected point in time; the message holds its last serial lines."""
+
+
+# --- what the guest prints -----------------------------------------------------------
+
+_KTIME = r"(?:\[\s*(?P<t>\d+\.\d+)\]\s*)?"
+_CREDITED = re.compile(
+    _KTIME + r"seedtool: credited (?P<bits>\d+) bits from seed (?P<seed>[0-9a-f]+) signed by key "
+    r"(?P<key>[0-9a-f]+) \((?P<origin>[^,]+), crng (?P<before>\S+)->(?P<after>[^)\s]+)\)"
+)
+_MIXED = re.compile(
+    _KTIME + r"seedtool: mixed seed (?P<seed>[0-9a-f]+|-) uncredited \((?P<origin>[^)]*)\): "
+    r"(?P<reason>.*?)\s*$"
+)
+_CRNG_DONE = re.compile(r"\[\s*(?P<t>\d+\.\d+)\]\s*random: crng init done")
+_FP_BEGIN = "-----BEGIN SSH HOST KEY FINGERPRINTS-----"
+_FP_END = "-----END SSH HOST KEY FINGERPRINTS-----"
+_FP_LINE = re.compile(r"(?P<bits>\d+) (?P<fp>SHA256:[A-Za-z0-9+/=]+) .*\((?P<type>[A-Z0-9-]+)\)")
+
+
+@dataclass(frozen=True)
+class SeedtoolLine:
+    """One of the guest's kmsg lines, as seen on the console."""
+
+    credited: bool
+    seed_id: str  # "-" when the seed could not even be parsed
+    origin: str
+    bits: int = 0
+    key_id: str = ""
+    crng_before: str = ""
+    crng_after: str = ""
+    reason: str = ""
+    kernel_time: float | None = None
+
+
+@dataclass(frozen=True)
+class HostKey:
+    type: str
+    bits: int
+    fingerprint: str
+
+
+def clean_console(text: str) -> str:
+    """Console text without carriage returns and terminal escape sequences."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc", "", text)
+    return text.replace("\r", "")
+
+
+def seedtool_lines(console: str) -> list[SeedtoolLine]:
+    out: list[SeedtoolLine] = []
+    for line in clean_console(console).splitlines():
+        m = _CREDITED.search(line)
+        if m:
+            out.append(SeedtoolLine(
+                True, m["seed"], m["origin"], int(m["bits"]), m["key"], m["before"], m["after"],
+                kernel_time=float(m["t"]) if m["t"] else None,
+            ))
+            continue
+        m = _MIXED.search(line)
+        if m:
+            out.append(SeedtoolLine(
+                False, m["seed"], m["origin"], reason=m["reason"],
+                kernel_time=float(m["t"]) if m["t"] else None,
+            ))
+    return out
+
+
+def crng_init_time(console: str) -> float | None:
+    """Kernel time of `random: crng init done`, if it was printed."""
+    m = _CRNG_DONE.search(clean_console(console))
+    return float(m["t"]) if m else None
+
+
+def host_keys(console: str) -> list[HostKey] | None:
+    """cloud-init's host key fingerprints block (keys_to_console), or None if not yet seen."""
+    text = clean_console(console)
+    start = text.rfind(_FP_BEGIN)
+    if start < 0:
+        return None
+    end = text.find(_FP_END, start)
+    if end < 0:
+        return None
+    keys = []
+    for line in text[start + len(_FP_BEGIN) : end].splitlines():
+        m = _FP_LINE.search(line)
+        if m:
+            keys.append(HostKey(m["type"], int(m["bits"]), m["fp"]))
+    return keys
+
+
+# --- host tools ------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise QemuError(
+            f"{name} is not installed; install it with 'apt-get install {APT_HINT.get(name, name)}'"
+        )
+    return path
+
+
+def kvm_usable() -> bool:
+    """True if /dev/kvm is there, ours to open, and not the PVM shim stock kernels fail on."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    return not os.path.exists("/sys/module/kvm_pvm")
+
+
+def choose_accel(requested: str = "auto") -> str:
+    if requested not in ("auto", "kvm", "tcg"):
+        raise UsageError(f"--accel must be auto, kvm or tcg, not {requested!r}")
+    if requested == "auto":
+        return "kvm" if kvm_usable() else "tcg"
+    return requested
+
+
+def image_format(path: Path) -> str:
+    """The disk image's format as qemu-img sees it (raw, qcow2, ...)."""
+    if not path.is_file():
+        raise UsageError(f"disk image {path} does not exist; build or download one first")
+    out = subprocess.run(
+        [find_tool(QEMU_IMG), "info", "--output=json", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise QemuError(f"qemu-img cannot read {path}: {_last_line(out.stderr)}")
+    try:
+        return str(json.loads(out.stdout)["format"])
+    except (ValueError, KeyError):
+        raise QemuError(f"qemu-img gave no format for {path}; is it a disk image?") from None
+
+
+def create_overlay(base: Path, overlay: Path, base_format: str | None = None) -> None:
+    """A qcow2 overlay on `base`: the VM writes there, `base` stays untouched."""
+    fmt = base_format or image_format(base)
+    out = subprocess.run(
+        [find_tool(QEMU_IMG), "create", "-q", "-f", "qcow2", "-b", str(base.resolve()),
+         "-F", fmt, str(overlay)],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise QemuError(f"cannot create an overlay on {base}: {_last_line(out.stderr)}")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+# --- one VM ----------------------------------------------------------------------------
+
+
+@dataclass
+class MachineConfig:
+    """How to boot: shared by every VM of one launch."""
+
+    image: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    memory: int = 1024  # MiB
+    cpu: str | None = None  # default: host under KVM, max under TCG
+    accel: str = "auto"
+    virtio_rng: bool = False
+    network: bool = True
+    #: isolate the guest from the outside (hostfwd to sshd still works)
+    restrict_network: bool = False
+    extra_args: Sequence[str] = ()
+
+    def check(self) -> None:
+        if not self.image.is_file():
+            raise UsageError(f"disk image {self.image} does not exist; build or download one first")
+        for what, p in (("kernel", self.kernel), ("initrd", self.initrd)):
+            if p is not None and not p.is_file():
+                raise UsageError(f"{what} {p} does not exist")
+        if self.initrd is not None and self.kernel is None:
+            raise UsageError("--initrd needs --kernel")
+        if self.append is not None and self.kernel is None:
+            raise UsageError("--append needs --kernel (without it the image's boot loader decides)")
+        if not 256 <= self.memory <= 1 << 20:
+            raise UsageError("--memory is in MiB and must be at least 256")
+
+
+class QemuVM:
+    """One QEMU process with a serial log file, a QMP socket and optional hostfwd to ssh."""
+
+    def __init__(self, name: str, workdir: Path, disk: Path, config: MachineConfig,
+                 seed_iso: Path | None = None, disk_format: str = "qcow2",
+                 ssh_port: int | None = None) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.disk = disk
+        self.disk_format = disk_format
+        self.config = config
+        self.seed_iso = seed_iso
+        self.ssh_port = ssh_port
+        self.serial_log = workdir / "serial.log"
+        self.qmp_path = workdir / "qmp.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.accel = ""
+        self.started_at = 0.0
+        self._stderr = workdir / "qemu.stderr"
+
+    def argv(self) -> list[str]:
+        c = self.config
+        self.accel = choose_accel(c.accel)
+        cpu = c.cpu or ("host" if self.accel == "kvm" else "max")
+        accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
+        args = [
+            find_tool(QEMU), "-name", self.name, "-machine", "pc", "-accel", accel,
+            "-cpu", cpu, "-smp", "1", "-m", str(c.memory),
+            "-display", "none", "-vga", "none", "-nodefaults",
+            "-serial", f"file:{self.serial_log}",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-drive", f"file={self.disk},if=virtio,format={self.disk_format},cache=unsafe",
+        ]
+        if self.seed_iso is not None:
+            args += ["-drive", f"file={self.seed_iso},if=virtio,format=raw,readonly=on"]
+        if c.kernel is not None:
+            args += ["-kernel", str(c.kernel)]
+            if c.initrd is not None:
+                args += ["-initrd", str(c.initrd)]
+            args += ["-append", c.append or DEFAULT_APPEND]
+        if c.network:
+            net = "user,id=net0"
+            if c.restrict_network:
+                net += ",restrict=on"
+            if self.ssh_port is not None:
+                net += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+            args += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0"]
+        if c.virtio_rng:
+            args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+                     "-device", "virtio-rng-pci,rng=rng0"]
+        return args + list(c.extra_args)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.serial_log.write_bytes(b"")
+        with open(self._stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True,  # --keep-running VMs outlive us; ^C reaches only us
+            )
+        self.started_at = time.monotonic()
+        (self.workdir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def console(self) -> str:
+        try:
+            return self.serial_log.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, n: int = SERIAL_TAIL) -> str:
+        lines = [ln for ln in clean_console(self.console()).splitlines() if ln.strip()]
+        return "\n".join(lines[-n:])
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def _died(self) -> QemuError:
+        err = ""
+        try:
+            err = _last_line(self._stderr.read_text(errors="replace"))
+        except OSError:
+            pass
+        return QemuError(
+            f"{self.name}: QEMU exited with status {self.exited()} ({err}); last serial lines:\n"
+            f"{self.tail()}"
+        )
+
+    def wait_until(self, done: Callable[[str], bool], timeout: float, what: str,
+                   allow_exit: bool = False) -> str:
+        """Poll the console until `done(console)`; raise BootTimeout with the serial tail."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console()
+            if done(text):
+                return text
+            if self.exited() is not None:
+                text = self.console()
+                if done(text):
+                    return text
+                if not allow_exit:
+                    raise self._died()
+                raise QemuError(
+                    f"{self.name}: the VM stopped before {what}; last serial lines:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise BootTimeout(
+                    f"{self.name}: no {what} within {timeout:.0f} s; last serial lines:\n"
+                    f"{self.tail()}"
+                )
+            time.sleep(0.5)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the guest to power itself off; on timeout kill it and raise."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BootTimeout(
+                f"{self.name}: the VM did not power off within {timeout:.0f} s; last serial "
+                f"lines:\n{self.tail()}"
+            ) from None
+
+    def qmp(self, command: str) -> None:
+        """Send one QMP command (no arguments) and read its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.qmp_path))
+            f = s.makefile("rwb")
+            f.readline()  # greeting
+            for cmd in ("qmp_capabilities", command):
+                f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                f.flush()
+                while True:
+                    line = f.readline()
+                    if not line:
+                        return
+                    msg = json.loads(line)
+                    if "return" in msg or "error" in msg:
+                        break
+
+    def power_off(self, grace: float = 60.0) -> None:
+        """ACPI power button, then QMP quit, then SIGKILL: the VM is gone afterwards."""
+        if self.proc is None or self.exited() is not None:
+            return
+        try:
+            self.qmp("system_powerdown")
+            self.proc.wait(grace)
+            return
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        try:
+            self.qmp("quit")
+            self.proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+# --- a launch: N VMs, each with its own seed --------------------------------------------
+
+
+@dataclass
+class VMReport:
+    name: str
+    instance_id: str
+    seed_id: str
+    key_id: str
+    verdict: str  # credited | uncredited | no-seedtool | failed
+    credited_bits: int = 0
+    reason: str = ""
+    host_keys: list[HostKey] = field(default_factory=list)
+    boot_seconds: float = 0.0
+    accel: str = ""
+    ssh_port: int | None = None
+    pid: int | None = None
+    workdir: str = ""
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["host_keys"] = [asdict(k) for k in self.host_keys]
+        return d
+
+
+ProgressFn = Callable[[str, str], None]
+
+
+def _ours(lines: list[SeedtoolLine], seed_id: str) -> SeedtoolLine | None:
+    """The kmsg line about our seed; failing that, a refusal that names no seed."""
+    for ln in lines:
+        if ln.seed_id == seed_id:
+            return ln
+    for ln in lines:
+        if ln.seed_id == "-" and not ln.credited:
+            return ln
+    return None
+
+
+def launch(
+    config: MachineConfig,
+    factory: Any,
+    *,
+    count: int = 1,
+    user_data: bytes | None = None,
+    parallel: int | None = None,
+    keep_running: bool = False,
+    workdir: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: ProgressFn | None = None,
+    add_seed: Callable[[bytes | None, str], bytes] | None = None,
+) -> list[VMReport]:
+    """Boot `count` VMs, each with a fresh seed from `factory`, and report on each.
+
+    At most `parallel` VMs boot at a time (default: the number of CPUs, since every
+    TCG VM keeps one busy). Without `keep_running` each VM is powered off once it has
+    reported, and its overlay is deleted unless `workdir` was given.
+    """
+    from ..deliver.nocloud import new_instance_id, write_iso
+
+    if add_seed is None:
+        from ..deliver.userdata import add_seed as _add_seed
+
+        add_seed = _add_seed
+    if count < 1:
+        raise UsageError("--count must be at least 1")
+    config.check()
+    find_tool(QEMU)
+    base_format = image_format(config.image)
+    if parallel is None:
+        parallel = max(1, os.cpu_count() or 1)
+    if keep_running:
+        parallel = count  # every VM stays up anyway
+    own_workdir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="seedtool-qemu-")) if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+    note = progress or (lambda _vm, _msg: None)
+    seed_lock = threading.Lock()
+    width = len(str(count))
+
+    def one(i: int) -> VMReport:
+        name = f"vm{i + 1:0{width}d}"
+        vdir = root / name
+        vdir.mkdir(parents=True, exist_ok=True)
+        with seed_lock:  # one factory for the launch, one new() per VM
+            seed = factory.new()
+        iid = new_instance_id()
+        iso = vdir / "seed.iso"
+        report = VMReport(name, iid, seed.seed_id, str(seed.summary["key_id"]), "failed",
+                          workdir=str(vdir))
+        vm: QemuVM | None = None
+        try:
+            write_iso(iso, add_seed(user_data, seed.text), instance_id=iid)
+            overlay = vdir / "disk.qcow2"
+            create_overlay(config.image, overlay, base_format)
+            port = free_port() if config.network else None
+            vm = QemuVM(name, vdir, overlay, config, seed_iso=iso, ssh_port=port)
+            vm.start()
+            report.accel, report.ssh_port, report.pid = vm.accel, port, vm.pid
+            note(name, f"booting ({vm.accel}), seed {seed.seed_id}")
+            seen: dict[str, bool] = {}
+
+            def reported(text: str) -> bool:
+                line = _ours(seedtool_lines(text), seed.seed_id)
+                if line is not None and "line" not in seen:
+                    seen["line"] = True
+                    note(name, "seed credited" if line.credited else f"seed refused: {line.reason}")
+                return host_keys(text) is not None
+
+            text = vm.wait_until(reported, timeout, "SSH host key fingerprints on the console")
+            report.boot_seconds = round(time.monotonic() - vm.started_at, 1)
+            report.host_keys = host_keys(text) or []
+            line = _ours(seedtool_lines(text), seed.seed_id)
+            if line is None:
+                report.verdict = "no-seedtool"
+                report.reason = ("no seedtool line on the console: the image has no seedtool "
+                                 "guest, so cloud-init's seed_random only mixed the seed in")
+            else:
+                report.verdict = "credited" if line.credited else "uncredited"
+                report.credited_bits = line.bits
+                report.reason = line.reason
+            note(name, f"reported after {report.boot_seconds:.0f} s")
+        except SeedtoolError as e:  # one VM failing must not hide the others' reports
+            report.error = str(e)
+            if vm is not None:
+                vm.kill()
+        except BaseException:
+            if vm is not None:
+                vm.kill()
+            raise
+        finally:
+            iso.unlink(missing_ok=True)  # QEMU keeps its open file; the seed leaves our disk
+        if vm is not None and not keep_running and vm.exited() is None:
+            note(name, "powering off")
+            vm.power_off()
+            report.pid = None
+        elif vm is not None and vm.exited() is not None:
+            report.pid = None
+        return report
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(parallel, count)) as pool:
+            reports = list(pool.map(one, range(count)))
+    finally:
+        if own_workdir and not keep_running:
+            shutil.rmtree(root, ignore_errors=True)
+    if own_workdir and not keep_running:
+        for r in reports:
+            r.workdir = ""
+    return reports
