@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -511,17 +512,32 @@ def test_missing_keyring_is_reported_by_available(tmp_path: Path) -> None:
 
 # ---- USB, through the fake pyusb backend
 
-usb = pytest.importorskip("usb.core")
-from tests.fakeusb import FakeBackend  # noqa: E402
-from tests.fakeusb.entropykey import EntropyKeyUsb  # noqa: E402
+try:
+    import usb.core  # noqa: F401  (pyusb: the `usb` extra)
+except ImportError:  # pragma: no cover - the test script installs pyusb
+    HAVE_PYUSB = False
+else:
+    HAVE_PYUSB = True
+needs_pyusb = pytest.mark.skipif(
+    not HAVE_PYUSB, reason="pyusb is not installed (pip install pyusb)"
+)
 
 
-def usb_source(keyring: Path, dev: EntropyKeyUsb, **kw: object) -> EntropyKeySource:
-    return EntropyKeySource(keyring=str(keyring), backend=FakeBackend([dev]), **kw)
+def fake_key(**kw: object) -> Any:
+    from tests.fakeusb.entropykey import EntropyKeyUsb
+
+    return EntropyKeyUsb(EntropyKeySim(SERIAL, LTK, **kw))  # type: ignore[arg-type]
 
 
+def usb_source(keyring: Path, *devices: Any, **kw: object) -> EntropyKeySource:
+    from tests.fakeusb import FakeBackend
+
+    return EntropyKeySource(keyring=str(keyring), backend=FakeBackend(list(devices)), **kw)
+
+
+@needs_pyusb
 def test_usb_path_reads_exactly_the_devices_entropy(keyring: Path) -> None:
-    dev = EntropyKeyUsb(EntropyKeySim(SERIAL, LTK, info_every=5))
+    dev = fake_key(info_every=5)
     src = usb_source(keyring, dev, serial="SeedToolTest0001")
     avail = src.available()
     assert avail.ok, avail.reason
@@ -538,10 +554,11 @@ def test_usb_path_reads_exactly_the_devices_entropy(keyring: Path) -> None:
     assert dev.kernel_drivers == {0: "cdc_acm", 1: "cdc_acm"}
 
 
+@needs_pyusb
 def test_usb_wrong_long_term_key(tmp_path: Path) -> None:
     ring = tmp_path / "keyring"
     ring.write_bytes(format_keyring_line(SERIAL, bytes(32)))
-    dev = EntropyKeyUsb(EntropyKeySim(SERIAL, LTK))
+    dev = fake_key()
     src = usb_source(ring, dev)
     with pytest.raises(WrongLongTermKey, match="ekey-rekey"):
         src.read(64)
@@ -550,8 +567,9 @@ def test_usb_wrong_long_term_key(tmp_path: Path) -> None:
     assert dev.kernel_drivers == {0: "cdc_acm", 1: "cdc_acm"}
 
 
+@needs_pyusb
 def test_usb_tampered_stream_past_threshold_fails(keyring: Path) -> None:
-    dev = EntropyKeyUsb(EntropyKeySim(SERIAL, LTK))
+    dev = fake_key()
     count = {"e": 0}
 
     def flip_every_third_entropy_frame(frame: bytes) -> bytes:
@@ -574,16 +592,19 @@ def test_usb_tampered_stream_past_threshold_fails(keyring: Path) -> None:
         src.read(1)
 
 
+@needs_pyusb
 def test_usb_unplugged_mid_read(keyring: Path) -> None:
-    dev = EntropyKeyUsb(EntropyKeySim(SERIAL, LTK), unplug_after=64 * 20)
+    dev = fake_key()
+    dev.unplug_after = 64 * 20
     src = usb_source(keyring, dev)
     with pytest.raises(DeviceError, match="unplugged"):
         src.read(10_000)
     assert not dev.present
 
 
+@needs_pyusb
 def test_usb_absent_device(keyring: Path) -> None:
-    src = EntropyKeySource(keyring=str(keyring), backend=FakeBackend([]))
+    src = usb_source(keyring)
     avail = src.available()
     assert not avail.ok and "no Entropy Key" in avail.reason
     with pytest.raises(DeviceError, match="plug it in"):
