@@ -91,14 +91,20 @@ class HealthReport:
 
 
 class ByteTester:
-    """RCT + APT over byte samples (8 bits per sample), streaming across chunks."""
+    """RCT + APT over byte samples (8 bits per sample), streaming across chunks.
+
+    RCT: with x the chunk as one big integer, x ^ (x >> 8) has a zero byte exactly
+    where two neighbouring samples are equal, so a run of C equal samples is C - 1
+    zero bytes in a row: a substring search, done in C.
+    APT: `bytes.count` of each window's first sample within the window.
+    """
 
     def __init__(self, h: float) -> None:
         self.h = h
         self.window = 512
         self.rct_c = rct_cutoff(h)
         self.apt_c = apt_cutoff(h, self.window)
-        self._rct_re = re.compile(rb"(.)\1{%d}" % (self.rct_c - 1), re.DOTALL)
+        self._zeros = b"\0" * (self.rct_c - 1)
         self._tail = b""  # last rct_c - 1 samples of the previous chunk
         self._apt_buf = b""  # incomplete APT window carried over
 
@@ -108,28 +114,60 @@ class ByteTester:
 
     def check(self, chunk: bytes) -> tuple[int, int]:
         """Return (rct_failures, apt_failures) found in chunk (continuing the stream)."""
+        joined = self._tail + chunk if self._tail else chunk
+        n = len(joined)
         rct = 0
-        joined = self._tail + chunk
-        if self._rct_re.search(joined) is not None:
-            rct = 1
+        if n >= self.rct_c:
+            x = int.from_bytes(joined, "big")
+            diff = (x ^ (x >> 8)).to_bytes(n, "big")  # diff[k] = joined[k-1] ^ joined[k]
+            if diff.find(self._zeros, 1) >= 0:
+                rct = 1
         keep = self.rct_c - 1
-        self._tail = joined[-keep:] if keep else b""
+        self._tail = joined[-keep:] if keep and n else b""
         apt = 0
         data = self._apt_buf + chunk if self._apt_buf else chunk
         w, c = self.window, self.apt_c
         end = len(data) - len(data) % w
         for start in range(0, end, w):
             if data.count(data[start : start + 1], start, start + w) >= c:
-                apt += 1
+                apt = 1
                 break
         self._apt_buf = data[end:]
         return rct, apt
 
 
+def _lsb_run(byte: int, bit: int) -> int:
+    n = 0
+    while n < 8 and (byte >> n) & 1 == bit:
+        n += 1
+    return n
+
+
+def _msb_run(byte: int, bit: int) -> int:
+    n = 0
+    while n < 8 and (byte >> (7 - n)) & 1 == bit:
+        n += 1
+    return n
+
+
+# equal-bit runs at either end of every byte value, for bit 0 and bit 1
+_LSB = [bytes(_lsb_run(v, b) for v in range(256)) for b in (0, 1)]
+_MSB = [bytes(_msb_run(v, b) for v in range(256)) for b in (0, 1)]
+_popcount = getattr(int, "bit_count", None) or (lambda x: bin(x).count("1"))
+_FULL_BYTES = re.compile(rb"\x00+|\xff+")
+
+
 class BitTester:
-    """RCT + APT over single-bit samples (MSB first within each byte)."""
+    """RCT + APT over single-bit samples (MSB first within each byte).
+
+    For bits H <= 1, so C >= 21: every failing run contains a whole 0x00 or 0xFF
+    byte. The regex finds those bytes in C; only they and their two neighbours are
+    looked at in Python.
+    """
 
     def __init__(self, h: float) -> None:
+        if h > 1:
+            raise ValueError("a bit sample carries at most 1 bit of min-entropy")
         self.h = h
         self.window = 1024
         self.rct_c = rct_cutoff(h)
@@ -143,48 +181,43 @@ class BitTester:
         self._apt_buf = b""
 
     def _rct(self, chunk: bytes) -> int:
-        # Runs longer than 8 bits need whole 0x00/0xFF bytes, so only those bytes and
-        # their neighbours are examined bit by bit; the rest are skipped in C.
-        bits = int.from_bytes(chunk, "big")
-        nbits = 8 * len(chunk)
-        if nbits == 0:
+        if not chunk:
             return 0
-        # transitions: positions where bit i differs from bit i+1
-        diff = bits ^ (bits >> 1)
-        # walk transitions from the MSB end using bit_length on the masked diff
-        pos = nbits  # index (from LSB) one past the current bit
-        run_bit, run_len = self._run_bit, self._run_len
-        first_bit = (bits >> (nbits - 1)) & 1
-        if first_bit != run_bit:
-            run_bit, run_len = first_bit, 0
-        mask_all = (1 << (nbits - 1)) - 1  # transitions between bit i and i-1 live below MSB
-        d = diff & mask_all
-        while True:
-            nxt = d.bit_length()  # highest transition below pos
-            length = pos - nxt if nxt else pos
-            run_len += length
-            if run_len >= self.rct_c:
-                self._run_bit, self._run_len = run_bit, 0
+        c, end = self.rct_c, len(chunk)
+        last_run = -1
+        for m in _FULL_BYTES.finditer(chunk):
+            s, e = m.span()
+            bit = chunk[s] & 1
+            run = 8 * (e - s)
+            if s:
+                run += _LSB[bit][chunk[s - 1]]
+            elif self._run_bit == bit:
+                run += self._run_len
+            if e == end:
+                last_run = run
+            else:
+                run += _MSB[bit][chunk[e]]
+            if run >= c:
+                self._run_bit, self._run_len = -1, 0
                 return 1
-            if not nxt:
-                break
-            pos = nxt
-            run_bit ^= 1
-            run_len = 0
-            d &= (1 << (nxt - 1)) - 1
-        self._run_bit, self._run_len = run_bit, run_len
+        tail = chunk[-1]
+        bit = tail & 1
+        if last_run >= 0:
+            self._run_bit, self._run_len = bit, last_run
+        else:
+            n = _LSB[bit][tail]
+            self._run_bit, self._run_len = bit, n
         return 0
 
     def check(self, chunk: bytes) -> tuple[int, int]:
         rct = self._rct(chunk)
         apt = 0
-        data = self._apt_buf + chunk
+        data = self._apt_buf + chunk if self._apt_buf else chunk
         wb = self.window // 8
         end = len(data) - len(data) % wb
         for start in range(0, end, wb):
-            win = data[start : start + wb]
-            ones = int.from_bytes(win, "big").bit_count()
-            same = ones if win[0] & 0x80 else self.window - ones
+            ones = _popcount(int.from_bytes(data[start : start + wb], "big"))
+            same = ones if data[start] & 0x80 else self.window - ones
             if same >= self.apt_c:
                 apt += 1
                 break

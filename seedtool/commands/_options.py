@@ -1,0 +1,131 @@
+"""Options shared by every command that makes seeds (generate, userdata, nocloud, launch).
+
+`seed_options` adds --key/--passphrase-file/--source/--require/--bytes/--ttl, and
+`factory_from_options` turns them into a `SeedFactory`, so every delivery path
+makes seeds the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..envelope import SEED_DEFAULT
+from ..errors import SigningKeyError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_KEY_ENV = "SEEDTOOL_KEY"
+PASSPHRASE_ENV = "SEEDTOOL_KEY_PASSPHRASE"
+
+
+def default_key_path() -> str:
+    env = os.environ.get(DEFAULT_KEY_ENV)
+    if env:
+        return env
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "seedtool", "signing.key")
+
+
+def _parse_duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise UsageError(f"--ttl '{text}' is not a duration; write e.g. 3600, 90m, 1h or 2d") from None
+
+
+def seed_options(f: F) -> F:
+    options = [
+        click.option(
+            "--key",
+            "key_path",
+            metavar="FILE",
+            default=None,
+            help=f"Ed25519 signing key (default ${DEFAULT_KEY_ENV} or ~/.config/seedtool/signing.key).",
+        ),
+        click.option(
+            "--passphrase-file",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help=f"File holding the signing key's passphrase (or set ${PASSPHRASE_ENV}).",
+        ),
+        click.option(
+            "--source",
+            "sources",
+            multiple=True,
+            metavar="NAME[:k=v,...]",
+            help="Entropy source to mix in (repeatable); 'os' is always mixed in.",
+        ),
+        click.option(
+            "--require",
+            "required",
+            multiple=True,
+            metavar="NAME",
+            help="Fail if this source is unavailable or fails its health tests.",
+        ),
+        click.option(
+            "--bytes",
+            "nbytes",
+            type=int,
+            default=SEED_DEFAULT,
+            show_default=True,
+            help="Seed size in bytes (the guest credits 8 bits per byte).",
+        ),
+        click.option(
+            "--ttl",
+            default="1h",
+            show_default=True,
+            help="How long the seed stays valid (seconds, or 90m, 1h, 2d).",
+        ),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def read_passphrase(passphrase_file: str | None) -> bytes | None:
+    if passphrase_file:
+        try:
+            with open(passphrase_file, "rb") as fh:
+                return fh.read().rstrip(b"\r\n")
+        except OSError as e:
+            raise SigningKeyError(f"cannot read passphrase file {passphrase_file}: {e.strerror}") from None
+    env = os.environ.get(PASSPHRASE_ENV)
+    return env.encode() if env else None
+
+
+def factory_from_options(
+    key_path: str | None,
+    passphrase_file: str | None,
+    sources: tuple[str, ...],
+    required: tuple[str, ...],
+    nbytes: int,
+    ttl: str,
+) -> Any:
+    """Build a SeedFactory from the shared options (imports the heavy parts lazily)."""
+    from ..generate import SeedFactory
+    from ..keys import load_private_key
+    from ..sources import parse_source_spec, source_class
+
+    specs = [parse_source_spec(s) for s in sources]
+    for r in required:
+        source_class(r)
+    key = load_private_key(key_path or default_key_path(), read_passphrase(passphrase_file))
+    return SeedFactory(
+        key,
+        sources=specs,
+        required=list(required),
+        nbytes=nbytes,
+        ttl=_parse_duration(ttl),
+    )
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))

@@ -1,0 +1,21 @@
+"""Shared fixtures: signing keys and a seed factory for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seedtool.keys import PublicKey, generate_keypair, load_private_key
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> tuple[Path, Path, PublicKey]:
+    priv, pub = tmp_path / "signing.key", tmp_path / "signing.pub"
+    key = generate_keypair(priv, pub, comment="test")
+    return priv, pub, key
+
+
+@pytest.fixture
+def private_key(keypair: tuple[Path, Path, PublicKey]) -> object:
+    return load_private_key(keypair[0])
