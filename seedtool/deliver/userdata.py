@@ -46,6 +46,8 @@ user content.
 from __future__ import annotations
 
 import base64
+import contextvars
+import copy
 import email
 import email.message
 import gzip
@@ -118,6 +120,11 @@ _GZIP_TYPES = frozenset(
 _CLOUD_CONFIG = "text/cloud-config"
 _B64_TEXT = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+_YAML_CACHE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "seedtool_userdata_yaml_cache", default=None
+)
 
 
 class UserDataRefused(DeliveryError):
@@ -195,6 +202,14 @@ def build(
     compress: str = "auto",
 ) -> Result:
     """Like `add_seed`, but also say what was done (for the command's summary)."""
+    token = _YAML_CACHE.set({})
+    try:
+        return _build(user_data, envelope_b64, target, compress)
+    finally:
+        _YAML_CACHE.reset(token)
+
+
+def _build(user_data: bytes | None, envelope_b64: str, target: str, compress: str) -> Result:
     if target not in TARGETS:
         raise DeliveryError(f"unknown target '{target}'; use one of: {', '.join(TARGETS)}")
     if compress not in ("auto", "always", "never"):
@@ -208,10 +223,10 @@ def build(
     if not body.strip():
         fmt = "none"
         out = _seed_document(seed_text, "\n").encode("ascii")
+        _check_result(out, originals, seed_text)
     else:
         fmt, originals = _inspect(body)
-        out = _with_seed(body, fmt, seed_text, seed_id, originals)
-    _check_result(out, originals, seed_text)
+        out = _with_seed(body, fmt, seed_text, seed_id, originals)  # checked there
 
     limit, what = TARGETS[target]
     gz = compress == "always" or (compress == "auto" and was_gzip)
@@ -501,7 +516,7 @@ def _yaml_load(payload: bytes, where: str) -> Any:
         ) from None
     text = _utf8(payload, where)
     try:
-        return yaml.safe_load(text)
+        return copy.deepcopy(_safe_load(text))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -509,6 +524,21 @@ def _yaml_load(payload: bytes, where: str) -> Any:
             f"{where} is not valid YAML{at}, so cloud-init would ignore it; fix it "
             "(cloud-init schema --config-file shows the problem)"
         ) from None
+
+
+def _safe_load(text: str) -> Any:
+    # cloud-init loads cloud-config with yaml.safe_load. One `build` reads each part
+    # several times (check, read-back, find_seed), so it parses each text once, in a
+    # cache that lives only for that call (it holds user content and the seed).
+    # Callers get a deep copy: the merge removes keys from what it is given.
+    import yaml
+
+    cache = _YAML_CACHE.get()
+    if cache is None:
+        return yaml.safe_load(text)
+    if text not in cache:
+        cache[text] = yaml.safe_load(text)
+    return cache[text]
 
 
 def _yaml_mapping(payload: bytes) -> dict[str, Any] | None:
@@ -623,7 +653,9 @@ def _with_seed(
     body: bytes, fmt: str, seed_text: str, seed_id: str, originals: list[Part]
 ) -> bytes:
     if fmt == "mime-multipart":
-        return _insert_part(body, seed_text)
+        out = _insert_part(body, seed_text)
+        _check_result(out, originals, seed_text)
+        return out
     boundary = _boundary(seed_id, body)
     last: Exception | None = None
     for plain in (True, False):
