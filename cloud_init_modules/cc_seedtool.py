@@ -100,19 +100,20 @@ def _platform(cloud: Any) -> str:
     return ""
 
 
-def _datasource_seed(cloud: Any) -> bytes | None:
-    """The datasource's own ``random_seed`` (OpenStack meta_data.json, Azure OEM0)."""
+def _datasource_seed(cloud: Any) -> tuple[bytes | None, Any]:
+    """The datasource's own ``random_seed`` (OpenStack meta_data.json, Azure OEM0),
+    decoded, and the value as the datasource holds it."""
     md = getattr(getattr(cloud, "datasource", None), "metadata", None)
     if not isinstance(md, dict):
-        return None
+        return None, None
     value = md.get("random_seed")
     if not value or not isinstance(value, (str, bytes)):
-        return None
+        return None, None
     raw = _as_bytes(value)
     try:
-        return base64.b64decode(raw, validate=True) or raw
+        return base64.b64decode(raw, validate=True) or raw, value
     except (binascii.Error, ValueError):
-        return raw
+        return raw, value
 
 
 def _instance_id(cloud: Any) -> str:
@@ -122,12 +123,16 @@ def _instance_id(cloud: Any) -> str:
         return ""
 
 
-def _scrub(cloud: Any, cfg: dict, texts: list[Any]) -> None:
-    """Remove the seed from cloud-init's in-memory and on-disk copies of user-data."""
+def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -> None:
+    """Remove the seed from cloud-init's in-memory and on-disk copies of user-data.
+
+    `texts` are seeds as delivered (text forms are derived), `blobs` decoded seeds.
+    """
     needles: list[bytes] = []
     for text in texts:
         if isinstance(text, (str, bytes)) and text:
             needles.extend(scrub.needles_for(text))
+    needles.extend(b for b in blobs if b and len(b) >= scrub.MIN_NEEDLE)
     needles = sorted(set(needles), key=len, reverse=True)
     if not needles:
         return
@@ -166,7 +171,7 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
     if given:
         data = _decode(given, mycfg.get("encoding"))
     platform = _platform(cloud)
-    ds_seed = _datasource_seed(cloud)
+    ds_seed, ds_value = _datasource_seed(cloud)
     if data is None and ds_seed is not None and ds_seed.startswith(envelope.MAGIC):
         # a seedtool envelope delivered through the platform's own seed channel
         data, ds_seed, origin = ds_seed, None, f"datasource:{platform or 'unknown'}"
@@ -180,7 +185,7 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
         platform_seed=ds_seed,
         platform=platform,
     )
-    _scrub(cloud, cfg, [given, data, ds_seed])
+    _scrub(cloud, cfg, [given, data, ds_value], [ds_seed])
     if platform == "gce" and outcome.verified and outcome.seed_id:
         gce.report_consumed(outcome.seed_id)
     return outcome

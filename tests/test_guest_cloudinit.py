@@ -157,7 +157,7 @@ class Run:
 def run_in_chroot(tmp_path: Path, release: str, private_key: Any, pub: Path, *,
                   user_data: str, steps: list[list[str]], needles: list[bytes],
                   disk_seed: str | None = None, policy: dict[str, Any] | None = None,
-                  seed_id: str | None = None) -> Run:
+                  seed_id: str | None = None, meta_extra: str = "") -> Run:
     from tests.vm.images import base_root
 
     lower = base_root(release)
@@ -166,7 +166,8 @@ def run_in_chroot(tmp_path: Path, release: str, private_key: Any, pub: Path, *,
     shutil.copy(pub, work / "trusted.pub")
     spec = {
         "lower": str(lower),
-        "meta_data": f"instance-id: iid-seedtool-{release}\nlocal-hostname: seedtest\n",
+        "meta_data": f"instance-id: iid-seedtool-{release}\nlocal-hostname: seedtest\n"
+                     + meta_extra,
         "user_data": user_data,
         "disk_seed": disk_seed,
         "policy": policy,
@@ -243,6 +244,10 @@ def test_cloud_init_credits_a_signed_seed_before_ssh(tmp_path: Path, release: st
     # no copy of the envelope or the seed left anywhere cloud-init or seedtool writes,
     # even after the second boot rebuilt user-data.txt & co. from obj.pkl
     assert run.result["hits"] == []
+    # obj.pkl was cleaned by re-pickling the scrubbed in-memory datasource, not only by
+    # the file pass (which cannot reach a gzip userdata_raw inside a pickle)
+    (scrubbed,) = [line for line in run.result["log_lines"] if "scrubbed the seed" in line]
+    assert "cloud-config.txt" in scrubbed and "obj.pkl" not in scrubbed
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -259,6 +264,25 @@ def test_cloud_init_mixes_a_bad_seed_and_boots_on(tmp_path: Path, release: str,
     assert line.endswith("uncredited (user-data): signature does not verify")
     assert run.result["status"]["credited_bits"] == 0
     assert run.result["host_keys"] and run.result["hits"] == []
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_trusted_platform_seed_is_credited(tmp_path: Path, release: str,
+                                             signer: tuple[Any, Path]) -> None:
+    """NoCloud meta-data may carry `random_seed` like OpenStack's meta_data.json."""
+    key, pub = signer
+    seed = os.urandom(64)
+    b64 = base64.b64encode(seed).decode()
+    run = run_in_chroot(
+        tmp_path, release, key, pub, user_data="#cloud-config\n{}\n", steps=INIT,
+        needles=[seed, b64.encode(), seed.hex().encode()], meta_extra=f"random_seed: {b64}\n",
+        policy={"credit_datasource": True, "trusted_platforms": ["nocloud"]},
+    )
+    assert_init_clean(run)
+    (line,) = run.kmsg_lines()
+    assert line.startswith("<5>seedtool: credited 512 bits from seed - signed by key - "
+                           "(datasource:nocloud, crng ")
+    assert run.result["hits"] == []
 
 
 @pytest.mark.parametrize("release", RELEASES)

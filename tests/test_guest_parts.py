@@ -233,8 +233,10 @@ def test_scrub_object_reaches_datasource_attributes(env_text: str) -> None:
     ds.userdata = msg  # type: ignore[attr-defined]
     ds._crawled_metadata = {"user-data": env_text, "list": [env_text.encode()]}  # type: ignore[attr-defined]
     ds.metadata = {"instance-id": "i-1"}  # type: ignore[attr-defined]
+    # after consume_data cloud-init gives the datasource the merged config, user-data's too
+    ds.sys_cfg = {"random_seed": {"data": env_text, "encoding": "b64"}}  # type: ignore[attr-defined]
     needles = scrub.needles_for(env_text)
-    assert scrub.scrub_object(ds, needles) == 4
+    assert scrub.scrub_object(ds, needles) == 5
     blob = pickle.dumps(vars(ds))
     assert env_text.encode() not in blob
     assert env_text.encode() not in gzip.decompress(ds.userdata_raw)  # type: ignore[attr-defined]
@@ -297,3 +299,50 @@ def test_gce_default_url_is_the_documented_one() -> None:
         "http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/"
         "seedtool/consumed"
     )
+
+
+# ---- cc_seedtool's decoding of random_seed (as cc_seed_random decodes it) -----------------
+
+
+def _cc() -> Any:
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent / "cloud_init_modules"
+    import sys
+
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("cc_seedtool")
+
+
+@pytest.mark.parametrize("encoding", ["b64", "base64", "B64", "BASE64"])
+def test_cc_decodes_base64_like_seed_random(env_text: str, encoding: str) -> None:
+    assert _cc()._decode(env_text, encoding) == envelope.decode_text(env_text)
+
+
+@pytest.mark.parametrize("encoding", ["gz", "gzip"])
+def test_cc_decodes_gzip_like_seed_random(env_text: str, encoding: str) -> None:
+    raw = envelope.decode_text(env_text)
+    assert _cc()._decode(gzip.compress(raw), encoding) == raw
+    assert envelope.parse(_cc()._decode(gzip.compress(env_text.encode()), encoding))
+
+
+@pytest.mark.parametrize("encoding", [None, "", "raw"])
+def test_cc_passes_unencoded_text_through(env_text: str, encoding: str | None) -> None:
+    assert _cc()._decode(env_text, encoding) == env_text
+
+
+def test_cc_undecodable_data_reaches_the_parser_unchanged() -> None:
+    cc = _cc()
+    assert cc._decode(b"\x00not gzip", "gzip") == b"\x00not gzip"
+    with pytest.raises(envelope.MalformedEnvelope):
+        envelope.parse(cc._decode("@@@", "b64"))
+
+
+def test_cc_handle_takes_both_cloud_init_calling_conventions() -> None:
+    import inspect
+
+    params = list(inspect.signature(_cc().handle).parameters)
+    # 22.4: handle(name, cfg, cloud, log, args) positionally; 23.2+: keywords name, cfg,
+    # cloud, args, and `log=` only for a handle of exactly five parameters
+    assert params[:4] == ["name", "cfg", "cloud", "args"] and len(params) == 6

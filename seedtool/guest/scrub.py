@@ -238,9 +238,9 @@ def scrub_object(obj: Any, needles: Sequence[bytes], label: str = "scrubbed",
                 obj.set_payload(new)
                 count += n
     elif type(obj).__module__.startswith("cloudinit.") and hasattr(obj, "__dict__"):
+        # everything, system config included: after consume_data cloud-init hands the
+        # merged config (user-data's random_seed too) to the datasource as sys_cfg
         for k, v in list(vars(obj).items()):
-            if k in ("distro", "paths", "sys_cfg", "ds_cfg"):
-                continue  # system config and helpers never hold user-data
             new, n = visit(v)
             if n > 0 and new is not v:
                 setattr(obj, k, new)
