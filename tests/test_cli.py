@@ -1,0 +1,208 @@
+"""The trusted-host commands through the real CLI: results, bad inputs, secret hygiene."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seedtool import envelope
+from seedtool.keys import load_public_keys, trusted_pairs
+
+
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+        input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "seedtool", *args], cwd=cwd,
+                          env={**os.environ, **(env or {})}, input=input,
+                          capture_output=True, timeout=120)
+
+
+def one_line_error(p: subprocess.CompletedProcess[bytes]) -> str:
+    assert p.returncode != 0, p
+    lines = p.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seedtool: error: "), lines
+    return lines[0]
+
+
+def seed_of(path: Path, pub: Path) -> bytes:
+    return envelope.verify(path.read_bytes(), trusted_pairs(load_public_keys([pub]))).seed
+
+
+def assert_no_seed(seed: bytes, *outputs: bytes) -> None:
+    forms = [seed, seed.hex().encode(), base64.b64encode(seed), seed[:16].hex().encode()]
+    for out in outputs:
+        for f in forms:
+            assert f not in out
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    p = run("keygen", "-o", str(tmp_path / "k.key"), "--comment", "ci")
+    assert p.returncode == 0, p.stderr
+    return tmp_path / "k.key", tmp_path / "k.pub"
+
+
+def test_keygen_modes_and_no_overwrite(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    priv, pub = keys
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    assert pub.read_text().startswith("seedtool-ed25519 ") and pub.read_text().strip().endswith("ci")
+    before = priv.read_bytes()
+    err = one_line_error(run("keygen", "-o", str(priv)))
+    assert "already exists" in err and priv.read_bytes() == before
+
+
+def test_generate_inspect_verify(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    priv, pub = keys
+    out = tmp_path / "s.env"
+    g = run("generate", "--key", str(priv), "--bytes", "48", "--ttl", "10m", "-o", str(out),
+            "--json")
+    assert g.returncode == 0, g.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    summary = json.loads(g.stderr)
+    i = run("inspect", str(out), "--json")
+    v = run("verify", str(out), "--trusted-key", str(pub), "--json")
+    assert i.returncode == 0 and v.returncode == 0, (i.stderr, v.stderr)
+    info, ver = json.loads(i.stdout), json.loads(v.stdout)
+    assert info["seed_id"] == summary["seed_id"] == ver["seed_id"]
+    assert info["seed_bytes"] == 48 and ver["creditable_bits"] == 384
+    assert 590 <= info["not_after"] - info["issued_at"] <= 600
+    assert [s["name"] for s in info["provenance"]["sources"]] == ["os"]
+    seed = seed_of(out, pub)
+    assert_no_seed(seed, g.stdout, g.stderr, i.stdout, i.stderr, v.stdout, v.stderr,
+                   run("inspect", str(out)).stdout)
+
+
+def test_generate_to_stdout_pipe(keys: tuple[Path, Path]) -> None:
+    priv, pub = keys
+    p = run("generate", "--key", str(priv), "-o", "-")
+    assert p.returncode == 0
+    v = run("verify", "-", "--trusted-key", str(pub), input=p.stdout)
+    assert v.returncode == 0 and b"OK: seed" in v.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "nosuch"], "unknown source 'nosuch'"),
+        (["--source", "hwrng:device"], "bad source option"),
+        (["--bytes", "8"], "--bytes must be between"),
+        (["--ttl", "soon"], "is not a duration"),
+        (["--source", "hwrng:device=/nonexistent/hwrng", "--require", "hwrng"],
+         "required source 'hwrng' is unavailable"),
+        (["--source", "hwrng:device=/dev/zero,min_entropy=8", "--require", "hwrng"],
+         "failed its health tests"),
+    ],
+)
+def test_generate_bad_inputs_write_nothing(tmp_path: Path, keys: tuple[Path, Path],
+                                           args: list[str], message: str) -> None:
+    out = tmp_path / "out.env"
+    err = one_line_error(run("generate", "--key", str(keys[0]), *args, "-o", str(out)))
+    assert message in err
+    assert not out.exists() and not list(tmp_path.glob(".seedtool-*"))
+
+
+def test_failing_optional_source_contributes_nothing(tmp_path: Path,
+                                                      keys: tuple[Path, Path]) -> None:
+    out = tmp_path / "s.env"
+    p = run("generate", "--key", str(keys[0]), "--source", "hwrng:device=/dev/zero",
+            "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    prov = envelope.parse(out.read_bytes()).provenance
+    by_name = {s["name"]: s for s in prov["sources"]}
+    assert by_name["hwrng"]["health"] == "fail" and by_name["hwrng"]["bytes"] == 0
+    assert by_name["os"]["bytes"] == 64
+
+
+def test_key_problems(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    priv, _ = keys
+    out = tmp_path / "s.env"
+    assert "cannot read signing key" in one_line_error(
+        run("generate", "--key", str(tmp_path / "missing.key"), "-o", str(out)))
+    os.chmod(priv, 0o640)
+    assert "readable by group or others" in one_line_error(
+        run("generate", "--key", str(priv), "-o", str(out)))
+    os.chmod(priv, 0o600)
+    garbage = tmp_path / "garbage.key"
+    garbage.write_bytes(b"not a key")
+    garbage.chmod(0o600)
+    assert "not a PEM private key" in one_line_error(
+        run("generate", "--key", str(garbage), "-o", str(out)))
+    assert not out.exists()
+
+
+def test_passphrase(tmp_path: Path) -> None:
+    pw, bad = tmp_path / "pw", tmp_path / "bad"
+    pw.write_text("correct horse\n")
+    bad.write_text("wrong\n")
+    key = tmp_path / "enc.key"
+    assert run("keygen", "-o", str(key), "--passphrase-file", str(pw)).returncode == 0
+    assert b"ENCRYPTED" in key.read_bytes()
+    out = tmp_path / "s.env"
+    assert "is encrypted" in one_line_error(run("generate", "--key", str(key), "-o", str(out)))
+    assert "wrong passphrase" in one_line_error(
+        run("generate", "--key", str(key), "--passphrase-file", str(bad), "-o", str(out)))
+    assert not out.exists()
+    ok = run("generate", "--key", str(key), "-o", str(out),
+             env={"SEEDTOOL_KEY_PASSPHRASE": "correct horse"})
+    assert ok.returncode == 0, ok.stderr
+
+
+def _forge(tmp_path: Path, keys: tuple[Path, Path], **kw: Any) -> Path:
+    from seedtool.keys import key_id, load_private_key, public_of
+
+    k = load_private_key(keys[0])
+    raw = envelope.build(b"\x5a" * 64, private_key=k, key_id=key_id(public_of(k).raw),
+                         seed_id=os.urandom(16), provenance={}, ttl=kw.get("ttl", 3600),
+                         now=kw.get("now", int(time.time())))
+    p = tmp_path / "forged.env"
+    p.write_text(envelope.encode_text(raw))
+    return p
+
+
+def test_verify_bad_envelopes(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    priv, pub = keys
+    good = tmp_path / "g.env"
+    assert run("generate", "--key", str(priv), "-o", str(good)).returncode == 0
+    raw = base64.b64decode(good.read_bytes())
+    cases = {
+        "corrupt": (raw[:60] + bytes([raw[60] ^ 1]) + raw[61:], "does not verify"),
+        "truncated": (raw[:-10], "truncated"),
+        "oversized": (raw + b"\0" * 5000, "too large"),
+        "empty": (b"", "is empty"),
+        "text": (b"hello", "not a seedtool envelope"),
+    }
+    for name, (data, message) in cases.items():
+        f = tmp_path / f"{name}.env"
+        f.write_bytes(data)
+        assert message in one_line_error(run("verify", str(f), "--trusted-key", str(pub))), name
+    expired = _forge(tmp_path, keys, now=int(time.time()) - 7200, ttl=3600)
+    assert "expired" in one_line_error(run("verify", str(expired), "--trusted-key", str(pub)))
+    future = _forge(tmp_path, keys, now=int(time.time()) + 86400)
+    assert "not valid until" in one_line_error(
+        run("verify", str(future), "--trusted-key", str(pub)))
+    other = run("keygen", "-o", str(tmp_path / "o.key"))
+    assert other.returncode == 0
+    assert "not among the trusted" in one_line_error(
+        run("verify", str(good), "--trusted-key", str(tmp_path / "o.pub")))
+    # rotation: trusting both keys (a directory of .pub files) accepts it
+    assert run("verify", str(good), "--trusted-key", str(tmp_path)).returncode == 0
+
+
+def test_generate_imports_no_extra_packages(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    p = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "seedtool", "generate", "--key",
+         str(keys[0]), "-o", str(tmp_path / "s.env")],
+        capture_output=True, timeout=60, text=True)
+    assert p.returncode == 0, p.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "click" in imported and "cryptography" in imported
+    assert not imported & {"boto3", "botocore", "google", "usb", "pycdlib", "grpc", "requests"}
