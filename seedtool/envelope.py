@@ -31,8 +31,9 @@ import hmac
 import json
 import struct
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import EnvelopeError
 
@@ -168,7 +169,8 @@ def parse(data: bytes | str) -> UnverifiedEnvelope:
     raw = decode_text(data)
     if len(raw) > MAX_SIZE:
         raise MalformedEnvelope(
-            f"envelope is too large ({len(raw)} bytes, at most {MAX_SIZE}); it was not made by seedtool"
+            f"envelope is too large ({len(raw)} bytes, at most {MAX_SIZE}); "
+            "it was not made by seedtool"
         )
     if len(raw) < _HEAD.size:
         raise MalformedEnvelope("envelope is truncated: its header is incomplete")

@@ -23,7 +23,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     try:
         fd, tmp = tempfile.mkstemp(prefix=".seedtool-", dir=directory)
     except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror}; check the directory exists and is writable") from None
+        raise WriteError(
+            f"cannot write {path}: {e.strerror}; check the directory exists and is writable"
+        ) from None
     try:
         os.fchmod(fd, mode)
         view = memoryview(data)

@@ -236,7 +236,11 @@ class HealthMonitor:
         self.sample_bits = sample_bits
         self.max_failures = max_failures
         self.report = HealthReport(
-            cutoffs={"rct": self.tester.rct_c, "apt": self.tester.apt_c, "window": self.tester.window}
+            cutoffs={
+                "rct": self.tester.rct_c,
+                "apt": self.tester.apt_c,
+                "window": self.tester.window,
+            }
         )
         self._started = False
 
@@ -258,7 +262,7 @@ class HealthMonitor:
         self.report.apt_failures += apt
         return not (rct or apt)
 
-    def startup(self, read: "ReadFn") -> None:
+    def startup(self, read: ReadFn) -> None:
         """Run the start-up test on fresh samples, which are then discarded."""
         n = self._startup_bytes()
         block = read(n)
@@ -280,7 +284,7 @@ class HealthMonitor:
         self.tester.reset()
         self._started = False
 
-    def read(self, read: "ReadFn", n: int) -> bytes:
+    def read(self, read: ReadFn, n: int) -> bytes:
         """Read n health-tested bytes; a failing block is dropped and re-read once."""
         while True:
             if not self._started:

@@ -14,9 +14,10 @@ import binascii
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import SigningKeyError
 
@@ -53,7 +54,8 @@ def parse_public_keys(text: str, origin: str = "public key file") -> list[Public
         if parts[0] != PUBLIC_PREFIX or len(parts) < 2:
             raise SigningKeyError(
                 f"{origin} line {lineno} is not a seedtool public key "
-                f"(expected '{PUBLIC_PREFIX} BASE64 [comment]'); use the .pub file from seedtool keygen"
+                f"(expected '{PUBLIC_PREFIX} BASE64 [comment]'); "
+                "use the .pub file from seedtool keygen"
             )
         try:
             raw = base64.b64decode(parts[1], validate=True)
@@ -157,7 +159,9 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = No
             raise SigningKeyError(
                 f"cannot decrypt signing key {path}: wrong passphrase or not a PEM key"
             ) from None
-        raise SigningKeyError(f"{path} is not a PEM private key made by 'seedtool keygen'") from None
+        raise SigningKeyError(
+            f"{path} is not a PEM private key made by 'seedtool keygen'"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{path} is not an Ed25519 key; make one with 'seedtool keygen'")
     return key

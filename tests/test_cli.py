@@ -53,7 +53,8 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 def test_keygen_modes_and_no_overwrite(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     priv, pub = keys
     assert stat.S_IMODE(priv.stat().st_mode) == 0o600
-    assert pub.read_text().startswith("seedtool-ed25519 ") and pub.read_text().strip().endswith("ci")
+    text = pub.read_text()
+    assert text.startswith("seedtool-ed25519 ") and text.strip().endswith("ci")
     before = priv.read_bytes()
     err = one_line_error(run("keygen", "-o", str(priv)))
     assert "already exists" in err and priv.read_bytes() == before

@@ -38,7 +38,9 @@ def _parse_duration(text: str) -> int:
             return int(float(t[:-1]) * units[t[-1]])
         return int(t)
     except ValueError:
-        raise UsageError(f"--ttl '{text}' is not a duration; write e.g. 3600, 90m, 1h or 2d") from None
+        raise UsageError(
+            f"--ttl '{text}' is not a duration; write e.g. 3600, 90m, 1h or 2d"
+        ) from None
 
 
 def seed_options(f: F) -> F:
@@ -48,7 +50,8 @@ def seed_options(f: F) -> F:
             "key_path",
             metavar="FILE",
             default=None,
-            help=f"Ed25519 signing key (default ${DEFAULT_KEY_ENV} or ~/.config/seedtool/signing.key).",
+            help=f"Ed25519 signing key (default ${DEFAULT_KEY_ENV} or "
+            "~/.config/seedtool/signing.key).",
         ),
         click.option(
             "--passphrase-file",
@@ -96,7 +99,9 @@ def read_passphrase(passphrase_file: str | None) -> bytes | None:
             with open(passphrase_file, "rb") as fh:
                 return fh.read().rstrip(b"\r\n")
         except OSError as e:
-            raise SigningKeyError(f"cannot read passphrase file {passphrase_file}: {e.strerror}") from None
+            raise SigningKeyError(
+                f"cannot read passphrase file {passphrase_file}: {e.strerror}"
+            ) from None
     env = os.environ.get(PASSPHRASE_ENV)
     return env.encode() if env else None
 

@@ -1,4 +1,4 @@
-"""`seedtool sources`: every known source, whether it is usable here and why, and a health sample."""
+"""`seedtool sources`: every known source, whether it is usable here and why, a health sample."""
 
 from __future__ import annotations
 

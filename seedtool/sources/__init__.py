@@ -35,7 +35,8 @@ def source_class(name: str) -> type[Source]:
         known = ", ".join(REGISTRY)
         raise UsageError(f"unknown source '{name}'; known sources are: {known}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found: type[Source] = getattr(importlib.import_module(module), cls)
+    return found
 
 
 def make_source(name: str, **options: Any) -> Source:
