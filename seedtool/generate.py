@@ -31,7 +31,8 @@ class SourceState:
     required: bool
     monitor: HealthMonitor | None  # None for `os`, which is conditioned by the kernel
     bytes_read: int = 0
-    failed: str = ""
+    failed: str = ""  # the one-line reason, for the user; never recorded in envelopes
+    failed_kind: str = ""  # short and stable, for provenance
 
     def provenance(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"name": self.name, "bytes": self.bytes_read}
@@ -41,8 +42,8 @@ class SourceState:
             if rep.rct_failures or rep.apt_failures:
                 rec["rct_fail"] = rep.rct_failures
                 rec["apt_fail"] = rep.apt_failures
-        if self.failed:
-            rec["error"] = self.failed[:120]
+        if self.failed_kind:
+            rec["error"] = self.failed_kind
         return rec
 
 
@@ -101,7 +102,7 @@ class SeedFactory:
         for st in self.states:
             avail = st.source.available()
             if not avail.ok:
-                st.failed = avail.reason
+                st.failed, st.failed_kind = avail.reason, "unavailable"
                 if st.required:
                     raise SourceError(f"required source '{st.name}' is unavailable: {avail.reason}")
         self._checked = True
@@ -124,8 +125,9 @@ class SeedFactory:
                 continue
             try:
                 contributions.append((st.name, self._read(st, self.nbytes)))
-            except (HealthTestFailure, SourceError) as e:
+            except SourceError as e:
                 st.failed = str(e)
+                st.failed_kind = "health" if isinstance(e, HealthTestFailure) else "read"
                 if st.required:
                     raise
         provenance = {
@@ -146,6 +148,10 @@ class SeedFactory:
         summary = envelope.parse(raw).summary()
         summary["bytes"] = self.nbytes
         return NewSeed(raw, summary)
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(source, reason) for every source that contributed nothing, for the CLI to show."""
+        return [(st.name, st.failed) for st in self.states if st.failed]
 
     def close(self) -> None:
         for st in self.states:

@@ -134,3 +134,9 @@ def factory_from_options(
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def warn_failures(factory: Any) -> None:
+    """Tell the user on stderr which optional sources contributed nothing, and why."""
+    for name, reason in factory.failures():
+        click.echo(f"seedtool: warning: source '{name}' contributed nothing: {reason}", err=True)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..fileio import atomic_write
-from ._options import factory_from_options, seed_options
+from ._options import factory_from_options, seed_options, warn_failures
 
 
 @click.command("generate")
@@ -28,6 +28,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     """
     with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
         seed = f.new()
+        warn_failures(f)
     text = (seed.text + "\n").encode()
     if output == "-":
         if sys.stdout.isatty():
