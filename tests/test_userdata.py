@@ -59,6 +59,9 @@ SINGLE_DOCS: dict[str, bytes] = {
     "script-ends-cr": b"#!/bin/sh\necho cr\r",
     "script-utf8": "#!/bin/sh\necho 'grüße, 世界'\n".encode(),
     "leading-space-header": b"  \n #CLOUD-CONFIG\nhostname: up\n",
+    # cloud-init reads these as MIME (mime-version: in the first 4 KB): one part each
+    "script-mentions-mime-version": b'#!/bin/sh\necho "MIME-Version: 1.0"\n',
+    "cloud-config-mentions-mime-version": b"#cloud-config\n# mime-version: no\nruncmd: [[a]]\n",
     "one-part-mime": b"MIME-Version: 1.0\nContent-Type: text/x-shellscript\nX-Custom: kept\n\n"
     b"#!/bin/sh\necho one part\n",
 }

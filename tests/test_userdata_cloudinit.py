@@ -246,6 +246,9 @@ CASES: dict[str, Case] = {
         {},
     ),
     "shell-script-utf8": lambda d: ("#!/bin/sh\necho 'grüße, 世界'\r\n".encode(), {}),
+    "script-mentioning-mime-version": lambda d: (
+        b'#!/bin/sh\necho "MIME-Version: 1.0" > /dev/null\n', {}
+    ),
     "boothook": lambda d: (
         f'#cloud-boothook\n#!/bin/sh\necho "$INSTANCE_ID" > {d}/boothook.out\n'.encode(), {}
     ),
