@@ -145,7 +145,7 @@ def test_verified_seed_is_credited_once_with_a_real_ioctl(guest: Guest) -> None:
     assert_no_seed(seed_of(new.raw), *all_outputs(guest))
 
     again = credit_seed(new.text, "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
-    assert not again.credited and again.reason == "already consumed" and again.verified
+    assert not again.credited and again.reason == "already consumed" and not again.verified
     assert guest.ledger().count(new.seed_id) == 1
     assert LINE_MIXED.match(guest.kmsg_text().splitlines()[-1][3:])
 
@@ -425,6 +425,7 @@ subprocess.run(["mount", "-o", "remount,ro,bind", {str(var)!r}], check=True)
     res = run_guest_subprocess(guest, new.text, ["unshare", "-m", "--propagation", "private"],
                                extra_code=mount)
     assert res["reason"] == "ledger not writable" and res["credited_bits"] == 0
+    assert res["verified"] is False
     assert res["status_written"] is False
     assert any("Read-only file system" in n for n in res["notes"]), res["notes"]
     assert guest.ledger() == "" and not guest.paths.status.exists()

@@ -110,6 +110,7 @@ class Outcome:
     stage: str
     seed_id: str | None = None
     key_id: str | None = None
+    #: signature, validity period and ledger all passed (the kernel may still refuse)
     verified: bool = False
     credited_bits: int = 0
     crng_before: str = "unknown"
@@ -349,7 +350,8 @@ def credit_seed(
             if policy_ok:
                 verified, out.reason = _verify(env, paths, policy, wall, out.notes)
                 if verified is not None:
-                    out.verified = True
+                    # the ledger is the last check: `verified` means signature, time
+                    # and never seen before all passed, i.e. the seed may be credited
                     try:
                         fresh = Ledger(paths.ledger).consume(env.seed_id_hex, origin, wall)
                     except LedgerError as e:
@@ -357,6 +359,7 @@ def credit_seed(
                         out.notes.append(_short(e, 400))
                     else:
                         if fresh:
+                            out.verified = True
                             to_credit = (verified.seed, verified.creditable_bits)
                         else:
                             out.reason = "already consumed"
