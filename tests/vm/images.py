@@ -191,13 +191,97 @@ IMAGE_FORMAT = 1
 DISK_SIZE = "3G"
 
 # cloud-init's locale module fails in a minbase root (en_US.UTF-8 is not generated) and
-# records an error; C.UTF-8 always exists (seen in boots of these images). Listing only NoCloud
-# spares cloud-init probing for clouds that are not there.
+# records an error; C.UTF-8 always exists (seen in boots of these images). Listing only
+# NoCloud spares cloud-init probing for clouds that are not there.
 TEST_SYSTEM_CONFIG = """\
 # seedtool test image: system config (not user-data)
 locale: C.UTF-8
 datasource_list: [ NoCloud, None ]
+# RSA-3072 (and on Debian 12 DSA) key generation dominates a TCG boot; two key types
+# are enough to tell VMs apart
+ssh_genkeytypes: [ ed25519, ecdsa ]
+# cloud-init 25.1's fallback network config asks ifupdown for DHCPv6 too, which QEMU's
+# user-mode network does not answer, and ifup then waits for ever; DHCPv4 only
+# (52:54:00:12:34:56 is QEMU's default MAC for the first NIC)
+network:
+  version: 1
+  config:
+    - type: physical
+      name: eth0
+      mac_address: "52:54:00:12:34:56"
+      subnets: [ { type: dhcp } ]
 """
+
+
+# A machine-id of "uninitialized" makes systemd treat the boot as a first boot and apply
+# its presets, and upstream's presets (shipped unchanged by Debian) enable
+# systemd-networkd; the NIC is configured by ifupdown from cloud-init's ENI rendering,
+# so systemd-networkd-wait-online would then wait its full 2 minutes for a link it does
+# not manage (seen in boots of these images). Presets in /etc win over /usr/lib.
+TEST_PRESET = """\
+# seedtool test image: ifupdown owns the network
+disable systemd-networkd.service
+disable systemd-networkd.socket
+disable systemd-networkd-wait-online.service
+disable systemd-network-generator.service
+"""
+
+
+# The report unit: only when the kernel command line says `seedtool.test-report` (so
+# the same image also serves `seedtool launch qemu`, where it must stay up). It waits
+# for cloud-init to finish, saves what the tests read back with debugfs, and powers
+# the VM off, on every boot (per-instance user-data would not run again on a reboot).
+REPORT_SCRIPT = """\
+#!/bin/sh
+# seedtool test image: save what the host-side tests check, then power off
+out=/var/tmp/seedtool-test
+rm -rf "$out"
+mkdir -p "$out"
+cloud-init status --wait --long > "$out/status-long.txt" 2>&1
+echo "exit=$?" >> "$out/status-long.txt"
+systemctl is-active ssh.service > "$out/ssh-active.txt" 2>&1
+ss -Hltn > "$out/listen.txt" 2>&1
+dmesg > "$out/dmesg.txt" 2>&1
+cp -a /run/cloud-init "$out/run-cloud-init" 2>/dev/null
+if grep -qw seedtool.test-analyze /proc/cmdline; then
+    cloud-init analyze show > "$out/analyze.txt" 2>&1
+fi
+sync
+echo "seedtool-test-report: done" > /dev/console
+systemctl --no-block poweroff
+"""
+
+REPORT_UNIT = """\
+[Unit]
+Description=seedtool test image: save results for the host and power off
+ConditionKernelCommandLine=seedtool.test-report
+After=ssh.service
+
+[Service]
+# not oneshot, and not ordered after cloud-final: cloud-final is ordered after
+# multi-user.target, which waits for what it wants; the script waits for cloud-init
+Type=exec
+ExecStart=/usr/local/sbin/seedtool-test-report
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_report_unit(root: Path) -> None:
+    script = root / "usr/local/sbin/seedtool-test-report"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(REPORT_SCRIPT)
+    script.chmod(0o755)
+    unit = root / "etc/systemd/system/seedtool-test-report.service"
+    unit.write_text(REPORT_UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit.name
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(f"/etc/systemd/system/{unit.name}")
 
 
 @dataclass(frozen=True)
@@ -234,7 +318,8 @@ def _image_digest(
 ) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": IMAGE_FORMAT, "root": root_digest, "size": DISK_SIZE,
-                         "policy": policy, "config": TEST_SYSTEM_CONFIG},
+                         "policy": policy, "config": TEST_SYSTEM_CONFIG,
+                         "preset": TEST_PRESET, "report": [REPORT_SCRIPT, REPORT_UNIT]},
                         sort_keys=True, default=str).encode())
     repo = _repo_root()
     for f in _guest_sources():
@@ -325,6 +410,10 @@ def guest_image(
         installed = _install_guest(tree, trusted_keys, policy)
         cfg = tree / "etc/cloud/cloud.cfg.d/90_seedtool_test_image.cfg"
         cfg.write_text(TEST_SYSTEM_CONFIG)
+        preset = tree / "etc/systemd/system-preset/10-seedtool-test-image.preset"
+        preset.parent.mkdir(parents=True, exist_ok=True)
+        preset.write_text(TEST_PRESET)
+        _install_report_unit(tree)
         build_keys = _strip_shared_state(tree)
         kernels = sorted((tree / "boot").glob("vmlinuz-*"))
         initrds = sorted((tree / "boot").glob("initrd.img-*"))
@@ -429,7 +518,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     br = sub.add_parser("build-roots", help="debootstrap the cached base roots")
     br.add_argument("releases", nargs="*", default=list(RELEASES))
+    bi = sub.add_parser("build-image", help="build (or find cached) a bootable test image")
+    bi.add_argument("release", choices=RELEASES)
+    bi.add_argument("--trusted-key", action="append", required=True, metavar="PUB",
+                    help="public key file the guest trusts (repeatable)")
+    bi.add_argument("--json", action="store_true", help="print the image's paths as JSON")
     args = p.parse_args(argv)
+    if args.cmd == "build-image":
+        img = guest_image(args.release, [Path(k) for k in args.trusted_key])
+        info = {"release": img.release, "disk": str(img.disk), "kernel": str(img.kernel),
+                "initrd": str(img.initrd), "append": img.append,
+                "guest_installed": img.guest_installed}
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for k, v in info.items():
+                print(f"{k}: {v}")
+        return 0 if img.guest_installed else 1
     if args.cmd == "build-roots":
         for rel in args.releases:
             t0 = time.monotonic()

@@ -1,0 +1,90 @@
+"""How much of cloud-init's init stage does the seedtool module take?
+
+Boots the Debian test image (tests/vm) once per release with a fresh signed seed,
+runs `cloud-init analyze show` inside the guest, and compares the module's own time
+(`config-seedtool ran successfully ... +N s`) with the total of the stage it runs in
+(`Finished stage: (init-network) N seconds`). The bar: at most 5 %.
+
+    python3 bench/bench_guest.py [--release bookworm|trixie ...] [--json]
+
+Needs what the VM tests need: root, qemu-system-x86, qemu-utils, debootstrap, e2fsprogs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from seedtool.deliver.userdata import add_seed  # noqa: E402
+from seedtool.generate import SeedFactory  # noqa: E402
+from seedtool.keys import generate_keypair, load_private_key  # noqa: E402
+from tests.vm.harness import PLAIN_USER_DATA, Launch, boot, lines_for  # noqa: E402
+from tests.vm.images import RELEASES, guest_image  # noqa: E402
+
+BAR = 0.05
+
+_MODULE = re.compile(r"config-seedtool ran successfully @\s*[\d.]+s \+(?P<s>[\d.]+)s")
+_STAGE = re.compile(r"Finished stage: \((?P<stage>[\w-]+)\) (?P<s>[\d.]+) seconds")
+
+
+def module_share(analyze: str) -> dict[str, float | str]:
+    """The seedtool module's time and its stage's total from `cloud-init analyze show`."""
+    # only the last boot record: analyze shows every boot in the log
+    record = analyze.split("-- Boot Record")[-1]
+    m = _MODULE.search(record)
+    if m is None:
+        raise ValueError("cloud-init analyze shows no 'config-seedtool ran successfully' event")
+    before = record[: m.start()]
+    # the stage the module ran in is the first one to finish after its event
+    stage = _STAGE.search(record, m.end())
+    if stage is None:
+        raise ValueError("cloud-init analyze shows no finished stage after the seedtool module")
+    started = before.rfind("Starting stage:")
+    stage_name = before[started:].split("\n", 1)[0].split(":", 1)[1].strip() if started >= 0 else ""
+    module_s, stage_s = float(m["s"]), float(stage["s"])
+    return {"stage": stage["stage"] or stage_name, "module_s": module_s, "stage_s": stage_s,
+            "ratio": module_s / stage_s if stage_s else float("inf")}
+
+
+def run(release: str, work: Path) -> dict[str, object]:
+    generate_keypair(work / "bench.key", work / "bench.pub", force=True)
+    image = guest_image(release, [work / "bench.pub"])
+    with SeedFactory(load_private_key(work / "bench.key")) as factory:
+        seed = factory.new()
+    result = boot(image, Launch(f"bench-{release}", add_seed(PLAIN_USER_DATA, seed.text),
+                                analyze=True), work)
+    lines = lines_for(result.seedtool_lines(), seed.seed_id)
+    share = module_share(result.report("analyze.txt"))
+    return {"release": release, "credited": bool(lines and lines[0].credited),
+            "boot_s": result.seconds, **share, "bar": BAR}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--release", action="append", choices=RELEASES)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="seedtool-bench-") as tmp:
+        for release in args.release or list(RELEASES):
+            results.append(run(release, Path(tmp) / release))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            ratio = float(r["ratio"])  # type: ignore[arg-type]
+            print(f"{r['release']}: seedtool module {r['module_s']:.3f} s of {r['stage']} "
+                  f"{r['stage_s']:.3f} s = {100 * ratio:.2f} % (bar {100 * BAR:.0f} %: "
+                  f"{'met' if ratio <= BAR else 'MISSED'}); credited: {r['credited']}; "
+                  f"boot {r['boot_s']} s")
+    return 0 if all(float(r["ratio"]) <= BAR for r in results) else 1  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""A seeded boot credits before any host key exists, leaves no seed behind, and a
+reboot of the same disk credits nothing. (Two VMs from one image: test_boot_launch.)"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from seedtool.envelope import parse
+
+from .conftest import Campaign
+from .harness import files_containing, lines_for
+
+pytestmark = pytest.mark.vm
+
+BOOTS = ("seeded-a", "reboot-a")
+
+
+def test_seed_is_credited_by_key_before_host_keys_are_made(campaign: Campaign) -> None:
+    b = campaign.get("seeded-a")
+    seed = campaign.seeds.good_a
+    ours = lines_for(b.seedtool_lines(), seed.seed_id)
+    assert len(ours) == 1, f"expected one seedtool line for the seed{b.context()}"
+    line = ours[0]
+    assert line.credited, f"seed not credited: {line.reason}{b.context()}"
+    assert line.key_id == seed.summary["key_id"]
+    assert line.bits == 8 * seed.summary["bytes"]
+    status = b.status()
+    assert status["seed_id"] == seed.seed_id
+    assert status["verified"] is True
+    assert status["credited_bits"] == line.bits
+    # cloud-init runs its modules one after the other in one process and logs each
+    # command it runs: our module must have finished before cc_ssh's first ssh-keygen
+    log = b.text("/var/log/cloud-init.log").splitlines()
+    done = [i for i, ln in enumerate(log) if re.search(r"config-seedtool ran successfully", ln)]
+    keygen = [i for i, ln in enumerate(log) if "ssh-keygen" in ln and "Running command" in ln]
+    assert done, "cloud-init.log does not show the seedtool module finishing"
+    assert keygen, "cloud-init.log shows no ssh-keygen: were the host keys made at all?"
+    assert done[0] < keygen[0]
+
+
+def test_cloud_init_reports_no_errors(campaign: Campaign) -> None:
+    b = campaign.get("seeded-a")
+    report = b.report("status-long.txt")
+    assert "exit=0" in report, report
+    assert re.search(r"^status: done$", report, re.M), report
+    # 23.4+ lists errors and recoverable errors; 22.4 would show status: error instead
+    assert not re.search(r"^errors: \[.+\]", report, re.M), report
+    assert not re.search(r"^recoverable_errors: \{.+", report, re.M), report
+
+
+def test_no_seed_bytes_remain_in_cloud_init_state_or_logs(campaign: Campaign) -> None:
+    b = campaign.get("seeded-a")
+    seed = parse(campaign.seeds.good_a.raw).uncredited_seed
+    trees = [b.tree("/var/lib/cloud"), b.tree("/var/log"),
+             b.tree("/var/tmp/seedtool-test/run-cloud-init")]
+    assert all(t is not None for t in trees), "a directory to check is missing"
+    hits = files_containing([t for t in trees if t is not None], seed)
+    assert hits == [], f"seed bytes remain in: {hits}"
+
+
+def test_needle_search_finds_a_planted_seed(tmp_path: Path) -> None:
+    # the search above must be able to fail: plant a seed's base64, cut at an odd
+    # offset as in a longer envelope, and its hex in two files
+    seed = os.urandom(64)
+    (tmp_path / "user-data.txt").write_bytes(b"data: " + base64.b64encode(b"xy" + seed))
+    (tmp_path / "log").write_bytes(b"seed=" + seed.hex().encode())
+    (tmp_path / "clean").write_bytes(os.urandom(4096))
+    hits = files_containing([tmp_path], seed)
+    names = [h.split()[0] for h in hits]
+    assert names == [f"{tmp_path.name}/log", f"{tmp_path.name}/user-data.txt"]
+
+
+def test_reboot_of_the_same_disk_credits_nothing(campaign: Campaign) -> None:
+    first, again = campaign.get("seeded-a"), campaign.get("reboot-a")
+    assert any(ln.credited for ln in first.seedtool_lines())
+    credited_again = [ln for ln in again.seedtool_lines() if ln.credited]
+    assert credited_again == [], f"credited again on reboot{again.context()}"
+    assert "exit=0" in again.report("status-long.txt")
