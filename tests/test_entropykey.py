@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -655,14 +656,20 @@ def test_tty_unplugged_mid_read(keyring: Path, pty_sim: PtySimulator) -> None:
         src.close()
 
 
-def test_tty_serial_mismatch(keyring: Path, pty_sim: PtySimulator) -> None:
-    src = EntropyKeySource(
-        keyring=str(keyring), device=pty_sim.path, serial="SeedToolTest0001"
-    )
-    src.close()
-    other = EntropyKeySource(keyring=str(keyring), device=pty_sim.path, serial="AAAAAAAAAAAAAAAA")
+def test_serial_option_must_match_the_device(tmp_path: Path, pty_sim: PtySimulator) -> None:
+    other = base64.b64decode("AAAAAAAAAAAAAAAA")
+    ring = tmp_path / "two-keys"
+    ring.write_bytes(format_keyring_line(SERIAL, LTK) + format_keyring_line(other, LTK))
+    src = EntropyKeySource(keyring=str(ring), device=pty_sim.path, serial="AAAAAAAAAAAAAAAA")
+    with pytest.raises(KeyringError, match="has serial SeedToolTest0001, not the requested"):
+        src.read(32)
+
+
+def test_serial_option_must_be_in_the_keyring(keyring: Path, pty_sim: PtySimulator) -> None:
+    src = EntropyKeySource(keyring=str(keyring), device=pty_sim.path, serial="AAAAAAAAAAAAAAAA")
+    assert "no key for serial AAAAAAAAAAAAAAAA" in src.available().reason
     with pytest.raises(KeyringError, match="no key for serial AAAAAAAAAAAAAAAA"):
-        other.read(32)
+        src.read(32)
 
 
 def test_tty_device_that_sends_nothing_times_out(keyring: Path) -> None:
@@ -688,14 +695,15 @@ def test_unix_socket_transport(keyring: Path, tmp_path: Path) -> None:
     def serve() -> None:
         conn, _ = server.accept()
         with conn:
-            conn.settimeout(0.01)
             while not stop.is_set():
                 try:
-                    sim.host_write(conn.recv(4096))
-                except socket.timeout:
-                    pass
-                try:
-                    conn.sendall(sim.next_frame())
+                    readable, _, _ = select.select([conn], [], [], 0)
+                    if readable:
+                        data = conn.recv(4096)
+                        if not data:
+                            return
+                        sim.host_write(data)
+                    conn.sendall(sim.next_frame())  # blocks while the host is busy
                 except OSError:
                     return
 
