@@ -1,0 +1,218 @@
+"""`seedtool launch aws`: EC2 instances, one RunInstances call and one fresh seed each.
+
+Thin: parses the options, builds the `AwsLauncher` (seedtool.launch.aws), shows
+progress on stderr and prints the table or JSON. Never prints a seed or user-data.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from ._options import echo_json, factory_from_options, seed_options, warn_failures
+
+_HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
+seed merged into your user-data.
+
+Why not one call with MaxCount, a launch template or an Auto Scaling group:
+every instance they start gets the same user-data, so a seed stored there is shared,
+and a shared seed is worse than none. Launch templates and ASGs must never hold a
+seed: keep your user-data in the template and launch with
+`seedtool launch aws --launch-template NAME`, which reads the template's user-data and
+overrides UserData per instance with it plus a fresh seed; or, for Terraform and
+other tools, make the user-data of each instance with `seedtool userdata`. A template
+whose user-data already holds a seed, or --params with MaxCount above 1, is refused.
+
+IMDSv2 is required (HttpTokens=required, hop limit 1) unless --allow-imdsv1: the
+user-data holds the seed, and anything that reaches the instance metadata service
+can read it.
+
+Re-running: each launch has an id (printed first, on stderr). Each instance's
+ClientToken is derived from it and its index, and re-running with --launch-id first
+finds the instances already tagged with that id and launches only the missing
+indices, each with a new seed. Instances are tagged seedtool:launch-id,
+seedtool:index and seedtool:seed-id (the seed's public id, never the seed).
+
+Credentials come from boto3's standard chain (environment, --profile, SSO, instance
+role); retries use botocore's standard mode (AWS_MAX_ATTEMPTS sets the attempts).
+Exit status: 0 when every instance exists, 1 when some failed, 130 after Ctrl-C (in
+both cases the table lists every instance that exists).
+"""
+
+
+def _read_params(path: str | None) -> dict[str, Any]:
+    from ..errors import UsageError
+
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read --params file {path}: {e.strerror}; check the path") \
+            from None
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(
+            f"--params file {path} is not valid JSON; write a JSON object of RunInstances "
+            "parameters, e.g. {\"EbsOptimized\": true}"
+        ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--params file {path} must hold a JSON object of RunInstances "
+                         "parameters, not a list or a value")
+    return data
+
+
+@contextmanager
+def _announce_interrupt(launch_id: str) -> Iterator[None]:
+    """On Ctrl-C say at once that in-flight launches are being waited for."""
+    def handler(signum: int, frame: Any) -> None:
+        click.echo(
+            "seedtool: interrupted; waiting for the launches in flight so every instance "
+            f"that exists is reported (launch id {launch_id})", err=True,
+        )
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: keep the default behaviour
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@click.command("aws", help=_HELP)
+@seed_options
+@click.option("--image-id", default=None, metavar="AMI", help="AMI to launch (ami-...).")
+@click.option("--instance-type", default=None, metavar="TYPE", help="e.g. t3.micro.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1000),
+              help="How many instances, each with its own call and its own seed.")
+@click.option("--subnet-id", default=None, metavar="SUBNET", help="Subnet (and so zone).")
+@click.option("--security-group-ids", "security_groups", multiple=True, metavar="SG[,SG]",
+              help="Security group ids (repeatable, or a comma-separated list).")
+@click.option("--key-name", default=None, metavar="NAME", help="EC2 key pair name.")
+@click.option("--iam-instance-profile", default=None, metavar="NAME|ARN",
+              help="Instance profile by name or ARN.")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="Tag for each instance (repeatable); seedtool:* keys are reserved.")
+@click.option("--launch-template", default=None, metavar="ID|NAME[:VERSION]",
+              help="Launch from this template; its user-data (unless --user-data) gets a "
+                   "fresh seed per instance. It must not hold a seed itself.")
+@click.option("--user-data", "user_data_path", default=None, metavar="FILE",
+              help="Your user-data (any format cloud-init reads); each instance gets it "
+                   "plus its own seed, within AWS's 16 KB limit.")
+@click.option("--params", "params_path", default=None, metavar="FILE",
+              help="JSON object of further RunInstances parameters, merged in; UserData, "
+                   "ClientToken, DryRun and a MaxCount above 1 are refused.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="RunInstances calls in flight at once.")
+@click.option("--dry-run", is_flag=True,
+              help="Ask EC2 whether each call would succeed (DryRun); launches nothing.")
+@click.option("--launch-id", default=None, metavar="ID",
+              help="Resume or retry an earlier launch: indices already running under this "
+                   "id are reported, not launched again; the rest get new seeds.")
+@click.option("--allow-imdsv1", is_flag=True,
+              help="Do not require IMDSv2. The user-data holds the seed, and without a "
+                   "session token any request that reaches the metadata service (an SSRF, "
+                   "a container) can read it.")
+@click.option("--profile", default=None, help="AWS profile from ~/.aws/config.")
+@click.option("--region", default=None, help="AWS region [default: from the profile/env].")
+@click.option("--endpoint-url", default=None, metavar="URL",
+              help="EC2 endpoint (a VPC endpoint, or a test server).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the launch id and every instance as JSON (never the seeds).")
+def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
+            required: tuple[str, ...], nbytes: int, ttl: str, image_id: str | None,
+            instance_type: str | None, count: int, subnet_id: str | None,
+            security_groups: tuple[str, ...], key_name: str | None,
+            iam_instance_profile: str | None, tags: tuple[str, ...],
+            launch_template: str | None, user_data_path: str | None, params_path: str | None,
+            concurrency: int, dry_run: bool, launch_id: str | None, allow_imdsv1: bool,
+            profile: str | None, region: str | None, endpoint_url: str | None,
+            as_json: bool) -> None:
+    from ..launch import aws
+    from ..launch.runner import InstanceResult, render_table
+    from .nocloud import read_user_data
+
+    request = aws.LaunchRequest(
+        image_id=image_id, instance_type=instance_type, subnet_id=subnet_id,
+        security_group_ids=aws.parse_security_groups(security_groups), key_name=key_name,
+        iam_instance_profile=iam_instance_profile, tags=aws.parse_tags(tags),
+        launch_template=launch_template, params=_read_params(params_path),
+        allow_imdsv1=allow_imdsv1,
+    )
+    request.base_params()  # refuse bad options before touching AWS or the key
+    resume = launch_id is not None
+    lid = aws.check_launch_id(launch_id) if launch_id else aws.new_launch_id()
+    user_data = read_user_data(user_data_path)
+    client = aws.make_client(profile=profile, region=region, endpoint_url=endpoint_url)
+
+    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+        launcher = aws.AwsLauncher(client, request, f, launch_id=lid, user_data=user_data,
+                                   dry_run=dry_run)
+        notes = launcher.prepare()
+        click.echo(f"seedtool: launch id {lid} (to resume or retry: --launch-id {lid})",
+                   err=True)
+        for note in notes:
+            click.echo(f"seedtool: {note}", err=True)
+
+        tty = sys.stderr.isatty()
+        done = 0
+
+        def line(r: InstanceResult) -> None:
+            nonlocal done
+            done += 1
+            what = r.instance_id or "-"
+            extra = f": {r.error}" if r.error else ""
+            click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {what} "
+                       f"(seed {r.seed_id or '-'}){extra}", err=True)
+
+        with _announce_interrupt(lid):
+            if tty:
+                with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
+                    report = launcher.launch(count, concurrency=concurrency, resume=resume,
+                                             on_existing=lambda r: bar.update(1),
+                                             on_done=lambda r: bar.update(1))
+            else:
+                report = launcher.launch(count, concurrency=concurrency, resume=resume,
+                                         on_existing=line, on_done=line)
+        warn_failures(f)
+
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        click.echo(render_table(report.results))
+    _finish(report, count)
+
+
+def _finish(report: Any, count: int) -> None:
+    from ..launch import aws
+
+    lid = report.launch_id
+    bad = [r for r in report.results if not r.ok]
+    exist = report.existing_ids()
+    have = f"instances that exist: {', '.join(exist)}" if exist else "no instance exists"
+    rerun = f"re-run with --launch-id {lid} and the same options to launch the rest with " \
+            "fresh seeds"
+    if report.interrupted:
+        raise aws.LaunchInterrupted(
+            f"interrupted: {len(bad)} of {count} instances not launched "
+            f"(indices {', '.join(str(r.index) for r in bad)}); {have}; {rerun}"
+        )
+    if bad:
+        raise aws.AwsLaunchError(
+            f"{len(bad)} of {len(report.results)} instances failed or were not started "
+            f"(indices {', '.join(str(r.index) for r in bad)}, reasons in the table); {have}; "
+            f"{rerun}"
+        )
+    if report.dry_run:
+        click.echo(f"seedtool: dry run: EC2 would accept all {len(report.results)} calls; "
+                   "nothing was launched", err=True)
