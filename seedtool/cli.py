@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "launch": "launch",
     "nocloud": "nocloud",
     "userdata": "userdata",
+    "bake": "bake",
 }
 
 HELP: dict[str, str] = {
@@ -37,6 +38,7 @@ HELP: dict[str, str] = {
     "launch": "Launch VMs (local QEMU now), each with its own fresh seed, and report.",
     "nocloud": "Write a NoCloud cidata ISO whose user-data carries a fresh seed.",
     "userdata": "Add a fresh seed to your user-data, keeping every part of it as is.",
+    "bake": "Prepare a base image (guest side in, shared secrets out); --check lints one.",
 }
 
 

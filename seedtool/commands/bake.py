@@ -1,0 +1,133 @@
+"""`seedtool bake` and `seedtool bake --check`: prepare a base image, and gate it in CI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+
+
+@contextlib.contextmanager
+def _open_target(root: str | None, image: str | None, writable: bool) -> Iterator[Any]:
+    """The TargetFS for --root or --image; closed (flushed) on the way out."""
+    if (root is None) == (image is None):
+        raise UsageError("give exactly one target: --root DIR or --image DISK")
+    if root is not None:
+        from ..deliver.localfs import LocalFS
+
+        fs: Any = LocalFS(root)
+    else:
+        try:
+            from ..deliver import image as image_backends
+        except ImportError:
+            raise UsageError(
+                "this seedtool cannot open disk images yet; unpack the image and use --root DIR"
+            ) from None
+        assert image is not None
+        fs = image_backends.open_image(image, writable=writable)
+    try:
+        yield fs
+    finally:
+        fs.close()
+
+
+def _print_findings(target: str, findings: list[Any], as_json: bool, strict: bool) -> int:
+    from ..bake import summary
+
+    errors, warnings = summary(findings)
+    failed = errors > 0 or (strict and warnings > 0)
+    if as_json:
+        click.echo(json.dumps({"target": target, "clean": not findings, "errors": errors,
+                               "warnings": warnings,
+                               "findings": [f.to_json() for f in findings]},
+                              indent=2, sort_keys=True))
+    elif not findings:
+        click.echo(f"{target}: clean")
+    else:
+        for f in findings:
+            click.echo(f"{f.path}: {f.severity}: {f.problem}\n    fix: {f.fix}")
+        click.echo(f"{target}: {errors} error(s), {warnings} warning(s)")
+    return 1 if failed else 0
+
+
+@click.command("bake")
+@click.option("--root", metavar="DIR", default=None,
+              help="The image's root directory (a chroot, or / inside the image being built).")
+@click.option("--image", metavar="DISK", default=None,
+              help="A disk image (raw ext4 via debugfs; other formats via libguestfs).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="PUB",
+              help="Public key (.pub from 'seedtool keygen') whose seeds the image trusts; "
+                   "repeatable. Required unless --check.")
+@click.option("--policy", "policy_path", metavar="FILE", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Seed policy JSON for the image (see docs/guest.md); default: defaults.")
+@click.option("--machine-id", "machine_id", type=click.Choice(["uninitialized", "empty"]),
+              default="uninitialized", show_default=True,
+              help="How to reset /etc/machine-id on a systemd image: 'uninitialized' makes the "
+                   "first boot a first boot (presets, ConditionFirstBoot); 'empty' gets a new "
+                   "id without first-boot actions. Non-systemd images always get 'empty'.")
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only lint the target: exit 1 listing each finding, or print 'clean'.")
+@click.option("--strict", is_flag=True, help="With --check: warnings fail too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(root: str | None, image: str | None,
+            trusted_keys: tuple[str, ...], policy_path: str | None, machine_id: str,
+            dry_run: bool, check_only: bool, strict: bool, as_json: bool) -> None:
+    """Prepare a base image: install the guest side, remove what VMs must not share.
+
+    Installs seedtool's cloud-init module (into the distribution's own module list),
+    the early-boot unit, the trusted public keys and the policy; removes SSH host keys,
+    the machine id, every random-seed file, seedtool and cloud-init instance state and
+    logs. On the running system (--root /) systemd-random-seed.service is stopped first,
+    or shutdown would save a new seed into the image. Idempotent.
+
+    With --check, changes nothing and exits 1 if anything shared is left or the guest
+    would not credit a seed before SSH host keys are made: the gate after an image build.
+    """
+    from .. import bake as lib
+
+    if check_only:
+        if trusted_keys or policy_path or dry_run:
+            raise UsageError("--check only reads the target; drop --trusted-key, --policy "
+                             "and --dry-run")
+        with _open_target(root, image, writable=False) as fs:
+            findings = lib.check(fs)
+            target = fs.description
+        code = _print_findings(target, findings, as_json, strict)
+        if code:
+            sys.exit(code)
+        return
+    if strict:
+        raise UsageError("--strict goes with --check")
+    if not trusted_keys:
+        raise UsageError("give the image's trusted public key(s) with --trusted-key PUB "
+                         "(the .pub from 'seedtool keygen')")
+    policy: dict[str, Any] | None = None
+    if policy_path is not None:
+        from ..guest.policy import load_policy
+
+        policy = load_policy(policy_path).to_json()
+    live = root is not None and lib.is_live_root(root)
+    if live and os.geteuid() != 0 and not dry_run:
+        raise UsageError("baking the running system (--root /) needs root; run it with sudo")
+    with _open_target(root, image, writable=not dry_run) as fs:
+        result = lib.bake(fs, list(trusted_keys), policy, dry_run=dry_run,
+                          machine_id=machine_id, live=live)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        return
+    verb = "would change" if dry_run else "changed"
+    for c in result.changes:
+        click.echo(f"{c.action:8} {c.path}  ({c.what})")
+    if live and not any(c.action == "stop" for c in result.changes):
+        click.echo("systemd is not running here: no systemd-random-seed.service to stop")
+    note = " (dry run: nothing was changed)" if dry_run else ""
+    click.echo(f"{result.target}: {verb} {len(result.changes)} path(s){note}")
