@@ -136,33 +136,27 @@ class ByteTester:
         return rct, apt
 
 
-def _lsb_run(byte: int, bit: int) -> int:
-    n = 0
-    while n < 8 and (byte >> n) & 1 == bit:
-        n += 1
-    return n
+def _leading_zero_bits(byte: int) -> int:
+    return 8 - byte.bit_length()
 
 
-def _msb_run(byte: int, bit: int) -> int:
-    n = 0
-    while n < 8 and (byte >> (7 - n)) & 1 == bit:
-        n += 1
-    return n
+def _trailing_zero_bits(byte: int) -> int:
+    return (byte & -byte).bit_length() - 1 if byte else 8
 
 
-# equal-bit runs at either end of every byte value, for bit 0 and bit 1
-_LSB = [bytes(_lsb_run(v, b) for v in range(256)) for b in (0, 1)]
-_MSB = [bytes(_msb_run(v, b) for v in range(256)) for b in (0, 1)]
+_LZ = bytes(_leading_zero_bits(v) for v in range(256))
+_TZ = bytes(_trailing_zero_bits(v) for v in range(256))
+_ZERO_BYTES = re.compile(rb"\x00+")
 _popcount = getattr(int, "bit_count", None) or (lambda x: bin(x).count("1"))
-_FULL_BYTES = re.compile(rb"\x00+|\xff+")
 
 
 class BitTester:
     """RCT + APT over single-bit samples (MSB first within each byte).
 
-    For bits H <= 1, so C >= 21: every failing run contains a whole 0x00 or 0xFF
-    byte. The regex finds those bytes in C; only they and their two neighbours are
-    looked at in Python.
+    RCT: with x the chunk as one big integer, t = x ^ (x >> 1) has a zero bit where
+    two neighbouring samples are equal, so a run of C samples is C - 1 zero bits in
+    a row. For bits H <= 1, so C >= 21, and 20 zero bits always contain a whole zero
+    byte of t: the regex finds those in C and only their neighbours are looked at.
     """
 
     def __init__(self, h: float) -> None:
@@ -181,33 +175,35 @@ class BitTester:
         self._apt_buf = b""
 
     def _rct(self, chunk: bytes) -> int:
-        if not chunk:
+        n = len(chunk)
+        if not n:
             return 0
-        c, end = self.rct_c, len(chunk)
-        last_run = -1
-        for m in _FULL_BYTES.finditer(chunk):
-            s, e = m.span()
-            bit = chunk[s] & 1
-            run = 8 * (e - s)
-            if s:
-                run += _LSB[bit][chunk[s - 1]]
-            elif self._run_bit == bit:
-                run += self._run_len
-            if e == end:
-                last_run = run
-            else:
-                run += _MSB[bit][chunk[e]]
-            if run >= c:
-                self._run_bit, self._run_len = -1, 0
-                return 1
-        tail = chunk[-1]
-        bit = tail & 1
-        if last_run >= 0:
-            self._run_bit, self._run_len = bit, last_run
-        else:
-            n = _LSB[bit][tail]
-            self._run_bit, self._run_len = bit, n
-        return 0
+        c, nbits = self.rct_c, 8 * n
+        x = int.from_bytes(chunk, "big")
+        top = 1 << (nbits - 1)
+        # bit j of t compares samples (nbits-2-j) and (nbits-1-j); the top bit has no
+        # partner inside the chunk and is set, so that no run is counted across it
+        t = (x ^ (x >> 1)) | top
+        inner = t ^ top
+        first_bit = x >> (nbits - 1)
+        leading = nbits - inner.bit_length()  # samples equal to the first one
+        fail = 0
+        if first_bit == self._run_bit and self._run_len + leading >= c:
+            fail = 1
+        if not fail:
+            tb = t.to_bytes(n, "big")
+            for m in _ZERO_BYTES.finditer(tb):
+                s, e = m.span()
+                zeros = 8 * (e - s) + _TZ[tb[s - 1]] + (_LZ[tb[e]] if e < n else 0)
+                if zeros + 1 >= c:
+                    fail = 1
+                    break
+        last_bit = x & 1
+        trailing = (inner & -inner).bit_length() if inner else nbits
+        if not inner and last_bit == self._run_bit:
+            trailing += self._run_len
+        self._run_bit, self._run_len = (-1, 0) if fail else (last_bit, trailing)
+        return fail
 
     def check(self, chunk: bytes) -> tuple[int, int]:
         rct = self._rct(chunk)

@@ -122,6 +122,41 @@ def test_property_bit_tester_equals_reference(p: float, n: int, cut: int, seed: 
     assert (bool(r1 or r2), bool(a1 or a2)) == _reference_bits(stream, 1.0)
 
 
+def _bits(text: str) -> bytes:
+    return int(text, 2).to_bytes(len(text) // 8, "big")
+
+
+def test_bit_rct_exact_cutoff_across_chunks() -> None:
+    # H = 1 gives C = 21: a run of 20 equal bits passes, 21 fails, wherever the cut is
+    for run, expect in ((20, 0), (21, 1)):
+        stream = "10" * 20 + "1" + "0" * run + "1" + "01" * 19
+        stream += "0" * (-len(stream) % 8)
+        data = _bits(stream)
+        for cut in range(1, len(data)):
+            t = BitTester(1.0)
+            assert max(t.check(data[:cut])[0], t.check(data[cut:])[0]) == expect, (run, cut)
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=st.sampled_from([0.5, 0.9, 0.95, 0.97, 0.99]), n=st.integers(1, 64),
+       cuts=st.lists(st.integers(1, 16), min_size=1, max_size=8), seed=st.integers(0, 2**32))
+def test_property_bit_rct_with_long_runs(p: float, n: int, cuts: list[int], seed: int) -> None:
+    rnd = random.Random(seed)
+    bits = []
+    b = 0
+    while len(bits) < 8 * n:
+        bits.append(b)
+        if rnd.random() > p:
+            b ^= 1
+    stream = _bits("".join(map(str, bits)))
+    t = BitTester(1.0)
+    got, pos = 0, 0
+    for c in [*cuts, len(stream)]:
+        got |= t.check(stream[pos:pos + c])[0]
+        pos += c
+    assert bool(got) == _reference_bits(stream, 1.0)[0]
+
+
 class Scripted:
     """A source whose reads come from a function of the byte offset."""
 
