@@ -1,0 +1,539 @@
+"""seedtool bake / bake --check on copies of real Debian 12 and 13 roots.
+
+The roots are the cached debootstrap roots that tests/vm builds (cloud-init, sshd,
+systemd, dbus, python3-cryptography, with the host keys and machine id that the
+packages' postinst scripts made). They are copied with `cp -a` and never modified.
+Each dirty-root test starts from a baked root and plants one thing; `check` must name
+it, and `bake` must clean it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seedtool import bake as lib
+from seedtool.deliver.localfs import LocalFS
+from seedtool.errors import DeliveryError
+from seedtool.guest import install
+from seedtool.guest.install import install_guest
+from seedtool.keys import generate_keypair
+from tests.vm.images import base_root
+
+SEEDTOOL = ["seedtool", "once-per-instance"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seedtool", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def cp_a(src: Path, dst: Path) -> None:
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int, str]]:
+    """(mode, size, inode, mtime, link) of every path: a rewrite or removal changes it."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            link = os.readlink(p) if stat.S_ISLNK(st.st_mode) else ""
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_ino,
+                                             st.st_mtime_ns, link)
+    return out
+
+
+def findings_at(root: Path, path: str) -> list[lib.Finding]:
+    return [f for f in lib.check(LocalFS(root)) if f.path == path]
+
+
+@pytest.fixture(scope="module")
+def host_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("keys")
+    generate_keypair(d / "host.key", d / "host.pub", comment="bake-test")
+    return d / "host.pub"
+
+
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def fresh_root(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """An unbaked copy of a real Debian root (host keys, machine id and all)."""
+    d = tmp_path_factory.mktemp(f"fresh-{request.param}")
+    cp_a(base_root(request.param), d / "root")
+    yield request.param, d / "root"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+# --- the real roots, end to end through the CLI ----------------------------------------------
+
+
+def test_bake_real_debian_root_then_check_is_clean(
+    fresh_root: tuple[str, Path], host_pub: Path, tmp_path: Path
+) -> None:
+    release, root = fresh_root
+    cached = base_root(release)
+
+    before = run("bake", "--check", "--root", str(root), "--json")
+    assert before.returncode == 1, before.stderr
+    report = json.loads(before.stdout)
+    assert not report["clean"]
+    paths = {f["path"] for f in report["findings"]}
+    assert "/etc/ssh/ssh_host_ed25519_key" in paths and "/etc/machine-id" in paths
+    assert "/var/lib/dbus/machine-id" in paths and lib.CC_MODULE in paths
+    assert all(f["problem"] and f["fix"] for f in report["findings"])
+
+    # dry run: reports exactly what the real bake then does, and changes nothing
+    snap = snapshot(root)
+    dry = run("bake", "--root", str(root), "--trusted-key", str(host_pub), "--dry-run",
+              "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert snapshot(root) == snap
+    planned = json.loads(dry.stdout)["changes"]
+
+    done = run("bake", "--root", str(root), "--trusted-key", str(host_pub), "--json")
+    assert done.returncode == 0, done.stderr
+    changes = json.loads(done.stdout)["changes"]
+    assert changes == planned
+    removed = {c["path"] for c in changes if c["action"] == "remove"}
+    host_keys = {f"/etc/ssh/{p.name}" for p in (cached / "etc/ssh").glob("ssh_host_*")}
+    assert host_keys and host_keys <= removed
+
+    after = run("bake", "--check", "--root", str(root))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert after.stdout.strip().endswith(": clean")
+
+    # what was removed and reset
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    assert (root / "etc/ssh/sshd_config").exists()  # only the host keys go
+    mid = root / "etc/machine-id"
+    assert mid.read_text() == "uninitialized\n"
+    cached_mode = (cached / "etc/machine-id").stat().st_mode
+    assert stat.S_IMODE(mid.stat().st_mode) == stat.S_IMODE(cached_mode)
+    assert not (root / "var/lib/dbus/machine-id").exists()
+
+    # the guest is installed exactly as install_guest lays it out (its source of truth)
+    ref = tmp_path / "ref"
+    shutil.copytree(cached / "etc/cloud", ref / "etc/cloud", symlinks=True)
+    written = install_guest(ref, [host_pub])
+    for path in written:
+        a, b = ref / path.lstrip("/"), root / path.lstrip("/")
+        if a.is_symlink():
+            assert os.readlink(b) == os.readlink(a), path
+        else:
+            assert b.read_bytes() == a.read_bytes(), path
+            assert stat.S_IMODE(b.stat().st_mode) == stat.S_IMODE(a.stat().st_mode), path
+    mods = yaml.safe_load((root / "etc/cloud/cloud.cfg.d/90_seedtool.cfg").read_text())[
+        "cloud_init_modules"]
+    at = mods.index(SEEDTOOL)
+    assert mods[at - 1] == "seed_random" and at < mods.index("ssh")
+
+    # idempotent: a second bake changes nothing, not even an inode
+    snap = snapshot(root)
+    again = run("bake", "--root", str(root), "--trusted-key", str(host_pub), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changes"] == []
+    assert snapshot(root) == snap
+
+
+# --- dirty roots ----------------------------------------------------------------------------
+
+#: what a baked root needs for `check` (everything `check` reads), without the
+#: 400 MB of /usr: a real root's files, just not all of them
+SLIM = ("etc", "root", "home", "opt", "srv", "tmp", "var/tmp", "var/log", "var/lib/dbus",
+        "var/lib/systemd", "var/lib/seedtool", "bin", "sbin", "lib", "lib64",
+        "usr/sbin/init", "usr/bin/python3", "usr/lib/systemd/systemd",
+        "usr/lib/python3/dist-packages/cryptography/__init__.py", lib.CC_MODULE.lstrip("/"),
+        "usr/lib/seedtool", lib.UNIT.lstrip("/"))
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory: pytest.TempPathFactory, host_pub: Path) -> Iterator[Path]:
+    """A slim copy of a baked Debian 12 root (read only: tests copy it)."""
+    d = tmp_path_factory.mktemp("baked")
+    full = d / "full"
+    cp_a(base_root("bookworm"), full)
+    p = run("bake", "--root", str(full), "--trusted-key", str(host_pub))
+    assert p.returncode == 0, p.stderr
+    slim = d / "slim"
+    for rel in SLIM:
+        src = full / rel
+        if not os.path.lexists(src):
+            continue
+        (slim / rel).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(src), str(slim / rel)], check=True)
+    shutil.rmtree(full)
+    assert lib.check(LocalFS(slim)) == []
+    yield slim
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def root(baked: Path, tmp_path: Path) -> Path:
+    cp_a(baked, tmp_path / "root")
+    return tmp_path / "root"
+
+
+def plant(root: Path, rel: str, data: bytes = b"x" * 32) -> Path:
+    p = root / rel.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def bake_cli(root: Path, pub: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run("bake", "--root", str(root), "--trusted-key", str(pub), *extra)
+
+
+SHARED = [
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ed25519_key-cert.pub",
+    *lib.RANDOM_SEEDS,
+    lib.CREDENTIAL_SECRET,
+    "/var/lib/seedtool/seed",
+    "/var/lib/seedtool/ledger",
+    "/var/lib/seedtool/status.json",
+    "/var/lib/seedtool/status-early.json",
+    "/var/lib/cloud/instances/iid-1/user-data.txt",
+    "/var/lib/cloud/instances/iid-1/sem/config_ssh",
+    "/var/lib/cloud/data/instance-id",
+    "/var/log/cloud-init.log",
+    "/var/log/cloud-init-output.log",
+]
+
+
+@pytest.mark.parametrize("path", SHARED)
+def test_each_shared_file_is_found_then_removed_by_bake(root: Path, host_pub: Path,
+                                                        path: str) -> None:
+    planted = plant(root, path)
+    found = findings_at(root, path)
+    assert len(found) == 1 and found[0].severity == lib.ERROR
+    p = run("bake", "--check", "--root", str(root))
+    assert p.returncode == 1 and path in p.stdout
+
+    b = bake_cli(root, host_pub, "--json")
+    assert b.returncode == 0, b.stderr
+    assert {"path": path, "action": "remove"}.items() <= next(
+        c for c in json.loads(b.stdout)["changes"] if c["path"] == path).items()
+    assert not os.path.lexists(planted)
+    assert run("bake", "--check", "--root", str(root)).returncode == 0
+
+
+def test_cloud_init_state_goes_like_cloud_init_clean_but_seed_stays(root: Path,
+                                                                    host_pub: Path) -> None:
+    plant(root, "/var/lib/cloud/instances/iid-1/obj.pkl")
+    (root / "var/lib/cloud/instance").symlink_to("/var/lib/cloud/instances/iid-1")
+    keep = plant(root, "/var/lib/cloud/seed/nocloud/user-data", b"#cloud-config\n")
+    found = {f.path for f in lib.check(LocalFS(root))}
+    assert {"/var/lib/cloud/instance", "/var/lib/cloud/instances/iid-1/obj.pkl"} <= found
+    assert not any(p.startswith("/var/lib/cloud/seed") for p in found)
+    assert bake_cli(root, host_pub).returncode == 0
+    assert sorted(os.listdir(root / "var/lib/cloud")) == ["seed"]
+    assert keep.read_bytes() == b"#cloud-config\n"
+
+
+def test_machine_id_and_dbus_copy(root: Path, host_pub: Path) -> None:
+    mid = "0123456789abcdef0123456789abcdef\n"
+    (root / "etc/machine-id").write_text(mid)
+    plant(root, lib.DBUS_MACHINE_ID, mid.encode())
+    p = run("bake", "--check", "--root", str(root), "--json")
+    assert p.returncode == 1
+    paths = {f["path"] for f in json.loads(p.stdout)["findings"]}
+    assert paths == {lib.MACHINE_ID, lib.DBUS_MACHINE_ID}
+    assert mid.strip() not in p.stdout + p.stderr  # the id itself is never shown
+
+    assert bake_cli(root, host_pub).returncode == 0
+    assert (root / "etc/machine-id").read_text() == "uninitialized\n"
+    assert not os.path.lexists(root / lib.DBUS_MACHINE_ID.lstrip("/"))
+
+
+def test_dbus_machine_id_symlink_is_kept_pointing_at_etc(root: Path, host_pub: Path) -> None:
+    link = root / lib.DBUS_MACHINE_ID.lstrip("/")
+    link.symlink_to("/etc/machine-id")
+    assert lib.check(LocalFS(root)) == []
+    link.unlink()
+    link.symlink_to("/run/some-other-id")
+    assert len(findings_at(root, lib.DBUS_MACHINE_ID)) == 1
+    assert bake_cli(root, host_pub).returncode == 0
+    assert os.readlink(link) == "/etc/machine-id"
+
+
+def test_empty_machine_id_passes_check_and_can_be_chosen(root: Path, host_pub: Path) -> None:
+    (root / "etc/machine-id").write_text("")
+    assert findings_at(root, lib.MACHINE_ID) == []
+    assert bake_cli(root, host_pub, "--machine-id", "empty").returncode == 0
+    assert (root / "etc/machine-id").read_bytes() == b""
+    assert bake_cli(root, host_pub).returncode == 0  # the default form
+    assert (root / "etc/machine-id").read_text() == "uninitialized\n"
+
+
+def test_non_systemd_init_gets_an_empty_machine_id(root: Path, host_pub: Path) -> None:
+    init = root / "usr/sbin/init"
+    init.unlink()
+    init.write_bytes(b"\x7fELF sysvinit stand-in")
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    assert not lib.uses_systemd(LocalFS(root))
+    assert bake_cli(root, host_pub).returncode == 0
+    assert (root / "etc/machine-id").read_bytes() == b""
+
+
+# --- the module list ---------------------------------------------------------------------
+
+
+def dropin(root: Path) -> Path:
+    return root / install.CLOUD_CFG_D / install.DROPIN_NAME
+
+
+def test_module_list_without_seedtool(root: Path, host_pub: Path) -> None:
+    dropin(root).unlink()
+    found = findings_at(root, lib.CLOUD_CFG)
+    assert len(found) == 1 and "no seedtool" in found[0].problem
+    assert bake_cli(root, host_pub).returncode == 0
+    assert lib.check(LocalFS(root)) == []
+
+
+def move_seedtool(root: Path, after: str) -> None:
+    d = dropin(root)
+    mods = yaml.safe_load(d.read_text())["cloud_init_modules"]
+    mods.remove(SEEDTOOL)
+    mods.insert(mods.index(after) + 1, SEEDTOOL)
+    d.write_text(yaml.safe_dump({"cloud_init_modules": mods}))
+
+
+def test_module_list_with_seedtool_after_ssh(root: Path, host_pub: Path) -> None:
+    move_seedtool(root, "ssh")
+    found = findings_at(root, "/" + str(dropin(root).relative_to(root)))
+    assert len(found) == 1 and "after ssh" in found[0].problem
+    assert bake_cli(root, host_pub).returncode == 0  # bake puts it back in place
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_module_list_with_seedtool_before_seed_random(root: Path) -> None:
+    d = dropin(root)
+    mods = yaml.safe_load(d.read_text())["cloud_init_modules"]
+    mods.remove(SEEDTOOL)
+    mods.insert(0, SEEDTOOL)
+    d.write_text(yaml.safe_dump({"cloud_init_modules": mods}))
+    found = findings_at(root, "/" + str(d.relative_to(root)))
+    assert len(found) == 1 and "before seed_random" in found[0].problem
+
+
+def test_later_dropin_replacing_the_list_is_found_and_refused(root: Path,
+                                                              host_pub: Path) -> None:
+    later = root / install.CLOUD_CFG_D / "99_site.cfg"
+    later.write_text("cloud_init_modules:\n - seed_random\n - ssh\n")
+    found = findings_at(root, "/etc/cloud/cloud.cfg.d/99_site.cfg")
+    assert len(found) == 1 and "no seedtool" in found[0].problem
+    p = bake_cli(root, host_pub)  # install_guest refuses: the list would never have seedtool
+    assert p.returncode != 0
+    assert p.stderr.startswith("seedtool: error: ") and "99_site.cfg" in p.stderr
+    # an earlier file setting the list is fine: 90_seedtool.cfg replaces it
+    later.rename(root / install.CLOUD_CFG_D / "50_site.cfg")
+    assert bake_cli(root, host_pub).returncode == 0
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_cloud_config_that_is_not_yaml(root: Path) -> None:
+    plant(root, "/etc/cloud/cloud.cfg.d/10_broken.cfg", b"cloud_init_modules: [\n")
+    found = findings_at(root, "/etc/cloud/cloud.cfg.d/10_broken.cfg")
+    assert len(found) == 1 and "not valid YAML" in found[0].problem
+
+
+# --- the guest install ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [lib.CC_MODULE, lib.GUEST_CORE, lib.LAUNCHER, lib.UNIT,
+                                  lib.WANTS_LINK])
+def test_guest_part_missing(root: Path, host_pub: Path, path: str) -> None:
+    (root / path.lstrip("/")).unlink()
+    found = findings_at(root, path)
+    assert len(found) == 1 and found[0].severity == lib.ERROR
+    assert bake_cli(root, host_pub).returncode == 0
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_masked_early_unit(root: Path) -> None:
+    (root / lib.MASK.lstrip("/")).symlink_to("/dev/null")
+    found = findings_at(root, lib.MASK)
+    assert len(found) == 1 and "masked" in found[0].problem
+
+
+def test_no_trusted_keys_and_bad_policy(root: Path, host_pub: Path) -> None:
+    for k in (root / "etc/seedtool/trusted-keys").glob("*.pub"):
+        k.unlink()
+    assert len(findings_at(root, "/etc/seedtool/trusted-keys")) == 1
+    (root / "etc/seedtool/policy.json").write_text('{"trusted_keys": 3}')
+    assert len(findings_at(root, lib.POLICY)) == 1
+    assert bake_cli(root, host_pub).returncode == 0
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_policy_pointing_elsewhere_needs_keys_there(root: Path, host_pub: Path,
+                                                    tmp_path: Path) -> None:
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"trusted_keys": "/opt/keys", "fail_closed": True}))
+    assert bake_cli(root, host_pub, "--policy", str(pol)).returncode == 0
+    assert json.loads((root / "etc/seedtool/policy.json").read_text())["fail_closed"] is True
+    assert len(findings_at(root, "/opt/keys")) == 1
+    plant(root, "/opt/keys/a.pub", host_pub.read_bytes())
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_keys_no_longer_given_are_removed(root: Path, host_pub: Path, tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "new.key", tmp_path / "new.pub")
+    p = bake_cli(root, tmp_path / "new.pub", "--json")
+    assert p.returncode == 0, p.stderr
+    actions = {(c["path"], c["action"]) for c in json.loads(p.stdout)["changes"]}
+    assert ("/etc/seedtool/trusted-keys/host.pub", "remove") in actions
+    assert ("/etc/seedtool/trusted-keys/new.pub", "write") in actions
+    assert sorted(os.listdir(root / "etc/seedtool/trusted-keys")) == ["new.pub"]
+
+
+def test_missing_cryptography_is_a_warning(root: Path) -> None:
+    shutil.rmtree(root / "usr/lib/python3/dist-packages/cryptography")
+    found = lib.check(LocalFS(root))
+    assert [f.severity for f in found] == [lib.WARNING]
+    assert "python3-cryptography" in found[0].problem
+    p = run("bake", "--check", "--root", str(root))
+    assert p.returncode == 0 and "warning" in p.stdout and "clean" not in p.stdout
+    assert run("bake", "--check", "--strict", "--root", str(root)).returncode == 1
+
+
+# --- private keys ---------------------------------------------------------------------------
+
+
+def test_private_keys_anywhere_likely_are_errors(root: Path, tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "signing.key", tmp_path / "signing.pub")
+    generate_keypair(tmp_path / "enc.key", tmp_path / "enc.pub", passphrase=b"pw")
+    ssh = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh)], check=True)
+    signing = (tmp_path / "signing.key").read_bytes()
+    planted = {
+        "/root/.config/seedtool/signing.key": signing,
+        "/tmp/packer-upload/key.pem": signing,
+        "/opt/app/enc.key": (tmp_path / "enc.key").read_bytes(),
+        "/home/builder/.ssh/id_ed25519": ssh.read_bytes(),
+        "/srv/x/notes.txt": b"header\n" + signing + b"trailer\n",
+    }
+    for path, data in planted.items():
+        plant(root, path, data)
+    plant(root, "/etc/big.bin", b"-----BEGIN PRIVATE KEY-----\n" + b"A" * (lib.SCAN_MAX_FILE))
+    (root / "home/builder/link.key").symlink_to("/root/.config/seedtool/signing.key")
+
+    found = {f.path: f for f in lib.check(LocalFS(root))}
+    assert set(found) == set(planted)  # not the oversized file, not the symlink twice
+    assert "seedtool" in found["/root/.config/seedtool/signing.key"].problem
+    assert "encrypted" in found["/opt/app/enc.key"].problem
+    assert all(f.severity == lib.ERROR for f in found.values())
+
+    p = run("bake", "--check", "--root", str(root))
+    assert p.returncode == 1
+    body = [line for line in signing.decode().splitlines() if "-----" not in line]
+    assert body and not any(line in p.stdout + p.stderr for line in body)
+
+
+# --- live root, bad input, the backend ------------------------------------------------------
+
+
+def test_live_root_stops_random_seed_service_before_removing_the_seed(
+    root: Path, host_pub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed = plant(root, "/var/lib/systemd/random-seed")
+    order: list[str] = []
+
+    def stop() -> None:  # what systemctl stop does: the unit's stop action saves a seed
+        order.append("stop")
+        seed.write_bytes(b"y" * 32)
+
+    monkeypatch.setattr(lib, "systemd_running", lambda: True)
+    dry = lib.bake(LocalFS(root), [host_pub], dry_run=True, live=True, stop_service=stop)
+    assert order == [] and dry.changes[0] == lib.Change(
+        lib.RANDOM_SEED_SERVICE, "stop", dry.changes[0].what)
+    res = lib.bake(LocalFS(root), [host_pub], live=True, stop_service=stop)
+    assert order == ["stop"] and res.changes[0].action == "stop"
+    assert not seed.exists()
+
+
+def test_dry_run_on_this_running_system_changes_nothing(host_pub: Path) -> None:
+    """`--root /` is the Packer case; a dry run is safe to try on the test host itself."""
+    watched = [p for p in ("/etc/machine-id", "/etc/ssh", "/var/lib/systemd", "/etc/cloud")
+               if os.path.lexists(p)]
+    before = {p: os.lstat(p) for p in watched}
+    p = run("bake", "--root", "/", "--dry-run", "--trusted-key", str(host_pub))
+    assert p.returncode == 0, p.stderr
+    assert "/ (the running system): would change" in p.stdout
+    assert "dry run: nothing was changed" in p.stdout
+    if lib.systemd_running():
+        assert f"stop     {lib.RANDOM_SEED_SERVICE}" in p.stdout
+    else:
+        assert "systemd is not running here" in p.stdout
+    assert {p: os.lstat(p) for p in watched} == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--check"], "exactly one target"),
+    (["--root", "/nonexistent-seedtool-root"], "--trusted-key"),
+    (["--root", "RT", "--image", "x.raw", "--check"], "exactly one target"),
+    (["--check", "--root", "RT", "--trusted-key", "K"], "only reads"),
+    (["--root", "RT", "--trusted-key", "RT/etc/hostname"], "not a seedtool public key"),
+    (["--strict", "--root", "RT", "--trusted-key", "K"], "--strict goes with --check"),
+])
+def test_bad_input_is_one_clear_error(root: Path, host_pub: Path, args: list[str],
+                                      needle: str) -> None:
+    snap = snapshot(root)
+    argv = [a.replace("RT", str(root)) if a.startswith("RT") else str(host_pub) if a == "K"
+            else a for a in args]
+    p = run("bake", *argv)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seedtool: error: ") and needle in lines[0]
+    assert snapshot(root) == snap
+
+
+def test_missing_root_is_refused() -> None:
+    with pytest.raises(DeliveryError, match="does not exist"):
+        LocalFS("/nonexistent-seedtool-root")
+
+
+def test_localfs_resolves_symlinks_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    plant(root, "/etc/real", b"inside")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"outside")
+    (root / "etc/abs").symlink_to("/etc/real")
+    (root / "etc/up").symlink_to("../../../../../../etc/real")
+    (root / "etc/escape").symlink_to(str(outside))
+    (root / "loop1").symlink_to("/loop2")
+    (root / "loop2").symlink_to("/loop1")
+    fs = LocalFS(root)
+    assert fs.read("/etc/abs") == b"inside" and fs.read("/etc/up") == b"inside"
+    with pytest.raises(DeliveryError):
+        fs.read("/etc/escape")  # the same path inside the root does not exist
+    with pytest.raises(DeliveryError, match="symlinks"):
+        fs.read("/loop1/x")
+    st = fs.stat("/etc/abs")
+    assert st is not None and stat.S_ISLNK(st.mode)
+    # writes through a symlinked directory land inside the root
+    (root / "lnk").symlink_to("/etc")
+    fs.write("/lnk/new", b"n", 0o600)
+    assert (root / "etc/new").read_bytes() == b"n"
+    assert stat.S_IMODE((root / "etc/new").stat().st_mode) == 0o600
+    fs.symlink("/etc/real", "/etc/abs")  # replaces in place
+    assert os.readlink(root / "etc/abs") == "/etc/real"
+    fs.mkdir("/a/b/c", 0o700)
+    assert stat.S_IMODE((root / "a/b/c").stat().st_mode) == 0o700
+    fs.remove("/etc/absent")
+    with pytest.raises(DeliveryError, match="directory"):
+        fs.remove("/a")
+    assert not list(root.rglob("*seedtool-tmp*"))
+
