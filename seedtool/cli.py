@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "launch": "launch",
     "nocloud": "nocloud",
     "userdata": "userdata",
+    "image": "image",
     "bake": "bake",
 }
 
@@ -38,6 +39,7 @@ HELP: dict[str, str] = {
     "launch": "Launch VMs (local QEMU now), each with its own fresh seed, and report.",
     "nocloud": "Write a NoCloud cidata ISO whose user-data carries a fresh seed.",
     "userdata": "Add a fresh seed to your user-data, keeping every part of it as is.",
+    "image": "Work on disk images before they boot (seed: a fresh seed for the first boot).",
     "bake": "Prepare a base image (guest side in, shared secrets out); --check lints one.",
 }
 

@@ -1,0 +1,65 @@
+"""`seedtool image ...`: work on disk images before they boot (`seed` for now).
+
+A click group; each subcommand is one function here and one line in `SUBCOMMANDS`
+(`image.add_command(...)`), so adding one (e.g. `image inspect`) touches one place.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ._options import echo_json, factory_from_options, seed_options, warn_failures
+
+
+@click.group("image")
+def command() -> None:
+    """Work on disk images before their first boot."""
+
+
+@click.command("seed")
+@click.argument("disk", type=click.Path(dir_okay=False))
+@seed_options
+@click.option("--partition", type=int, default=None, metavar="N",
+              help="Use partition N as the root (default: the one with os-release).")
+@click.option("--backend", type=click.Choice(["auto", "debugfs", "libguestfs"]),
+              default="auto", show_default=True,
+              help="debugfs for raw ext4 images, libguestfs for anything else.")
+@click.option("--force", is_flag=True,
+              help="Replace an unconsumed seed, or seed a disk that has already booted.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the seed id, partition and backend (never the seed) as JSON.")
+def seed(disk: str, key_path: str | None, passphrase_file: str | None,
+         sources: tuple[str, ...], required: tuple[str, ...], nbytes: int, ttl: str,
+         partition: int | None, backend: str, force: bool, as_json: bool) -> None:
+    """Write a fresh signed seed to /var/lib/seedtool/seed (0600, root) inside DISK,
+    for the guest's early-boot unit to credit on its next boot.
+
+    Raw images with ext4 are written directly with debugfs (no root, no mount); other
+    formats and file systems go through libguestfs. Give each VM's disk its own seed:
+    seed the copy, not the base image you clone from.
+    """
+    from ..deliver.image import seed_image
+
+    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+        result = seed_image(disk, f, partition=partition, force=force, backend=backend)
+        warn_failures(f)
+    for w in result.warnings:
+        click.echo(f"seedtool: warning: {w}", err=True)
+    if as_json:
+        echo_json({"image": result.image, "seed_id": result.seed_id,
+                   "partition": result.partition, "backend": result.backend,
+                   "target": result.target, "chosen": result.why,
+                   "replaced": result.replaced, "key_id": result.summary.get("key_id"),
+                   "not_after": result.summary.get("not_after")})
+    else:
+        where = (f"partition {result.partition}" if result.partition is not None
+                 else "whole disk")
+        click.echo(f"{disk}: seed {result.seed_id} written to /var/lib/seedtool/seed on "
+                   f"{where} via {result.backend} ({result.why})"
+                   + (", replacing the earlier state (--force)" if result.replaced else ""))
+
+
+#: the subcommands of `seedtool image`; add one line per new subcommand
+SUBCOMMANDS: tuple[click.Command, ...] = (seed,)
+for _sub in SUBCOMMANDS:
+    command.add_command(_sub)
