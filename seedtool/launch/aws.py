@@ -778,7 +778,7 @@ class AwsLauncher:
             "image": (self._base or {}).get("ImageId"),
             "instance_type": (self._base or {}).get("InstanceType"),
         })
-        if code not in _PER_INDEX and not (code and _status(response) >= 500):
+        if _stops_all(code, _status(response)):
             self._stop_others(index, str(err))
         return InstanceResult(index, FAILED, seed_id=seed_id, error=str(err))
 
@@ -801,12 +801,31 @@ class AwsLauncher:
             if on_existing:
                 on_existing(r)
         todo = [i for i in range(count) if i not in existing]
-        results, interrupted = run_all(todo, self.launch_one, concurrency=concurrency,
+        # The first call goes alone: a problem every call would hit (an unknown AMI, a
+        # missing permission, a used-up quota, user-data over the limit) then shows up
+        # once, and the others are not started, instead of N identical failures.
+        results, interrupted = run_all(todo[:1], self.launch_one, concurrency=1,
                                        on_done=on_done)
+        if interrupted:
+            results += [InstanceResult(i, NOT_STARTED, error="not started: interrupted")
+                        for i in todo[1:]]
+        elif todo[1:]:
+            rest, interrupted = run_all(todo[1:], self.launch_one, concurrency=concurrency,
+                                        on_done=on_done)
+            results += rest
         merged = {r.index: r for r in results}
         merged.update(existing)
         return LaunchReport(self.launch_id, [merged[i] for i in sorted(merged)],
                             interrupted, self.dry_run, list(self.notes))
+
+
+def _stops_all(code: str, status: int) -> bool:
+    """Whether a failure would hit every further launch alike (so none is started)."""
+    if code in _PER_INDEX:
+        return False
+    if code in _THROTTLED or code in _QUOTA:
+        return True
+    return not (code and status >= 500)
 
 
 def _status(response: Any) -> int:
