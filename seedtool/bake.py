@@ -103,7 +103,12 @@ SCAN_DIRS = ("/root", "/home", "/etc", "/tmp", "/var/tmp", "/opt", "/srv")
 SCAN_MAX_FILE = 64 * 1024
 #: bounds the scan of a huge tree; reaching it is reported as a warning
 SCAN_MAX_FILES = 200_000
-_PEM_PRIVATE = re.compile(rb"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----")
+#: a header followed by a body (optional RFC 1421 headers, then base64): a bare header
+#: string, as in a library's source code, is not a key
+_PEM_PRIVATE = re.compile(
+    rb"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----\r?\n"
+    rb"(?:[A-Za-z-]+:[^\n]*\n)*\s*[A-Za-z0-9+/=]{16}"
+)
 _PEM_BODY = re.compile(
     rb"-----BEGIN PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END PRIVATE KEY-----"
 )
