@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import stat
@@ -116,8 +117,25 @@ def generate_keypair(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     pub = PublicKey(raw_pub, comment)
-    atomic_write(private_path, pem, mode=0o600)
-    atomic_write(public_path, pub.line().encode(), mode=0o644)
+    # both files are written in full beside their targets before either is renamed into
+    # place, so a full disk leaves neither (not a lone private key, nor a replaced half)
+    staged: list[tuple[str, str]] = []
+    try:
+        for path, data, mode in ((private_path, pem, 0o600),
+                                 (public_path, pub.line().encode(), 0o644)):
+            final = os.fspath(path)
+            atomic_write(final + ".seedtool-new", data, mode=mode)
+            staged.append((final + ".seedtool-new", final))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except OSError as e:
+        raise SigningKeyError(
+            f"cannot write the key files: {e.strerror}; nothing was written"
+        ) from None
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return pub
 
 
