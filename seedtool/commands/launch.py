@@ -21,6 +21,7 @@ from ._options import factory_from_options, seed_options
 LAUNCHERS: dict[str, tuple[str, str]] = {
     "qemu": ("seedtool.commands.launch:qemu", "Boot local QEMU VMs, each with its own seed."),
     "aws": ("seedtool.commands.launch_aws:command", "EC2 instances, each with its own seed."),
+    "gce": ("seedtool.commands.launch_gce:command", "GCE instances, each with its own seed."),
 }
 
 
