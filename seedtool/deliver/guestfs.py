@@ -145,6 +145,19 @@ class _Call(Exception):
         self.errno = err
 
 
+#: errors we act on; the Python binding raises RuntimeError with the daemon's message,
+#: which ends in strerror(errno) (guestfs(3) "ERROR HANDLING"), and no errno attribute
+_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+           errno.EROFS)
+
+
+def _errno_of(message: str) -> int:
+    for code in _ERRNOS:
+        if message.rstrip().endswith(os.strerror(code)):
+            return code
+    return 0
+
+
 class _InProcess:
     def __init__(self, mod: ModuleType) -> None:
         self._g = mod.GuestFS(python_return_dict=True)
@@ -154,11 +167,7 @@ class _InProcess:
         try:
             return getattr(self._g, name)(*args, **kw)
         except RuntimeError as e:
-            try:
-                err = int(self._g.last_errno())
-            except RuntimeError:
-                err = 0
-            raise _Call(str(e), err) from None
+            raise _Call(str(e), _errno_of(str(e))) from None
 
     def close(self) -> None:
         try:
@@ -195,11 +204,7 @@ for line in sys.stdin:
     try:
         res = {"r": enc(getattr(g, req["m"])(*dec(req["a"]), **req["k"]))}
     except RuntimeError as e:
-        try:
-            err = g.last_errno()
-        except RuntimeError:
-            err = 0
-        res = {"e": str(e), "errno": err}
+        res = {"e": str(e), "errno": 0}
     out.write(json.dumps(res) + "\n")
     out.flush()
 g.close()
@@ -249,7 +254,7 @@ class _Child:
             )
         res = json.loads(reply)
         if "e" in res:
-            raise _Call(str(res["e"]), int(res.get("errno") or 0))
+            raise _Call(str(res["e"]), _errno_of(str(res["e"])))
         return self._dec(res["r"])
 
     def close(self) -> None:
@@ -339,6 +344,15 @@ class GuestfsTarget:
             roots = [r for r in self._call("inspect_os")
                      if self._call("inspect_get_type", r) == "linux"]
             if not roots:
+                # inspection wants a recognisable distribution (fstab, /bin...); a root
+                # is also anything with os-release, the rule the fast path uses
+                found = self._os_release_roots()
+                if len(found) == 1:
+                    self._call(mount, found[0], "/")
+                    self.fstype = str(self._call("vfs_type", found[0]))
+                    return found[0]
+                roots = found
+            if not roots:
                 raise GuestfsNoRoot(
                     f"no Linux root file system was found in {self.image}; check that it is "
                     "the right image, or name the partition with --partition"
@@ -368,8 +382,25 @@ class GuestfsTarget:
         self.fstype = str(self._call("vfs_type", root))
         return root
 
+    def _os_release_roots(self) -> list[str]:
+        found = []
+        for dev, fstype in sorted(self._call("list_filesystems").items()):
+            if fstype in ("swap", "unknown", "vfat", "iso9660", "squashfs"):
+                continue
+            try:
+                self._call("mount_ro", dev, "/")
+            except _Call:
+                continue
+            try:
+                if any(self._call("is_file", p, followsymlinks=True)
+                       for p in ("/etc/os-release", "/usr/lib/os-release")):
+                    found.append(str(dev))
+            finally:
+                self._call("umount_all")
+        return found
+
     def _err(self, what: str, path: str, e: _Call) -> GuestfsError:
-        if e.errno == errno.ENOSPC:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return GuestfsFull(
                 f"the file system in {self.description} is full while {what} {path}; free "
                 "space in the image or grow it, then try again: nothing was written"

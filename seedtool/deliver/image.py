@@ -304,6 +304,16 @@ def _has_os_release(fs: TargetFS) -> bool:
     return any(fs.stat(p) is not None for p in OS_RELEASE)
 
 
+def _require_root(opened: OpenedImage) -> OpenedImage:
+    if _has_os_release(opened.fs):
+        return opened
+    opened.fs.close()
+    raise NoLinuxRoot(
+        f"no Linux root was found in {opened.fs.description}: it has no /etc/os-release or "
+        "/usr/lib/os-release; check it is the right image (or partition)"
+    )
+
+
 def _partition_label(table: PartitionTable, p: Partition) -> str:
     return f"partition {p.number} ({table.scheme.upper()}, {p.kind}, {p.type})"
 
@@ -356,7 +366,7 @@ def open_image(path: str, partition: int | None = None, backend: str = "auto"
             )
         kind = filesystem_at(path, 0)
         if kind == "ext":
-            return _open_ext(path, 0, None, "whole-disk file system", warnings)
+            return _require_root(_open_ext(path, 0, None, "whole-disk file system", warnings))
         if kind in ("xfs", "btrfs", "lvm") and backend == "auto":
             return _open_guestfs(path, "raw", None, f"whole-disk {kind}", warnings)
         raise NoLinuxRoot(
@@ -374,7 +384,7 @@ def open_image(path: str, partition: int | None = None, backend: str = "auto"
         kind = filesystem_at(path, p.start)
         why = f"{_partition_label(table, p)}, chosen with --partition"
         if kind == "ext":
-            return _open_ext(path, p.start, p.number, why, warnings)
+            return _require_root(_open_ext(path, p.start, p.number, why, warnings))
         if backend == "auto" and kind in ("xfs", "btrfs", "lvm"):
             return _open_guestfs(path, "raw", p.number, why, warnings)
         raise NoLinuxRoot(
@@ -389,8 +399,9 @@ def open_image(path: str, partition: int | None = None, backend: str = "auto"
         kind = filesystem_at(path, p.start)
         if kind == "ext":
             ext_parts.append(p)
-        elif kind in ("xfs", "btrfs", "lvm") or (p.linux_candidate and kind is None):
-            other.append(f"{p.number}:{kind or 'unknown'}")
+        elif kind in ("xfs", "btrfs", "lvm"):
+            # blank or unrecognised partitions are not worth an appliance boot
+            other.append(f"{p.number}:{kind}")
     roots: list[OpenedImage] = []
     try:
         for p in ext_parts:

@@ -1,0 +1,627 @@
+"""`seedtool image seed` on real ext4 images built with mkfs.ext4 -d (no mount),
+partitioned by sfdisk, read back with debugfs and e2fsck; the refusals; libguestfs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seedtool import envelope
+from seedtool.deliver.debugfs import DebugfsError, DebugfsTarget, FileSystemFull
+from seedtool.deliver.image import (
+    ImageRefused,
+    NoLinuxRoot,
+    SeedResult,
+    detect_format,
+    seed_image,
+)
+from seedtool.generate import SeedFactory
+from seedtool.keys import PublicKey, trusted_pairs
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("mkfs.ext4") and shutil.which("debugfs") and shutil.which("sfdisk")),
+    reason="needs e2fsprogs and fdisk (sfdisk)")
+
+MiB = 1 << 20
+SEED = "/var/lib/seedtool/seed"
+
+
+# ---- building images -------------------------------------------------------------------
+
+
+def make_root(base: Path, name: str, os_release: bool = True,
+              files: dict[str, bytes] | None = None) -> Path:
+    root = base / name
+    (root / "etc").mkdir(parents=True)
+    (root / "var/lib").mkdir(parents=True)
+    if os_release:
+        (root / "usr/lib").mkdir(parents=True)
+        (root / "usr/lib/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+        (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    for rel, data in (files or {}).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def mkfs(path: Path, size: int, root: Path | None) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    args = ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0"]
+    if root is not None:
+        args += ["-d", str(root)]
+    subprocess.run([*args, str(path)], check=True, capture_output=True)
+
+
+def partitioned(tmp: Path, label: str, parts: list[tuple[int, str, Path | None]],
+                extra: str = "") -> tuple[Path, dict[int, int]]:
+    """A disk image: sfdisk writes the table, each ext4 is built apart and copied in.
+
+    parts: (size in MiB, sfdisk type, root dir or None for no file system).
+    Returns the image and partition number -> byte offset (from sfdisk's own report).
+    """
+    img = tmp / f"{label}.img"
+    total = sum(p[0] for p in parts) + 4
+    with open(img, "wb") as f:
+        f.truncate(total * MiB)
+    script = f"label: {label}\n" + "".join(f"size={s}M, type={t}\n" for s, t, _ in parts)
+    script += extra
+    subprocess.run(["sfdisk", "-q", str(img)], input=script.encode(), check=True,
+                   capture_output=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(img)], check=True,
+                                      capture_output=True).stdout)["partitiontable"]
+    offsets = {int(p["node"].rsplit("img", 1)[1]): int(p["start"]) * 512
+               for p in table["partitions"]}
+    numbers: list[int] = []
+    logical = False
+    for _s, t, _r in parts:
+        numbers.append(4 + sum(1 for n in numbers if n > 4) + 1 if logical else len(numbers) + 1)
+        logical = logical or (label == "dos" and t.lower() in ("5", "f", "85"))
+    for (size, _t, root), number in zip(parts, numbers):
+        if root is None:
+            continue
+        fs = tmp / f"{label}-p{number}.ext4"
+        mkfs(fs, size * MiB, root)
+        with open(img, "r+b") as out, open(fs, "rb") as src:
+            out.seek(offsets[number])
+            shutil.copyfileobj(src, out)
+    return img, offsets
+
+
+def debugfs_dev(img: Path, offset: int) -> str:
+    return f"{img}?offset={offset}" if offset else str(img)
+
+
+def read_back(img: Path, offset: int, path: str = SEED) -> tuple[int, int, int, bytes]:
+    """(mode, uid, gid, contents) of a file, read with debugfs directly."""
+    dev = debugfs_dev(img, offset)
+    out = subprocess.run(["debugfs", "-R", f"stat \"{path}\"", dev], check=True,
+                         capture_output=True, text=True).stdout
+    m = re.search(r"Type: (\w+)\s+Mode:\s+(\d+)", out)
+    u = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
+    assert m and u, out
+    assert m.group(1) == "regular"
+    data = subprocess.run(["debugfs", "-R", f"cat \"{path}\"", dev], check=True,
+                          capture_output=True).stdout
+    return int(m.group(2), 8), int(u.group(1)), int(u.group(2)), data
+
+
+def exists(img: Path, offset: int, path: str) -> bool:
+    res = subprocess.run(["debugfs", "-R", f"stat {path}", debugfs_dev(img, offset)],
+                         capture_output=True, text=True)
+    return "File not found" not in res.stderr
+
+
+def fsck_clean(img: Path, offset: int, size: int) -> None:
+    """e2fsck -fn over a copy of the file system: no errors."""
+    part = img.parent / f"fsck-{offset}.ext4"
+    with open(img, "rb") as src, open(part, "wb") as dst:
+        src.seek(offset)
+        dst.write(src.read(size))
+    res = subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True, text=True)
+    part.unlink()
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Counting:
+    """A SeedFactory that counts the seeds made (a refusal must make none)."""
+
+    def __init__(self, factory: SeedFactory) -> None:
+        self.factory = factory
+        self.made = 0
+
+    def new(self) -> Any:
+        self.made += 1
+        return self.factory.new()
+
+
+@pytest.fixture
+def factory(private_key: object) -> Iterator[Counting]:
+    with SeedFactory(private_key) as f:
+        yield Counting(f)
+
+
+@pytest.fixture
+def trusted(keypair: tuple[Path, Path, PublicKey]) -> list[tuple[bytes, bytes]]:
+    return trusted_pairs([keypair[2]])
+
+
+def check_seed(img: Path, offset: int, result: SeedResult,
+               trusted: list[tuple[bytes, bytes]], dir_mode: int | None = 0o700) -> None:
+    mode, uid, gid, data = read_back(img, offset)
+    assert (mode, uid, gid) == (0o600, 0, 0)
+    env = envelope.verify(data, trusted)
+    assert env.seed_id_hex == result.seed_id
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    if dir_mode is not None:  # only a directory seedtool made; an existing one is kept
+        dmode, duid, dgid, _ = _dir_stat(img, offset)
+        assert (dmode, duid, dgid) == (dir_mode, 0, 0)
+
+
+def _dir_stat(img: Path, offset: int) -> tuple[int, int, int, None]:
+    out = subprocess.run(["debugfs", "-R", "stat /var/lib/seedtool", debugfs_dev(img, offset)],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Type: directory\s+Mode:\s+(\d+)", out)
+    u = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
+    assert m and u, out
+    return int(m.group(1), 8), int(u.group(1)), int(u.group(2)), None
+
+
+# ---- the fast path ---------------------------------------------------------------------
+
+
+def test_whole_disk_ext4(tmp_path: Path, factory: Counting,
+                         trusted: list[tuple[bytes, bytes]]) -> None:
+    img = tmp_path / "disk.raw"
+    mkfs(img, 32 * MiB, make_root(tmp_path, "root"))
+    result = seed_image(str(img), factory)
+    assert result.backend == "debugfs" and result.partition is None
+    assert "whole-disk" in result.why and factory.made == 1
+    check_seed(img, 0, result, trusted)
+    fsck_clean(img, 0, 32 * MiB)
+    assert not result.replaced
+
+
+def test_gpt_with_esp_picks_the_root(tmp_path: Path, factory: Counting,
+                                     trusted: list[tuple[bytes, bytes]]) -> None:
+    esp = tmp_path / "esp-content"
+    (esp / "EFI").mkdir(parents=True)
+    img, offsets = partitioned(tmp_path, "gpt", [
+        (8, "U", esp),  # an ext4 ESP stand-in: a file system without os-release
+        (24, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", make_root(tmp_path, "root")),
+    ])
+    result = seed_image(str(img), factory)
+    assert (result.backend, result.partition) == ("debugfs", 2)
+    assert "only one of 2 ext partitions with os-release" in result.why
+    check_seed(img, offsets[2], result, trusted)
+    assert not exists(img, offsets[1], SEED)
+    fsck_clean(img, offsets[2], 24 * MiB)
+
+
+def test_mbr_root_in_partition_2_with_a_logical_partition(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    boot = make_root(tmp_path, "boot", os_release=False)
+    data = make_root(tmp_path, "data", os_release=False)
+    img, offsets = partitioned(tmp_path, "dos", [
+        (8, "83", boot),
+        (24, "83", make_root(tmp_path, "root")),
+        (4, "82", None),  # swap
+        (10, "5", None),  # sfdisk makes later entries logical once the 4 slots are used
+        (8, "83", data),  # logical partition 5
+    ])
+    assert 5 in offsets and offsets[5] > offsets[4]
+    result = seed_image(str(img), factory)
+    assert result.partition == 2 and result.backend == "debugfs"
+    check_seed(img, offsets[2], result, trusted)
+    for n in (1, 5):
+        assert not exists(img, offsets[n], SEED)
+    fsck_clean(img, offsets[2], 24 * MiB)
+
+
+def test_partition_option_picks_a_logical_partition(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    img, offsets = partitioned(tmp_path, "dos", [
+        (8, "83", make_root(tmp_path, "r1")),
+        (8, "83", None),
+        (4, "83", None),
+        (12, "5", None),
+        (8, "83", make_root(tmp_path, "r5")),
+    ])
+    result = seed_image(str(img), factory, partition=5)
+    assert result.partition == 5 and "--partition" in result.why
+    check_seed(img, offsets[5], result, trusted)
+    assert not exists(img, offsets[1], SEED)
+
+
+def test_two_roots_without_a_root_type_is_ambiguous(tmp_path: Path, factory: Counting) -> None:
+    img, _ = partitioned(tmp_path, "gpt", [(8, "L", make_root(tmp_path, "a")),
+                                           (8, "L", make_root(tmp_path, "b"))])
+    before = digest(img)
+    with pytest.raises(ImageRefused, match="several Linux roots.*--partition"):
+        seed_image(str(img), factory)
+    assert factory.made == 0 and digest(img) == before
+
+
+def test_root_type_guid_breaks_the_tie(tmp_path: Path, factory: Counting,
+                                       trusted: list[tuple[bytes, bytes]]) -> None:
+    img, offsets = partitioned(tmp_path, "gpt", [
+        (8, "L", make_root(tmp_path, "a")),
+        (8, "b921b045-1df0-41c3-af44-4c6f280d3fae", make_root(tmp_path, "b")),
+    ])
+    result = seed_image(str(img), factory)
+    assert result.partition == 2 and "root-typed" in result.why
+    check_seed(img, offsets[2], result, trusted)
+
+
+def test_existing_var_lib_seedtool_keeps_its_other_files(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    img = tmp_path / "disk.raw"
+    root = make_root(tmp_path, "root", files={"var/lib/seedtool/notes": b"keep me"})
+    (root / "var/lib/seedtool").chmod(0o700)
+    mkfs(img, 16 * MiB, root)
+    result = seed_image(str(img), factory)
+    check_seed(img, 0, result, trusted)
+    assert read_back(img, 0, "/var/lib/seedtool/notes")[3] == b"keep me"
+
+
+# ---- refusals ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Path:
+    img = tmp_path / "disk.raw"
+    mkfs(img, 16 * MiB, make_root(tmp_path, "root"))
+    return img
+
+
+def test_unconsumed_seed_is_refused_then_replaced_with_force(
+        plain: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    first = seed_image(str(plain), factory)
+    before = digest(plain)
+    with pytest.raises(ImageRefused, match="unconsumed seed.*--force"):
+        seed_image(str(plain), factory)
+    assert factory.made == 1 and digest(plain) == before
+    second = seed_image(str(plain), factory, force=True)
+    assert second.replaced and second.seed_id != first.seed_id
+    check_seed(plain, 0, second, trusted)
+    fsck_clean(plain, 0, 16 * MiB)
+
+
+@pytest.mark.parametrize("marker", ["ledger", "status.json"])
+def test_booted_image_is_refused_unless_forced(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]],
+        marker: str) -> None:
+    img = tmp_path / "disk.raw"
+    mkfs(img, 16 * MiB, make_root(tmp_path, "root",
+                                  files={f"var/lib/seedtool/{marker}": b"x\n"}))
+    before = digest(img)
+    with pytest.raises(ImageRefused, match="already booted.*per-VM state.*--force"):
+        seed_image(str(img), factory)
+    assert factory.made == 0 and digest(img) == before
+    result = seed_image(str(img), factory, force=True)
+    assert result.replaced
+    check_seed(img, 0, result, trusted, dir_mode=None)
+
+
+def test_no_linux_root(tmp_path: Path, factory: Counting) -> None:
+    img = tmp_path / "disk.raw"
+    mkfs(img, 16 * MiB, make_root(tmp_path, "root", os_release=False))
+    with pytest.raises(NoLinuxRoot, match="no Linux root"):
+        seed_image(str(img), factory)
+    blank = tmp_path / "blank.raw"
+    with open(blank, "wb") as f:
+        f.truncate(16 * MiB)
+    with pytest.raises(NoLinuxRoot):
+        seed_image(str(blank), factory)
+    parted, _ = partitioned(tmp_path, "gpt", [(8, "U", None), (8, "L", None)])
+    with pytest.raises(NoLinuxRoot, match="no Linux root"):
+        seed_image(str(parted), factory)
+    assert factory.made == 0
+
+
+def test_read_only_file_is_refused(plain: Path, factory: Counting) -> None:
+    plain.chmod(0o444)
+    before = digest(plain)
+    with pytest.raises(ImageRefused, match="read-only"):
+        seed_image(str(plain), factory)
+    assert factory.made == 0 and digest(plain) == before
+
+
+def test_not_a_regular_file(tmp_path: Path, factory: Counting) -> None:
+    with pytest.raises(ImageRefused, match="not a regular file"):
+        seed_image(str(tmp_path), factory)
+    with pytest.raises(Exception, match="check the path"):
+        seed_image(str(tmp_path / "missing.raw"), factory)
+
+
+def _run_ok(args: list[str]) -> bool:
+    return subprocess.run(args, capture_output=True).returncode == 0
+
+
+def test_image_on_a_read_only_file_system_is_refused(
+        tmp_path: Path, plain: Path, factory: Counting) -> None:
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if not _run_ok(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copy(plain, mnt / "disk.raw")
+        assert _run_ok(["mount", "-o", "remount,ro", str(mnt)])
+        with pytest.raises(ImageRefused, match="read-only file system"):
+            seed_image(str(mnt / "disk.raw"), factory)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert factory.made == 0
+
+
+@pytest.fixture
+def loop_of(plain: Path) -> Iterator[str]:
+    if not shutil.which("losetup"):
+        pytest.skip("losetup missing")
+    res = subprocess.run(["losetup", "--find", "--show", str(plain)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip("cannot attach a loop device here (needs root)")
+    dev = res.stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=True)
+
+
+def test_attached_loop_device_is_refused(plain: Path, loop_of: str, factory: Counting) -> None:
+    with pytest.raises(ImageRefused, match=f"attached to {loop_of}.*losetup -d"):
+        seed_image(str(plain), factory)
+    assert factory.made == 0
+
+
+def test_mounted_image_is_refused(tmp_path: Path, plain: Path, loop_of: str,
+                                  factory: Counting) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _run_ok(["mount", "-o", "ro", loop_of, str(mnt)]):
+        pytest.skip("cannot mount here")
+    try:
+        with pytest.raises(ImageRefused, match=f"mounted at {mnt}"):
+            seed_image(str(plain), factory)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert factory.made == 0
+
+
+@pytest.mark.skipif(shutil.which("qemu-nbd") is None, reason="qemu-utils missing")
+def test_image_held_by_qemu_is_refused(tmp_path: Path, plain: Path, factory: Counting) -> None:
+    sock = tmp_path / "nbd.sock"
+    # qemu-nbd opens the image through QEMU's block layer, which takes QEMU's locks,
+    # before it creates its socket
+    proc = subprocess.Popen(["qemu-nbd", "-k", str(sock), "-f", "raw", str(plain)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while not sock.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        before = digest(plain)
+        with pytest.raises(ImageRefused, match="in use.*lock"):
+            seed_image(str(plain), factory)
+        assert factory.made == 0 and digest(plain) == before
+    finally:
+        proc.terminate()
+        proc.wait()
+    # once QEMU is gone the same image is fine
+    assert seed_image(str(plain), factory).backend == "debugfs"
+
+
+def test_journal_needing_recovery_is_refused(plain: Path, factory: Counting) -> None:
+    subprocess.run(["debugfs", "-w", "-R", "feature needs_recovery", str(plain)], check=True,
+                   capture_output=True)
+    with pytest.raises(ImageRefused, match="journal needs recovery"):
+        seed_image(str(plain), factory)
+    assert factory.made == 0
+
+
+def _full_image(tmp_path: Path, with_dir: bool) -> Path:
+    img = tmp_path / "full.raw"
+    files = {"var/lib/seedtool/.keep": b""} if with_dir else {}
+    root = make_root(tmp_path, "root", files=files)
+    with open(img, "wb") as f:
+        f.truncate(MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-N", "64", "-d", str(root), str(img)],
+                   check=True, capture_output=True)
+    filler = tmp_path / "filler"
+    filler.write_bytes(os.urandom(2 * MiB))  # random, so debugfs cannot make it sparse
+    # fills every free block, then fails: the file system is now full
+    subprocess.run(["debugfs", "-w", "-R", f"write {filler} /filler", str(img)],
+                   check=True, capture_output=True)
+    return img
+
+
+@pytest.mark.parametrize("with_dir", [True, False], ids=["dir-exists", "dir-missing"])
+def test_full_file_system_leaves_nothing_behind(tmp_path: Path, factory: Counting,
+                                                with_dir: bool) -> None:
+    img = _full_image(tmp_path, with_dir)
+    with pytest.raises(FileSystemFull, match="full.*nothing was written"):
+        seed_image(str(img), factory)
+    assert not exists(img, 0, SEED)
+    if with_dir:
+        names = DebugfsTarget(img).listdir("/var/lib/seedtool")
+        assert names == [".keep"]
+    else:
+        assert not exists(img, 0, "/var/lib/seedtool")
+    fsck_clean(img, 0, MiB)
+
+
+# ---- the debugfs backend as a general TargetFS ------------------------------------------
+
+
+def test_debugfs_target_operations(tmp_path: Path, plain: Path) -> None:
+    fs = DebugfsTarget(plain)
+    fs.mkdir("/opt/a b/c", 0o750)
+    assert stat.S_IMODE(fs.stat("/opt/a b").mode) == 0o750  # type: ignore[union-attr]
+    fs.write("/opt/a b/c/f", b"one", mode=0o640, uid=12, gid=34)
+    st = fs.stat("/opt/a b/c/f")
+    assert st is not None and stat.S_ISREG(st.mode) and stat.S_IMODE(st.mode) == 0o640
+    assert (st.uid, st.gid, st.size) == (12, 34, 3)
+    fs.write("/opt/a b/c/f", b"two!", mode=0o600)
+    assert fs.read("/opt/a b/c/f") == b"two!"
+    fs.symlink("f", "/opt/a b/c/l")
+    ls = fs.stat("/opt/a b/c/l")
+    assert ls is not None and stat.S_ISLNK(ls.mode)
+    assert fs.listdir("/opt/a b/c") == ["f", "l"]
+    with pytest.raises(DebugfsError, match="not a regular file"):
+        fs.read("/opt/a b/c/l")
+    fs.remove("/opt/a b/c/l")
+    fs.remove("/opt/a b/c/missing")
+    assert fs.listdir("/opt/a b/c") == ["f"]
+    assert fs.stat("/no/such/dir") is None and fs.stat("/opt/a b/c/f/x") is None
+    with pytest.raises(DebugfsError, match="quote"):
+        fs.write('/opt/"q"', b"x")
+    with pytest.raises(DebugfsError, match="not a directory"):
+        fs.write("/missing/f", b"x")
+    with pytest.raises(DebugfsError, match="is a directory"):
+        fs.remove("/opt")
+    fs.close()
+    fsck_clean(plain, 0, 16 * MiB)
+    assert read_back(plain, 0, "/opt/a b/c/f")[:3] == (0o600, 0, 0)
+
+
+def test_debugfs_target_refuses_what_is_not_ext(tmp_path: Path) -> None:
+    blank = tmp_path / "blank"
+    blank.write_bytes(bytes(MiB))
+    with pytest.raises(DebugfsError, match="debugfs failed"):
+        DebugfsTarget(blank)
+
+
+def test_detect_format(tmp_path: Path, plain: Path) -> None:
+    assert detect_format(str(plain)) == "raw"
+    if shutil.which("qemu-img"):
+        for fmt in ("qcow2", "vmdk", "vhdx", "vdi", "vpc"):
+            out = tmp_path / f"x.{fmt}"
+            subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(out), "16M"],
+                           check=True)
+            assert detect_format(str(out)) == fmt
+
+
+# ---- the command ------------------------------------------------------------------------
+
+
+def test_cli_prints_id_partition_backend_never_the_seed(
+        tmp_path: Path, keypair: tuple[Path, Path, PublicKey],
+        trusted: list[tuple[bytes, bytes]]) -> None:
+    img, offsets = partitioned(tmp_path, "gpt", [(8, "U", None),
+                                                 (16, "L", make_root(tmp_path, "root"))])
+    env = {**os.environ, "SEEDTOOL_KEY": str(keypair[0])}
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(img),
+                          "--json"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["partition"] == 2 and out["backend"] == "debugfs"
+    _m, _u, _g, data = read_back(img, offsets[2])
+    assert envelope.verify(data, trusted).seed_id_hex == out["seed_id"]
+    text = data.decode().strip()
+    assert text not in res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(img)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode != 0 and "unconsumed seed" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(img),
+                          "--force"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "partition 2 via debugfs" in res.stdout and "--force" in res.stdout
+    assert read_back(img, offsets[2])[3].decode().strip() not in res.stdout + res.stderr
+
+
+# ---- libguestfs (slow: one appliance boot each, about 15-30 s under TCG) ---------------
+
+
+def _guestfs_ready() -> bool:
+    from seedtool.deliver import guestfs
+
+    try:
+        guestfs.check_kernel()
+    except Exception:
+        return False
+    return guestfs.available() and shutil.which("qemu-img") is not None
+
+
+needs_guestfs = pytest.mark.skipif(
+    not _guestfs_ready(),
+    reason="libguestfs missing (apt-get install libguestfs-tools python3-guestfs "
+           "linux-image-cloud-amd64)")
+
+
+@needs_guestfs
+def test_qcow2_image_goes_through_libguestfs(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    # enough of a distribution for libguestfs's inspection to call it Linux
+    root = make_root(tmp_path, "root", files={
+        "etc/fstab": b"/dev/sda2 / ext4 defaults 0 1\n", "etc/hosts": b"127.0.0.1 localhost\n",
+        "usr/bin/.keep": b"", "usr/sbin/.keep": b""})
+    (root / "bin").symlink_to("usr/bin")
+    raw, offsets = partitioned(tmp_path, "gpt", [
+        (8, "U", None), (24, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", root)])
+    qcow = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    result = seed_image(str(qcow), factory)
+    assert result.backend == "libguestfs" and "qcow2" in result.why
+    assert factory.made == 1
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(back)], check=True)
+    check_seed(back, offsets[2], result, trusted)
+    fsck_clean(back, offsets[2], 24 * MiB)
+
+
+@needs_guestfs
+def test_guestfs_target_operations_through_the_system_python(tmp_path: Path) -> None:
+    from seedtool.deliver.guestfs import GuestfsError, GuestfsTarget
+
+    img = tmp_path / "disk.raw"
+    # a bare root with only os-release: inspection finds nothing, the fallback does
+    mkfs(img, 32 * MiB, make_root(tmp_path, "root", files={"etc/hostname": b"base\n"}))
+    fs = GuestfsTarget(img, fmt="raw", how="child")
+    try:
+        assert fs.mode.startswith("child") and fs.fstype == "ext4"
+        assert fs.read("/etc/hostname") == b"base\n"
+        fs.mkdir("/opt/x/y", 0o700)
+        fs.write("/opt/x/y/f", b"\x00data\xff", mode=0o640, uid=5, gid=6)
+        st = fs.stat("/opt/x/y/f")
+        assert st is not None and stat.S_IMODE(st.mode) == 0o640 and (st.uid, st.gid) == (5, 6)
+        fs.write("/opt/x/y/f", b"new", mode=0o600)
+        fs.symlink("f", "/opt/x/y/l")
+        ls = fs.stat("/opt/x/y/l")
+        assert ls is not None and stat.S_ISLNK(ls.mode)
+        assert fs.listdir("/opt/x/y") == ["f", "l"]
+        fs.remove("/opt/x/y/l")
+        fs.remove("/opt/x/y/nothing")
+        assert fs.stat("/opt/nothing/x") is None
+        with pytest.raises(GuestfsError, match="not a directory"):
+            fs.write("/missing/f", b"x")
+    finally:
+        fs.close()
+    assert read_back(img, 0, "/opt/x/y/f") == (0o600, 0, 0, b"new")
+    assert _dir_mode(img, "/opt/x") == 0o700
+    fsck_clean(img, 0, 32 * MiB)
+
+
+def _dir_mode(img: Path, path: str) -> int:
+    out = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    m = re.search(r"Mode:\s+(\d+)", out)
+    assert m
+    return int(m.group(1), 8)
+
