@@ -42,7 +42,11 @@ launches only the missing indices, each with a new seed.
 attributes turned on, the guest reports the seed id it consumed; seedtool then
 rewrites the instance's metadata with your own user-data (or none) so the seed stops
 being readable from the metadata server. An instance whose guest does not report in
---scrub-timeout seconds keeps its seed in metadata and is listed with a warning.
+--scrub-timeout seconds keeps its seed in metadata and is listed with a warning on
+stderr and "scrubbed": false in --json (the exit status stays 0: it exists).
+
+Without --network, --subnet or --params networkInterfaces each instance gets the
+default network with an external address, as gcloud gives.
 
 Credentials are Application Default Credentials (gcloud auth application-default
 login, or GOOGLE_APPLICATION_CREDENTIALS); the project defaults to theirs.
@@ -234,6 +238,13 @@ def _finish(report: Any, count: int) -> None:
     have = f"instances that exist: {', '.join(exist)}" if exist else "no instance exists"
     rerun = f"re-run with --launch-id {lid} and the same options to launch the rest with " \
             "fresh seeds"
+    if report.interrupted and not bad:
+        left = [str(r.instance_id) for r in report.results if not r.extra.get("scrubbed")]
+        raise gce.LaunchInterrupted(
+            f"interrupted while waiting for the guests: the seed is still in the metadata of "
+            f"{', '.join(left) or 'no instance'}; re-run with --launch-id {lid} "
+            "--scrub-after-boot and the same options to remove it"
+        )
     if report.interrupted:
         raise gce.LaunchInterrupted(
             f"interrupted: {len(bad)} of {count} instances not launched "

@@ -971,9 +971,9 @@ class GceLauncher:
                 attrs = self._client("instances").get_guest_attributes(
                     request=req, retry=self._retry, timeout=60.0)
         except ex.NotFound as e:
-            if "guestAttributes" in str(getattr(e, "message", "")) or \
-                    "guest" in str(getattr(e, "message", "")).lower():
-                return None  # nothing published yet
+            # 404 means nothing published under the path yet, unless the instance is gone
+            if self._exists(name):
+                return None
             raise self.translate(e, f"read the guest attributes of {name}", name) from None
         except Exception as e:  # noqa: BLE001
             raise self.translate(e, f"read the guest attributes of {name}", name) from None
