@@ -8,6 +8,8 @@ import pytest
 
 from seedtool.keys import PublicKey, generate_keypair, load_private_key
 
+pytest_plugins = ["tests.hygiene"]  # the seed hygiene check on every test
+
 
 @pytest.fixture
 def keypair(tmp_path: Path) -> tuple[Path, Path, PublicKey]:
