@@ -273,8 +273,9 @@ def test_plugin_flags_a_planted_leak(planted_run: tuple[str, list[bytes]], test:
     line = _line_of(report, test)
     assert line.startswith("FAILED") and "seed hygiene: seed " in line, line
     # a window of the seed with no letter (hex) or no +/ (base64) reads the same in both forms
-    form_rx = {"hex": "(upper-case )?hex", "upper-case hex": "(upper-case )?hex",
-               "base64": "(url-safe )?base64", "url-safe base64": "(url-safe )?base64"}.get(form, form)
+    either = {"hex": "(upper-case )?hex", "upper-case hex": "(upper-case )?hex",
+              "base64": "(url-safe )?base64", "url-safe base64": "(url-safe )?base64"}
+    form_rx = either.get(form, form)
     full = [ln for ln in report.splitlines() if "seed hygiene: seed" in ln and place in ln
             and re.search(f" as {form_rx} in ", ln)]
     assert full, (test, form, place, report[-4000:])
