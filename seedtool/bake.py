@@ -48,7 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .deliver.fs import TargetFS
+from .deliver.fs import FileStat, TargetFS
 from .errors import DeliveryError, SeedtoolError
 from .guest import install
 from .guest.install import _canonical as canonical_module_name
@@ -189,8 +189,8 @@ def _is_file(fs: TargetFS, path: str) -> bool:
     return st is not None and stat.S_ISREG(st.mode)
 
 
-def _walk(fs: TargetFS, top: str) -> Iterator[tuple[str, int]]:
-    """(path, st_mode) of everything below `top`, children before their directory.
+def _walk(fs: TargetFS, top: str) -> Iterator[tuple[str, FileStat]]:
+    """(path, stat) of everything below `top`, children before their directory.
 
     Symlinks are listed, never followed, so a walk stays inside the tree it was given.
     """
@@ -201,7 +201,7 @@ def _walk(fs: TargetFS, top: str) -> Iterator[tuple[str, int]]:
             continue
         if stat.S_ISDIR(st.mode):
             yield from _walk(fs, path)
-        yield path, st.mode
+        yield path, st
 
 
 def uses_systemd(fs: TargetFS) -> bool:
@@ -336,8 +336,8 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
 
     # seedtool's own per-boot state: a seed, the ledger, status files
     if _is_dir(fs, SEEDTOOL_STATE):
-        for path, mode in _walk(fs, SEEDTOOL_STATE):
-            if not stat.S_ISDIR(mode):
+        for path, st in _walk(fs, SEEDTOOL_STATE):
+            if not stat.S_ISDIR(st.mode):
                 remove(path, "seedtool state",
                        "seedtool seed, ledger or status left from a boot or seeding of this "
                        "image", "remove it (seedtool bake does)")
@@ -353,9 +353,9 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
             if st is None:
                 continue
             entries = list(_walk(fs, top)) if stat.S_ISDIR(st.mode) else []
-            entries.append((top, st.mode))
-            for path, mode in entries:
-                if not stat.S_ISDIR(mode):
+            entries.append((top, st))
+            for path, est in entries:
+                if not stat.S_ISDIR(est.mode):
                     remove(path, "cloud-init state",
                            "cloud-init instance state from a boot of this image (old "
                            "user-data, semaphores that make per-instance modules skip)",
@@ -413,11 +413,11 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
         made_dirs: set[str] = set()
 
         def parents(path: str) -> None:
-            missing = []
-            for parent in Path(path).parents:
-                if str(parent) in made_dirs or _is_dir(fs, str(parent)):
+            missing: list[str] = []
+            for up in Path(path).parents:
+                if str(up) in made_dirs or _is_dir(fs, str(up)):
                     break
-                missing.append(str(parent))
+                missing.append(str(up))
             for parent in reversed(missing):  # outermost first, as mkdir -p makes them
                 made_dirs.add(parent)
                 steps.append(_Step(Change(parent, "mkdir", "directory"), None,
@@ -430,8 +430,10 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
             if local.is_symlink():
                 target = os.readlink(local)
                 st = fs.stat(path)
-                if (st is not None and stat.S_ISLNK(st.mode) and readlink is not None
-                        and readlink(path) == target):
+                # a backend that cannot read links (debugfs) cannot tell one symlink from
+                # another: the only link install_guest makes is the unit's enablement
+                if (st is not None and stat.S_ISLNK(st.mode)
+                        and (readlink is None or readlink(path) == target)):
                     continue
                 parents(path)
                 steps.append(_Step(Change(path, "symlink", f"{label} (-> {target})"), None,
@@ -451,7 +453,8 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
         for top, pattern in ((GUEST_CODE_DIR, None), (KEYS_DIR, ".pub")):
             if not _is_dir(fs, top):
                 continue
-            entries = _walk(fs, top) if pattern is None else (
+            entries = (
+                (p, st.mode) for p, st in _walk(fs, top)) if pattern is None else (
                 (f"{top}/{n}", 0) for n in fs.listdir(top) if n.endswith(pattern))
             for path, mode in entries:
                 if path in keep or stat.S_ISDIR(mode):
@@ -567,8 +570,8 @@ def _scan_private_keys(fs: TargetFS, findings: list[Finding]) -> None:
     for top in SCAN_DIRS:
         if not _is_dir(fs, top):
             continue
-        for path, mode in _walk(fs, top):
-            if not stat.S_ISREG(mode):
+        for path, st in _walk(fs, top):
+            if not stat.S_ISREG(st.mode):
                 continue
             if path.startswith(f"{SSH_DIR}/{SSH_HOST_PREFIX}"):
                 continue  # reported as a host key already
@@ -579,8 +582,7 @@ def _scan_private_keys(fs: TargetFS, findings: list[Finding]) -> None:
                     "remove build leftovers from the image, or check the rest by hand",
                     WARNING))
                 return
-            st = fs.stat(path)
-            if st is None or st.size > SCAN_MAX_FILE or st.size == 0:
+            if st.size > SCAN_MAX_FILE or st.size == 0:
                 continue
             try:
                 kind = _private_key_kind(fs.read(path))

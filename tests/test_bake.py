@@ -537,3 +537,83 @@ def test_localfs_resolves_symlinks_inside_the_root(tmp_path: Path) -> None:
         fs.remove("/a")
     assert not list(root.rglob("*seedtool-tmp*"))
 
+
+
+# --- a disk image (raw ext4 through debugfs) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A raw ext4 image of a real Debian 12 root, made without mounting (mkfs.ext4 -d)."""
+    if shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None:
+        pytest.skip("e2fsprogs is not installed (apt-get install e2fsprogs)")
+    d = tmp_path_factory.mktemp("image")
+    cp_a(base_root("bookworm"), d / "root")
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(d / "root"), str(d / "disk.raw"), "1G"],
+                   check=True)
+    shutil.rmtree(d / "root")
+    yield d / "disk.raw"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_bake_a_raw_ext4_image(raw_image: Path, host_pub: Path, tmp_path: Path) -> None:
+    from seedtool.deliver.debugfs import DebugfsTarget
+
+    img = str(raw_image)
+    before = digest(raw_image)
+    dry = run("bake", "--image", img, "--trusted-key", str(host_pub), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert digest(raw_image) == before
+    planned = {(c["path"], c["action"]) for c in json.loads(dry.stdout)["changes"]}
+    assert {("/etc/ssh/ssh_host_ed25519_key", "remove"), (lib.MACHINE_ID, "write"),
+            (lib.CC_MODULE, "write")} <= planned
+
+    done = run("bake", "--image", img, "--trusted-key", str(host_pub), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["changes"] == json.loads(dry.stdout)["changes"]
+    p = run("bake", "--check", "--image", img)
+    assert p.returncode == 0 and p.stdout.strip().endswith(": clean"), p.stdout
+    again = run("bake", "--image", img, "--trusted-key", str(host_pub), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["changes"] == []
+    fsck = subprocess.run(["e2fsck", "-fn", img], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+    # the files in the image are the ones install_guest writes
+    ref = tmp_path / "ref"
+    shutil.copytree(base_root("bookworm") / "etc/cloud", ref / "etc/cloud", symlinks=True)
+    written = install_guest(ref, [host_pub])
+    with DebugfsTarget(img) as fs:
+        for path in written:
+            local = ref / path.lstrip("/")
+            st = fs.stat(path)
+            assert st is not None, path
+            if local.is_symlink():
+                assert stat.S_ISLNK(st.mode), path
+                continue
+            assert fs.read(path) == local.read_bytes(), path
+            assert stat.S_IMODE(st.mode) == stat.S_IMODE(local.stat().st_mode), path
+            assert (st.uid, st.gid) == (0, 0), path
+        assert fs.read(lib.MACHINE_ID) == b"uninitialized\n"
+        assert not [n for n in fs.listdir("/etc/ssh") if n.startswith("ssh_host_")]
+
+        # dirty it again inside the image: check finds each thing
+        fs.write("/var/lib/systemd/random-seed", b"s" * 32, 0o600)
+        key = tmp_path / "leak.key"
+        generate_keypair(key, tmp_path / "leak.pub")
+        fs.mkdir("/root/.config")
+        fs.write("/root/.config/signing.key", key.read_bytes(), 0o600)
+    p = run("bake", "--check", "--image", img, "--json")
+    assert p.returncode == 1
+    found = {f["path"]: f for f in json.loads(p.stdout)["findings"]}
+    assert set(found) == {"/var/lib/systemd/random-seed", "/root/.config/signing.key"}
+    assert "seedtool's signing key" in found["/root/.config/signing.key"]["problem"]

@@ -11,31 +11,51 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
+from ..errors import SeedtoolError, UsageError
 
 
 @contextlib.contextmanager
-def _open_target(root: str | None, image: str | None, writable: bool) -> Iterator[Any]:
-    """The TargetFS for --root or --image; closed (flushed) on the way out."""
+def _open_target(root: str | None, image: str | None, writable: bool,
+                 partition: int | None = None, backend: str = "auto") -> Iterator[Any]:
+    """The TargetFS for --root or --image, closed (and a disk image flushed) at the end.
+
+    A disk image gets the same refusals as `seedtool image seed`: not mounted, not in
+    use (an OFD lock is held on a raw image meanwhile), and writable when bake writes.
+    """
     if (root is None) == (image is None):
         raise UsageError("give exactly one target: --root DIR or --image DISK")
     if root is not None:
+        if partition is not None or backend != "auto":
+            raise UsageError("--partition and --backend go with --image, not --root")
         from ..deliver.localfs import LocalFS
 
-        fs: Any = LocalFS(root)
-    else:
+        fs = LocalFS(root)
         try:
-            from ..deliver import image as image_backends
-        except ImportError:
-            raise UsageError(
-                "this seedtool cannot open disk images yet; unpack the image and use --root DIR"
-            ) from None
-        assert image is not None
-        fs = image_backends.open_image(image, writable=writable)
-    try:
-        yield fs
-    finally:
-        fs.close()
+            yield fs
+        finally:
+            fs.close()
+        return
+    assert image is not None
+    from ..deliver import image as img
+
+    if writable:
+        img.check_writable(image)
+    img.check_not_mounted(image)
+    lock: Any = contextlib.nullcontext()
+    if writable and img.detect_format(image) == "raw" and backend != "libguestfs":
+        lock = img.exclusive(image)  # libguestfs's QEMU takes its own lock
+    with lock:
+        opened = img.open_image(image, partition, backend)
+        ok = False
+        try:
+            yield opened.fs
+            ok = True
+        finally:
+            try:
+                opened.fs.close()
+            except SeedtoolError:
+                if ok:
+                    raise
 
 
 def _print_findings(target: str, findings: list[Any], as_json: bool, strict: bool) -> int:
@@ -62,6 +82,11 @@ def _print_findings(target: str, findings: list[Any], as_json: bool, strict: boo
               help="The image's root directory (a chroot, or / inside the image being built).")
 @click.option("--image", metavar="DISK", default=None,
               help="A disk image (raw ext4 via debugfs; other formats via libguestfs).")
+@click.option("--partition", type=int, default=None, metavar="N",
+              help="With --image: the root file system's partition (default: found).")
+@click.option("--backend", type=click.Choice(["auto", "debugfs", "libguestfs"]),
+              default="auto", show_default=True,
+              help="With --image: how to open it (auto: debugfs for raw ext4).")
 @click.option("--trusted-key", "trusted_keys", multiple=True, metavar="PUB",
               help="Public key (.pub from 'seedtool keygen') whose seeds the image trusts; "
                    "repeatable. Required unless --check.")
@@ -78,7 +103,7 @@ def _print_findings(target: str, findings: list[Any], as_json: bool, strict: boo
               help="Only lint the target: exit 1 listing each finding, or print 'clean'.")
 @click.option("--strict", is_flag=True, help="With --check: warnings fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(root: str | None, image: str | None,
+def command(root: str | None, image: str | None, partition: int | None, backend: str,
             trusted_keys: tuple[str, ...], policy_path: str | None, machine_id: str,
             dry_run: bool, check_only: bool, strict: bool, as_json: bool) -> None:
     """Prepare a base image: install the guest side, remove what VMs must not share.
@@ -98,7 +123,7 @@ def command(root: str | None, image: str | None,
         if trusted_keys or policy_path or dry_run:
             raise UsageError("--check only reads the target; drop --trusted-key, --policy "
                              "and --dry-run")
-        with _open_target(root, image, writable=False) as fs:
+        with _open_target(root, image, False, partition, backend) as fs:
             findings = lib.check(fs)
             target = fs.description
         code = _print_findings(target, findings, as_json, strict)
@@ -118,7 +143,7 @@ def command(root: str | None, image: str | None,
     live = root is not None and lib.is_live_root(root)
     if live and os.geteuid() != 0 and not dry_run:
         raise UsageError("baking the running system (--root /) needs root; run it with sudo")
-    with _open_target(root, image, writable=not dry_run) as fs:
+    with _open_target(root, image, not dry_run, partition, backend) as fs:
         result = lib.bake(fs, list(trusted_keys), policy, dry_run=dry_run,
                           machine_id=machine_id, live=live)
     if as_json:
