@@ -275,6 +275,7 @@ def merged_cloud_config(user_data: bytes | None) -> dict[str, Any] | None:
         return None
     body, _ = _gunzip_if_gzip(bytes(user_data), "the user-data")
     merged: dict[str, Any] | None = None
+    budget = [MAX_MERGE_STEPS]
     for part in _expand_archives(_parts(body)):
         if part.content_type != _CLOUD_CONFIG:
             continue
@@ -285,7 +286,7 @@ def merged_cloud_config(user_data: bytes | None) -> dict[str, Any] | None:
             how = _mergers_of(cfg, part.merge_type)
         except ValueError:
             continue  # cloud-init logs the failure and skips this part
-        merged = _Merger(how).merge({} if merged is None else merged, cfg)
+        merged = _Merger(how, budget).merge({} if merged is None else merged, cfg)
     return merged
 
 
@@ -304,11 +305,11 @@ def user_parts(user_data: bytes | None) -> list[Part]:
 
 
 def _is_seed_part(p: Part) -> bool:
-    if p.content_type != _CLOUD_CONFIG:
+    # The name alone is not enough: a user's own part may be called that, and
+    # user_parts must give it back (fuzz finding U1, fuzz/README.md).
+    if p.content_type != _CLOUD_CONFIG or p.filename not in (None, SEED_PART_NAME):
         return False
-    if p.filename == SEED_PART_NAME:
-        return True
-    cfg = _yaml_mapping(p.payload) if p.filename is None else None
+    cfg = _yaml_mapping(p.payload)
     rs = cfg.get("random_seed") if cfg is not None and set(cfg) == {"random_seed"} else None
     return isinstance(rs, dict) and isinstance(rs.get("data"), str) and _is_envelope(rs["data"])
 
@@ -428,13 +429,30 @@ def _expand_archives(items: Iterable[Part]) -> list[Part]:
         for ent in entries if isinstance(entries, list) else []:
             if isinstance(ent, str):
                 ent = {"content": ent}
-            if not isinstance(ent, dict):
-                continue
+            if not isinstance(ent, dict) or not _archive_entry_ok(ent):
+                continue  # cloud-init fails on it; check() refuses it
             content = ent.get("content", "")
-            blob = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            blob = content.encode("utf-8") if isinstance(content, str) else content
             ctype = ent.get("type") or _sniff(blob) or _CLOUD_CONFIG
             out.append(Part(str(ctype), blob, ent.get("filename")))
     return out
+
+
+def _archive_entry_ok(ent: dict[Any, Any]) -> bool:
+    """Whether cloud-init's _explode_archive can make a part of this entry: it fails on
+    content that is not UTF-8 text or bytes, a type that is not "maintype/subtype", a
+    file name or header name that is not a string (fuzz finding U3, fuzz/README.md)."""
+    content, ctype, name = ent.get("content", ""), ent.get("type"), ent.get("filename")
+    if isinstance(content, str):
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a YAML "\ud800" escape
+            return False
+    elif not isinstance(content, bytes):
+        return False
+    if ctype and not (isinstance(ctype, str) and "/" in ctype):
+        return False
+    return (name is None or isinstance(name, str)) and all(isinstance(k, str) for k in ent)
 
 
 # --- checking the user's parts ------------------------------------------------------
@@ -478,6 +496,15 @@ def _check_part(p: Part, where: str) -> None:
                 f"{where} says #cloud-config-archive but is not a YAML list, so cloud-init "
                 "would ignore it; fix it"
             )
+        for i, ent in enumerate(entries, 1):
+            if isinstance(ent, (str, dict)) and not _archive_entry_ok(
+                {"content": ent} if isinstance(ent, str) else ent
+            ):
+                raise UserDataRefused(
+                    f"entry {i} of the archive in {where} has content that is not text, a "
+                    "type that is not a MIME type, or a name that is not a string, so "
+                    "cloud-init would fail on it; fix that entry"
+                )
         for i, e in enumerate(_expand_archives([p]), 1):
             _check_part(e, f"entry {i} of the archive in {where}")
     elif ct == "text/cloud-config-jsonp":
@@ -517,6 +544,11 @@ def _yaml_load(payload: bytes, where: str) -> Any:
     text = _utf8(payload, where)
     try:
         return copy.deepcopy(_safe_load(text))
+    except RecursionError:  # fuzz finding U2: "[" * 1000 exhausts the parser's stack
+        raise UserDataRefused(
+            f"{where} nests too deeply to be read as YAML, so cloud-init could not read it "
+            "either; flatten it"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -769,6 +801,9 @@ def _counted_size(data: bytes, target: str) -> int:
 
 _MERGER_NAME = re.compile(r"([a-z_][a-z0-9_]*)\((.*?)\)")
 _DEFAULT_MERGE = "dict(replace)+list()+str()"
+#: merge steps one reading may take: YAML aliases make a 2 KB text a graph whose merge
+#: visits 2**n nodes, which hung find_seed (fuzz finding U4, fuzz/README.md)
+MAX_MERGE_STEPS = 200_000
 
 
 def _parse_mergers(spec: str) -> list[tuple[str, list[str]]]:
@@ -813,7 +848,8 @@ def _mergers_of(cfg: dict[str, Any], header: str | None) -> list[tuple[str, list
 
 
 class _Merger:
-    def __init__(self, how: list[tuple[str, list[str]]]) -> None:
+    def __init__(self, how: list[tuple[str, list[str]]], budget: list[int]) -> None:
+        self.budget = budget  # shared by the mergers of one reading
         self.dict_opts: list[str] | None = None
         self.list_opts: list[str] | None = None
         self.str_opts: list[str] | None = None
@@ -826,6 +862,12 @@ class _Merger:
                 self.str_opts = opts
 
     def merge(self, old: Any, new: Any) -> Any:
+        self.budget[0] -= 1
+        if self.budget[0] < 0:
+            raise UserDataRefused(
+                "the user-data's cloud-config parts take too long to merge (YAML aliases "
+                "repeat the same structure many times over); simplify them"
+            )
         if isinstance(old, dict) and self.dict_opts is not None:
             return self._dict(old, new, self.dict_opts)
         if isinstance(old, (list, tuple)) and self.list_opts is not None:
