@@ -94,7 +94,7 @@ def policy_from_mapping(data: Mapping[str, Any], where: str = "seed policy") -> 
                 '["openstack"]'
             )
         for p in tp:
-            if not _PLATFORM.match(p.lower()):
+            if not _PLATFORM.fullmatch(p.lower()):  # fuzz finding P1: match() let "name\n" through
                 raise PolicyError(
                     f"{where}: trusted platform {json.dumps(p)[:40]} is not a platform name "
                     "(letters, digits, '.', '_', '-'), e.g. openstack"
