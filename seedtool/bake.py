@@ -98,11 +98,11 @@ PYTHON = "/usr/bin/python3"
 
 # --- the private-key scan ------------------------------------------------------------------
 
-SCAN_DIRS = ("/root", "/home", "/etc", "/tmp", "/var/tmp", "/opt", "/srv")
+SCAN_DIRS = ("/etc", "/root", "/home", "/tmp", "/var/tmp", "/opt", "/srv")
 #: a PEM private key (even RSA-16384) is far below this; bigger files are not read
 SCAN_MAX_FILE = 64 * 1024
-#: bounds the scan of a huge tree; reaching it is reported as a warning
-SCAN_MAX_FILES = 200_000
+#: bounds the scan of each of SCAN_DIRS; reaching it is reported as a warning
+SCAN_MAX_FILES = 100_000
 #: a header followed by a body (optional RFC 1421 headers, then base64): a bare header
 #: string, as in a library's source code, is not a key
 _PEM_PRIVATE = re.compile(
@@ -566,41 +566,49 @@ def _private_key_kind(data: bytes) -> str | None:
 
 
 def _scan_private_keys(fs: TargetFS, findings: list[Finding]) -> None:
-    seen = 0
     for top in SCAN_DIRS:
-        if not _is_dir(fs, top):
+        if _is_dir(fs, top):
+            _scan_tree(fs, top, findings)
+
+
+def _scan_tree(fs: TargetFS, top: str, findings: list[Finding]) -> None:
+    seen = unreadable = 0
+    for path, st in _walk(fs, top):
+        if not stat.S_ISREG(st.mode):
             continue
-        for path, st in _walk(fs, top):
-            if not stat.S_ISREG(st.mode):
-                continue
-            if path.startswith(f"{SSH_DIR}/{SSH_HOST_PREFIX}"):
-                continue  # reported as a host key already
-            seen += 1
-            if seen > SCAN_MAX_FILES:
-                findings.append(Finding(
-                    top, f"private-key scan stopped after {SCAN_MAX_FILES} files",
-                    "remove build leftovers from the image, or check the rest by hand",
-                    WARNING))
-                return
-            if st.size > SCAN_MAX_FILE or st.size == 0:
-                continue
-            try:
-                kind = _private_key_kind(fs.read(path))
-            except SeedtoolError:
-                continue  # unreadable here is unreadable to nobody in the VM: skip, not fail
-            if kind is None:
-                continue
-            problem = {
-                "seedtool": "an Ed25519 private key (the format of seedtool's signing key) "
-                            "in the image: anyone with the image could sign seeds",
-                "encrypted": "an encrypted PEM private key in the image, shared by every VM "
-                             "(if it is seedtool's signing key, anyone could try to crack it)",
-                "pem": "a PEM private key in the image, shared by every VM made from it",
-            }[kind]
+        if path.startswith(f"{SSH_DIR}/{SSH_HOST_PREFIX}"):
+            continue  # reported as a host key already
+        seen += 1
+        if seen > SCAN_MAX_FILES:
             findings.append(Finding(
-                path, problem,
-                "remove it from the image and rotate it if it was ever secret; a VM needs "
-                "only the public key (--trusted-key) and makes its own keys at first boot"))
+                top, f"private-key scan stopped after {SCAN_MAX_FILES} files here",
+                "remove build leftovers from the image, or check the rest by hand",
+                WARNING))
+            return
+        if st.size > SCAN_MAX_FILE or st.size == 0:
+            continue
+        try:
+            kind = _private_key_kind(fs.read(path))
+        except SeedtoolError:
+            unreadable += 1  # e.g. /etc/ssl/private when not run as root
+            continue
+        if kind is None:
+            continue
+        problem = {
+            "seedtool": "an Ed25519 private key (the format of seedtool's signing key) "
+                        "in the image: anyone with the image could sign seeds",
+            "encrypted": "an encrypted PEM private key in the image, shared by every VM "
+                         "(if it is seedtool's signing key, anyone could try to crack it)",
+            "pem": "a PEM private key in the image, shared by every VM made from it",
+        }[kind]
+        findings.append(Finding(
+            path, problem,
+            "remove it from the image and rotate it if it was ever secret; a VM needs "
+            "only the public key (--trusted-key) and makes its own keys at first boot"))
+    if unreadable:
+        findings.append(Finding(
+            top, f"{unreadable} file(s) here could not be read, so they were not scanned for "
+            "private keys", "run the check as root", WARNING))
 
 
 def check(fs: TargetFS) -> list[Finding]:

@@ -617,3 +617,39 @@ def test_bake_a_raw_ext4_image(raw_image: Path, host_pub: Path, tmp_path: Path) 
     found = {f["path"]: f for f in json.loads(p.stdout)["findings"]}
     assert set(found) == {"/var/lib/systemd/random-seed", "/root/.config/signing.key"}
     assert "seedtool's signing key" in found["/root/.config/signing.key"]["problem"]
+
+
+def test_private_key_scan_is_bounded_per_directory(root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(5):
+        plant(root, f"/opt/many/{i}.txt", b"nothing secret\n")
+    plant(root, "/srv/late.key", b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 64 + b"\n")
+    monkeypatch.setattr(lib, "SCAN_MAX_FILES", 3)
+    found = {f.path: f for f in lib.check(LocalFS(root))}
+    assert found["/opt"].severity == lib.WARNING and "stopped after 3" in found["/opt"].problem
+    # a huge directory does not hide a key in the next one
+    assert found["/srv/late.key"].severity == lib.ERROR
+
+
+class _Unreadable(LocalFS):
+    """LocalFS as a non-root user sees it: one file refuses to be read (EACCES).
+
+    Root reads every file (CAP_DAC_OVERRIDE), so the refusal is injected here."""
+
+    def __init__(self, root: Path, denied: str) -> None:
+        super().__init__(root)
+        self.denied = denied
+
+    def read(self, path: str) -> bytes:
+        if path == self.denied:
+            raise self._error("read", path, PermissionError(13, "Permission denied"))
+        return super().read(path)
+
+
+def test_unreadable_files_are_reported_not_skipped_silently(root: Path) -> None:
+    plant(root, "/srv/private/site.key", b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 64)
+    found = {f.path: f for f in lib.check(_Unreadable(root, "/srv/private/site.key"))}
+    assert found["/srv"].severity == lib.WARNING
+    assert "1 file(s) here could not be read" in found["/srv"].problem
+    assert "/srv/private/site.key" not in found
+    assert lib.check(LocalFS(root))[0].path == "/srv/private/site.key"  # readable: found
