@@ -29,8 +29,6 @@ from seedtool.deliver.userdata import find_seed, user_parts
 from seedtool.keys import generate_keypair, load_public_keys, trusted_pairs
 from tests.vm.images import base_root
 
-hcl2 = pytest.importorskip("hcl2", reason="pip install python-hcl2")
-
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 PACKER_DIR = EXAMPLES / "packer"
@@ -48,6 +46,7 @@ def unq(v: Any) -> Any:
 
 
 def load_hcl(path: Path) -> dict[str, Any]:
+    hcl2 = pytest.importorskip("hcl2", reason="pip install python-hcl2")
     with open(path) as f:
         data: dict[str, Any] = unq(hcl2.load(f))
     return data
