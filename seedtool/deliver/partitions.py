@@ -112,6 +112,10 @@ def read_partitions(path: str | os.PathLike[str]) -> PartitionTable:
             size = os.fstat(f.fileno()).st_size
 
             def read_at(offset: int, length: int) -> bytes:
+                # LBAs come from the image: one past 2**63 bytes made seek() raise
+                # ValueError (fuzz finding T1, fuzz/README.md)
+                if offset < 0 or length < 0 or offset >= size:
+                    return b""
                 f.seek(offset)
                 return f.read(length)
 
@@ -189,6 +193,14 @@ def _gpt_header(read_at: ReadAt, lba: int, sector: int) -> _GptHeader | None:
     if ent_size < 128 or ent_size > GPT_ENTRY_SIZE_MAX or ent_size % 8:
         return None
     if n_ent * ent_size > GPT_ARRAY_MAX or first > last:
+        return None
+    # The usable area must hold neither sector 0, the headers nor this entry array
+    # (UEFI 2.10 5.3.2); else a "partition" could overlay the table itself (fuzz
+    # finding T2, fuzz/README.md: first_usable 0 gave a partition at byte 0).
+    array_end = ent_lba + -(-n_ent * ent_size // sector)  # one past its last sector
+    if first < 1 or first <= my_lba <= last or first <= alt_lba <= last or (
+        ent_lba <= last and array_end > first
+    ):
         return None
     return _GptHeader(my_lba, alt_lba, first, last, ent_lba, n_ent, ent_size, ent_crc)
 
