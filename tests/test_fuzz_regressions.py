@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import fuzz_policy, fuzz_userdata
+from fuzz import fuzz_partitions, fuzz_policy, fuzz_userdata
+from seedtool.deliver import partitions as pt
 from seedtool.deliver import userdata as ud
 from seedtool.deliver.userdata import UserDataRefused
 from seedtool.errors import SeedtoolError
@@ -151,6 +152,47 @@ def test_a_platform_name_with_a_trailing_newline_is_refused() -> None:
         "openstack",
     )
     replay(fuzz_policy, json.dumps({"trusted_platforms": ["openstack\n"]}).encode())
+
+
+# --- partition tables ---------------------------------------------------------------------
+
+
+def _gpt_with(tmp_path: Path, **fields: int) -> tuple[bytes, Path]:
+    """The fuzz target's small valid GPT with primary header fields changed, CRCs fixed."""
+    offsets = {"alternate_lba": 32, "first_usable": 40, "entries_lba": 72}
+    image = bytearray(fuzz_partitions._hand_gpt())
+    for name, value in fields.items():
+        image[512 + offsets[name] : 512 + offsets[name] + 8] = value.to_bytes(8, "little")
+    sparse = fuzz_partitions.SparseImage(len(image), [(0, bytes(image))])
+    sparse.fix_gpt_crcs()
+    data = sparse.read_at(0, len(image))
+    path = tmp_path / "disk.img"
+    path.write_bytes(data)
+    return data, path
+
+
+def test_gpt_lba_beyond_any_file_offset_is_read_as_absent(tmp_path: Path) -> None:
+    # Finding T1: read_partitions seeked to LBA * 512 for a backup LBA of 2**63 from
+    # a header with a good CRC, and f.seek raised ValueError.
+    data, path = _gpt_with(tmp_path, alternate_lba=2**63)
+    table = pt.read_partitions(path)
+    assert table == pt.parse_bytes(data)
+    assert table.scheme == "gpt" and len(table.partitions) == 1
+    assert any("beyond the end" in w for w in table.warnings)
+    _, path = _gpt_with(tmp_path, entries_lba=2**60)
+    table = pt.read_partitions(path)  # primary array unreadable: the backup is used
+    assert any("using the backup" in w for w in table.warnings)
+
+
+def test_gpt_usable_area_over_the_table_is_not_trusted(tmp_path: Path) -> None:
+    # Finding T2: a primary header with first_usable 0 (good CRC) let an entry
+    # starting at sector 0 through, a "partition" overlaying the MBR and the GPT.
+    data, _ = _gpt_with(tmp_path, first_usable=0)
+    table = pt.parse_bytes(data)
+    assert any("using the backup" in w for w in table.warnings)
+    assert all(p.start >= 34 * 512 for p in table.partitions)
+    data, _ = _gpt_with(tmp_path, first_usable=2)  # overlaps the entry array at LBA 2
+    assert any("using the backup" in w for w in pt.parse_bytes(data).warnings)
 
 
 # --- saved crash inputs --------------------------------------------------------------------
