@@ -29,7 +29,10 @@ from tests.vm.images import RELEASES, guest_image  # noqa: E402
 
 BAR = 0.05
 
-_MODULE = re.compile(r"config-seedtool ran successfully @\s*[\d.]+s \+(?P<s>[\d.]+)s")
+# 22.4: "config-seedtool ran successfully @27.008s +02.165s"; 25.1 adds "and took N seconds"
+_MODULE = re.compile(
+    r"config-seedtool ran successfully(?: and took [\d.]+ seconds)? @\s*[\d.]+s \+(?P<s>[\d.]+)s"
+)
 _STAGE = re.compile(r"Finished stage: \((?P<stage>[\w-]+)\) (?P<s>[\d.]+) seconds")
 
 

@@ -464,8 +464,10 @@ def launch(
     """Boot `count` VMs, each with a fresh seed from `factory`, and report on each.
 
     At most `parallel` VMs boot at a time (default: the number of CPUs, since every
-    TCG VM keeps one busy). Without `keep_running` each VM is powered off once it has
-    reported, and its overlay is deleted unless `workdir` was given.
+    booting TCG VM keeps one busy; with `keep_running` the VMs that have reported stay
+    up, mostly idle, while the next ones boot). Without `keep_running` each VM is
+    powered off once it has reported, and its overlay is deleted unless `workdir` was
+    given.
     """
     from ..deliver.nocloud import new_instance_id, write_iso
 
@@ -480,8 +482,6 @@ def launch(
     base_format = image_format(config.image)
     if parallel is None:
         parallel = max(1, os.cpu_count() or 1)
-    if keep_running:
-        parallel = count  # every VM stays up anyway
     own_workdir = workdir is None
     root = Path(tempfile.mkdtemp(prefix="seedtool-qemu-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
