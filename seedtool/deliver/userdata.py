@@ -604,6 +604,13 @@ def _check_cloud_config(payload: bytes, where: str) -> None:
             f"{where} sets random_seed.data to something other than a string; cloud-init "
             "would then keep it and drop the seed: remove random_seed.data"
         )
+    # the same for encoding: a null or a number would be kept and break seed_random
+    # (found by a property in tests/test_properties.py, fuzz/README.md U5)
+    if "encoding" in rs and not isinstance(rs["encoding"], str):
+        raise UserDataRefused(
+            f"{where} sets random_seed.encoding to something other than a string; "
+            "cloud-init would then keep it and misread the seed: remove random_seed.encoding"
+        )
     if isinstance(data, str) and _is_envelope(data):
         raise UserDataRefused(
             f"{where} already carries a seedtool seed; add a fresh seed to the original "
@@ -776,7 +783,8 @@ def _check_result(out: bytes, originals: list[Part], seed_text: str) -> None:
             "cannot add a seed without changing how cloud-init reads this user-data; "
             "write it as MIME multipart (cloud-init devel make-mime) and try again"
         )
-    if find_seed(out) != seed_text:
+    rs = (merged_cloud_config(out) or {}).get("random_seed")
+    if find_seed(out) != seed_text or not isinstance(rs, dict) or rs.get("encoding") != "b64":
         raise UserDataRefused(
             "the user-data's own cloud-config would override the seed in cloud-init's "
             "merge; remove its random_seed settings and try again"
