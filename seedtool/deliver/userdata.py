@@ -640,10 +640,14 @@ def _check_include(payload: bytes, where: str) -> None:
         if line.startswith("#") or not line.strip():
             continue
         url = line.strip()
-        parsed = urlsplit(url)
-        if url.startswith("/") or (
-            parsed.scheme in ("http", "https") and parsed.netloc
-        ) or (parsed.scheme == "file" and parsed.path):
+        try:
+            parsed = urlsplit(url)
+        except ValueError:  # e.g. "https://]" (fuzz finding U6, fuzz/README.md)
+            parsed = None
+        if url.startswith("/") or (parsed is not None and (
+            (parsed.scheme in ("http", "https") and parsed.netloc)
+            or (parsed.scheme == "file" and parsed.path)
+        )):
             continue
         raise UserDataRefused(
             f"line {lineno} of {where} (#include) is not an http(s) or file URL, so "
