@@ -108,6 +108,30 @@ def test_good_archive_entries_still_pass() -> None:
     assert ud.merged_cloud_config(doc) == {"a": 1, "b": 2}
 
 
+@pytest.mark.parametrize("line", [b"https://]", b"http://[::1", b"https://[x]/a"])
+def test_include_line_that_urlsplit_rejects_is_refused(line: bytes) -> None:
+    # Finding U6 (userdata target): urlsplit raised ValueError ("Invalid IPv6 URL")
+    # out of check for an #include line such as "https://]".
+    doc = b"#include\n" + line + b"\n"
+    with pytest.raises(UserDataRefused, match="line 2 of the user-data"):
+        ud.check(doc)
+    assert ud.check(b"#include\nhttps://[::1]/a.cfg\n") == "text/x-include-url"
+    replay(fuzz_userdata, doc)
+
+
+def test_random_seed_encoding_that_is_not_a_string_is_refused() -> None:
+    # Finding U5 (a property in test_properties.py): the seed part's merge keeps a
+    # user's random_seed.encoding that is null or a number, so cloud-init's
+    # seed_random got encoding 5 (it calls .lower() on it) or none at all.
+    for value in (b"5", b"null", b"true", b"[b64]"):
+        doc = b"#cloud-config\nrandom_seed: {file: /dev/urandom, encoding: " + value + b"}\n"
+        with pytest.raises(UserDataRefused, match="random_seed.encoding"):
+            ud.add_seed(doc, fuzz_userdata.SEED)
+    out = ud.add_seed(b"#cloud-config\nrandom_seed: {encoding: raw}\n", fuzz_userdata.SEED)
+    assert ud.merged_cloud_config(out) == {
+        "random_seed": {"data": fuzz_userdata.SEED, "encoding": "b64"}}
+
+
 def _alias_bomb(levels: int) -> bytes:
     lines = ["#cloud-config", "l0: &l0 {a: 1, b: 2}"]
     lines += [f"l{i}: &l{i} {{a: *l{i - 1}, b: *l{i - 1}}}" for i in range(1, levels + 1)]
