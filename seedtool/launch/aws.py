@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import envelope
 from ..deliver import userdata
 from ..errors import CloudError, DeliveryError, EnvelopeError, SeedtoolError, UsageError
+from ..quiet import Quieter
 from .runner import (
     DRY_RUN,
     EXISTING,
@@ -138,38 +137,10 @@ class LaunchInterrupted(AwsLaunchError):
 # --- quiet botocore while our calls run ----------------------------------------------
 
 
-class _DropInOurCalls(logging.Filter):
-    """Drops records made on a thread that is inside one of our EC2 calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.active = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.active, "depth", 0)
-
-
-_QUIET = _DropInOurCalls()
 # botocore.endpoint logs whole requests (our UserData), botocore.parsers whole
 # responses (a launch template's UserData), botocore.auth the signed request.
 _QUIET_LOGGERS = ("botocore.endpoint", "botocore.parsers", "botocore.auth")
-_quiet_lock = threading.Lock()
-_quiet_installed = False
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    global _quiet_installed
-    with _quiet_lock:
-        if not _quiet_installed:
-            for name in _QUIET_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
-            _quiet_installed = True
-    _QUIET.active.depth = getattr(_QUIET.active, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QUIET.active.depth -= 1
+_quiet = Quieter(*_QUIET_LOGGERS)
 
 
 # --- small parsers the command line uses ---------------------------------------------

@@ -36,20 +36,19 @@ while our calls run. No message raised here contains seed bytes or user-data.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import envelope
 from ..deliver import userdata
 from ..errors import CloudError, SeedtoolError, UsageError
+from ..quiet import Quieter
 from .runner import EXISTING, FAILED, LAUNCHED, NOT_STARTED, InstanceResult, run_all
 
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
@@ -122,41 +121,13 @@ class LaunchInterrupted(GceLaunchError):
 # --- quiet the REST transport while our calls run ------------------------------------
 
 
-class _DropInOurCalls(logging.Filter):
-    """Drops records made on a thread that is inside one of our Compute calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.active = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.active, "depth", 0)
-
-
-_QUIET = _DropInOurCalls()
 _QUIET_LOGGERS = tuple(
     f"google.cloud.compute_v1.services.{svc}.{part}"
     for svc in ("instances", "zone_operations", "instance_templates",
                 "region_instance_templates")
     for part in ("client", "transports.rest")
 )
-_quiet_lock = threading.Lock()
-_quiet_installed = False
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    global _quiet_installed
-    with _quiet_lock:
-        if not _quiet_installed:
-            for name in _QUIET_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
-            _quiet_installed = True
-    _QUIET.active.depth = getattr(_QUIET.active, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QUIET.active.depth -= 1
+_quiet = Quieter(*_QUIET_LOGGERS)
 
 
 # --- small parsers the command line uses ---------------------------------------------

@@ -21,13 +21,10 @@ so those records are dropped while this source's own calls are in flight.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from ..errors import SourceError, UsageError
+from ..quiet import Quieter
 from .base import Availability, Source
 
 MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)
@@ -85,36 +82,8 @@ _THROTTLED = frozenset(
 _SERVER_SIDE = frozenset({"KMSInternalException", "DependencyTimeoutException"})
 
 
-class _DropWhileReading(logging.Filter):
-    """Drops a library logger's records made on a thread inside one of our KMS calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.active = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.active, "depth", 0)
-
-
-_QUIET = _DropWhileReading()
 _QUIET_LOGGERS = ("botocore.parsers",)
-_quiet_installed = False
-_quiet_lock = threading.Lock()
-
-
-@contextmanager
-def _no_body_logging() -> Iterator[None]:
-    global _quiet_installed
-    with _quiet_lock:
-        if not _quiet_installed:
-            for name in _QUIET_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
-            _quiet_installed = True
-    _QUIET.active.depth = getattr(_QUIET.active, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QUIET.active.depth -= 1
+_no_body_logging = Quieter(*_QUIET_LOGGERS)
 
 
 def _number(options: dict[str, Any], key: str, default: float, kind: type = float) -> Any:

@@ -25,15 +25,12 @@ records are dropped while this source's own calls are in flight.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError, UsageError
+from ..quiet import Quieter
 from .base import Availability, Source
 
 MIN_PER_CALL = 8  # GenerateRandomBytesRequest.length_bytes bounds (REST reference)
@@ -55,39 +52,11 @@ _OPTIONS = (
 )
 
 
-class _DropWhileReading(logging.Filter):
-    """Drops a library logger's records made on a thread inside one of our KMS calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.active = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.active, "depth", 0)
-
-
-_QUIET = _DropWhileReading()
 _QUIET_LOGGERS = (
     "google.cloud.kms_v1.services.key_management_service.transports.rest",
     "google.cloud.kms_v1.services.key_management_service.client",
 )
-_quiet_installed = False
-_quiet_lock = threading.Lock()
-
-
-@contextmanager
-def _no_payload_logging() -> Iterator[None]:
-    global _quiet_installed
-    with _quiet_lock:
-        if not _quiet_installed:
-            for name in _QUIET_LOGGERS:
-                logging.getLogger(name).addFilter(_QUIET)
-            _quiet_installed = True
-    _QUIET.active.depth = getattr(_QUIET.active, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _QUIET.active.depth -= 1
+_no_payload_logging = Quieter(*_QUIET_LOGGERS)
 
 
 def _crc32c_table() -> list[int]:
