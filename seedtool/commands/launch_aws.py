@@ -6,15 +6,12 @@ progress on stderr and prints the table or JSON. Never prints a seed or user-dat
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
+from ._launching import announce_interrupt, failure, read_params
 from ._options import echo_json, factory_from_options, seed_options, warn_failures
 
 _HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
@@ -44,49 +41,6 @@ role); retries use botocore's standard mode (AWS_MAX_ATTEMPTS sets the attempts)
 Exit status: 0 when every instance exists, 1 when some failed, 130 after Ctrl-C (in
 both cases the table lists every instance that exists).
 """
-
-
-def _read_params(path: str | None) -> dict[str, Any]:
-    from ..errors import UsageError
-
-    if path is None:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read --params file {path}: {e.strerror}; check the path") \
-            from None
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(
-            f"--params file {path} is not valid JSON; write a JSON object of RunInstances "
-            "parameters, e.g. {\"EbsOptimized\": true}"
-        ) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--params file {path} must hold a JSON object of RunInstances "
-                         "parameters, not a list or a value")
-    return data
-
-
-@contextmanager
-def _announce_interrupt(launch_id: str) -> Iterator[None]:
-    """On Ctrl-C say at once that in-flight launches are being waited for."""
-    def handler(signum: int, frame: Any) -> None:
-        click.echo(
-            "seedtool: interrupted; waiting for the launches in flight so every instance "
-            f"that exists is reported (launch id {launch_id})", err=True,
-        )
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: keep the default behaviour
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @click.command("aws", help=_HELP)
@@ -146,7 +100,8 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
         image_id=image_id, instance_type=instance_type, subnet_id=subnet_id,
         security_group_ids=aws.parse_security_groups(security_groups), key_name=key_name,
         iam_instance_profile=iam_instance_profile, tags=aws.parse_tags(tags),
-        launch_template=launch_template, params=_read_params(params_path),
+        launch_template=launch_template,
+        params=read_params(params_path, "RunInstances parameters", '{"EbsOptimized": true}'),
         allow_imdsv1=allow_imdsv1,
     )
     request.base_params()  # refuse bad options before touching AWS or the key
@@ -175,7 +130,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
             click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {what} "
                        f"(seed {r.seed_id or '-'}){extra}", err=True)
 
-        with _announce_interrupt(lid):
+        with announce_interrupt(lid):
             if tty:
                 with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
                     report = launcher.launch(count, concurrency=concurrency, resume=resume,
@@ -196,23 +151,10 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
 def _finish(report: Any, count: int) -> None:
     from ..launch import aws
 
-    lid = report.launch_id
-    bad = [r for r in report.results if not r.ok]
-    exist = report.existing_ids()
-    have = f"instances that exist: {', '.join(exist)}" if exist else "no instance exists"
-    rerun = f"re-run with --launch-id {lid} and the same options to launch the rest with " \
-            "fresh seeds"
-    if report.interrupted:
-        raise aws.LaunchInterrupted(
-            f"interrupted: {len(bad)} of {count} instances not launched "
-            f"(indices {', '.join(str(r.index) for r in bad)}); {have}; {rerun}"
-        )
-    if bad:
-        raise aws.AwsLaunchError(
-            f"{len(bad)} of {len(report.results)} instances failed or were not started "
-            f"(indices {', '.join(str(r.index) for r in bad)}, reasons in the table); {have}; "
-            f"{rerun}"
-        )
+    message = failure(report.results, count, report.launch_id, report.existing_ids(),
+                      report.interrupted)
+    if message:
+        raise (aws.LaunchInterrupted if report.interrupted else aws.AwsLaunchError)(message)
     if report.dry_run:
         click.echo(f"seedtool: dry run: EC2 would accept all {len(report.results)} calls; "
                    "nothing was launched", err=True)

@@ -7,15 +7,12 @@ progress on stderr and prints the table or JSON. Never prints a seed or user-dat
 from __future__ import annotations
 
 import dataclasses
-import json
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
+from ._launching import announce_interrupt, failure, read_params
 from ._options import echo_json, factory_from_options, seed_options, warn_failures
 
 _HELP = """Launch COUNT Compute Engine instances, each by its own instances.insert with
@@ -53,49 +50,6 @@ login, or GOOGLE_APPLICATION_CREDENTIALS); the project defaults to theirs.
 Exit status: 0 when every instance exists, 1 when some failed, 130 after Ctrl-C (in
 both cases the table lists every instance that exists).
 """
-
-
-def _read_params(path: str | None) -> dict[str, Any]:
-    from ..errors import UsageError
-
-    if path is None:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read --params file {path}: {e.strerror}; check the path") \
-            from None
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(
-            f"--params file {path} is not valid JSON; write a JSON object of Instance fields, "
-            "e.g. {\"scheduling\": {\"preemptible\": true}}"
-        ) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--params file {path} must hold a JSON object of Instance fields, "
-                         "not a list or a value")
-    return data
-
-
-@contextmanager
-def _announce_interrupt(launch_id: str) -> Iterator[None]:
-    """On Ctrl-C say at once that in-flight launches are being waited for."""
-    def handler(signum: int, frame: Any) -> None:
-        click.echo(
-            "seedtool: interrupted; waiting for the calls in flight so every instance "
-            f"that exists is reported (launch id {launch_id})", err=True,
-        )
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: keep the default behaviour
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @click.command("gce", help=_HELP)
@@ -162,7 +116,9 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
         scopes=tuple(s.strip() for s in (scopes or "").split(",") if s.strip()),
         labels=gce.check_labels(gce.parse_pairs(labels, "--label")),
         metadata=gce.check_metadata(gce.parse_pairs(metadata, "--metadata")),
-        user_data=read_user_data(user_data_path), params=_read_params(params_path),
+        user_data=read_user_data(user_data_path),
+        params=read_params(params_path, "Instance fields",
+                           '{"scheduling": {"preemptible": true}}'),
         scrub_after_boot=scrub_after_boot,
     )
     spec.check()  # refuse bad options before touching GCE or the key
@@ -193,7 +149,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
             what = "seed removed from metadata" if r.extra.get("scrubbed") else "not scrubbed"
             click.echo(f"  index {r.index}: {r.instance_id}: {what}", err=True)
 
-        with _announce_interrupt(lid):
+        with announce_interrupt(lid):
             if tty:
                 with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
                     report = launcher.launch(count, concurrency=concurrency, resume=resume,
@@ -234,10 +190,6 @@ def _finish(report: Any, count: int) -> None:
 
     lid = report.launch_id
     bad = [r for r in report.results if not r.ok]
-    exist = report.existing_names()
-    have = f"instances that exist: {', '.join(exist)}" if exist else "no instance exists"
-    rerun = f"re-run with --launch-id {lid} and the same options to launch the rest with " \
-            "fresh seeds"
     if report.interrupted and not bad:
         left = [str(r.instance_id) for r in report.results if not r.extra.get("scrubbed")]
         raise gce.LaunchInterrupted(
@@ -245,14 +197,7 @@ def _finish(report: Any, count: int) -> None:
             f"{', '.join(left) or 'no instance'}; re-run with --launch-id {lid} "
             "--scrub-after-boot and the same options to remove it"
         )
-    if report.interrupted:
-        raise gce.LaunchInterrupted(
-            f"interrupted: {len(bad)} of {count} instances not launched "
-            f"(indices {', '.join(str(r.index) for r in bad) or 'none'}); {have}; {rerun}"
-        )
-    if bad:
-        raise gce.GceLaunchError(
-            f"{len(bad)} of {len(report.results)} instances failed or were not started "
-            f"(indices {', '.join(str(r.index) for r in bad)}, reasons in the table); {have}; "
-            f"{rerun}"
-        )
+    message = failure(report.results, count, lid, report.existing_names(),
+                      report.interrupted)
+    if message:
+        raise (gce.LaunchInterrupted if report.interrupted else gce.GceLaunchError)(message)
