@@ -26,13 +26,15 @@ from types import ModuleType
 
 TARGETS = ("envelope", "userdata", "partitions", "egd", "entropykey", "tpm", "policy",
            "pubkeys")
+#: a target with a planted bug that shows the machinery works (fuzz/fuzz_canary.py)
+CANARY = "canary"
 #: libFuzzer's per-input limit, seconds: an input that takes this long is a hang
 DEFAULT_TIMEOUT = 30
 
 
 def load_target(name: str, instrument: bool) -> ModuleType:
     """Import fuzz.fuzz_NAME, under atheris instrumentation when `instrument`."""
-    if name not in TARGETS:
+    if name not in (*TARGETS, CANARY):
         raise SystemExit(f"unknown fuzz target '{name}'; the targets are {', '.join(TARGETS)}")
     modname = f"fuzz.fuzz_{name}"
     if not instrument:
