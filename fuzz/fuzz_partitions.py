@@ -32,6 +32,7 @@ from collections.abc import Iterator
 
 from seedtool.deliver import partitions as pt
 
+from ._scratch import scratch_path
 from ._script import Script
 
 INSTRUMENT = ["seedtool"]
@@ -40,8 +41,7 @@ SECTOR = 512
 #: largest sparse image, in sectors (2 TiB, an MBR's limit); files are sparse
 MAX_SECTORS = 1 << 32
 
-_FD, _PATH = tempfile.mkstemp(prefix="seedtool-fuzz-partitions-", suffix=".img")
-os.close(_FD)
+_PATH = scratch_path("disk.img")
 
 
 class SparseImage:

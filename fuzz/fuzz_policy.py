@@ -9,18 +9,17 @@ platform it holds is a lower-case platform name.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 
 from seedtool.guest import policy as pol
 
+from ._scratch import scratch_path
+
 INSTRUMENT = ["seedtool"]
 MAX_LEN = 1024
 
-_FD, _PATH = tempfile.mkstemp(prefix="seedtool-fuzz-policy-")
-os.close(_FD)
+_PATH = scratch_path("policy.json")
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 

@@ -9,18 +9,17 @@ back with `PublicKey.line` and parsing that gives the same keys.
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from collections.abc import Iterator
 
 from seedtool.errors import SigningKeyError
 from seedtool.keys import PUBLIC_PREFIX, PublicKey, load_public_keys, parse_public_keys
 
+from ._scratch import scratch_path
+
 INSTRUMENT = ["seedtool"]
 MAX_LEN = 2048
 
-_FD, _PATH = tempfile.mkstemp(prefix="seedtool-fuzz-pubkeys-", suffix=".pub")
-os.close(_FD)
+_PATH = scratch_path("keys.pub")
 
 
 def seeds() -> Iterator[bytes]:

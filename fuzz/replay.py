@@ -20,6 +20,8 @@ from .run import load_target
 def _inputs(paths: Sequence[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise SystemExit(f"{p} does not exist; give crash files or corpus directories")
         out += sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
     return out
 

@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         i = rest.index("--work")
         work = Path(rest[i + 1])
         del rest[i : i + 2]
+    os.environ["SEEDTOOL_FUZZ_WORK"] = str(work)  # scratch files go there (fuzz/_scratch.py)
     module = load_target(name, instrument=True)
     (work / "corpus").mkdir(parents=True, exist_ok=True)
     write_seeds(module, work / "seeds")
