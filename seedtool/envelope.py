@@ -18,7 +18,9 @@ Layout (version 1, all integers big-endian; see docs/envelope.md):
 On disk and in user-data an envelope travels as standard base64 text.
 
 This module must import with the standard library alone: the guest runs it at
-boot. `cryptography` is imported only to sign or check a signature. Nothing here
+boot. `cryptography` is imported only to sign or check a signature. It keeps its
+imports few and cheap (no dataclasses, typing or pathlib): under emulation every
+module costs time before the seed is credited (docs/guest.md "Boot time"). Nothing here
 may log, print or put seed bytes into an exception message, and there is no way
 to get a `VerifiedEnvelope` from bytes whose signature did not check out.
 """
@@ -31,11 +33,14 @@ import hmac
 import json
 import struct
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from .errors import EnvelopeError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, ClassVar
 
 MAGIC = b"SDTL"
 VERSION = 1
@@ -78,8 +83,9 @@ class MalformedEnvelope(EnvelopeError):
     pass
 
 
-@dataclass(frozen=True)
-class _Fields:
+class _Fields(Record):
+    __slots__ = ("seed_id", "issued_at", "not_after", "key_id", "provenance")
+    FIELDS: ClassVar[tuple[str, ...]] = __slots__
     seed_id: bytes
     issued_at: int
     not_after: int
@@ -106,27 +112,31 @@ class _Fields:
         }
 
 
-@dataclass(frozen=True)
 class UnverifiedEnvelope(_Fields):
     """A structurally valid envelope whose signature has not been checked.
 
     Its seed may be mixed into a pool but never credited: hence the name.
     """
 
-    uncredited_seed: bytes = field(repr=False)
-    signed_part: bytes = field(repr=False)
-    signature: bytes = field(repr=False)
+    __slots__ = ("uncredited_seed", "signed_part", "signature")
+    FIELDS = _Fields.FIELDS + __slots__
+    HIDDEN = frozenset(__slots__)
+    uncredited_seed: bytes
+    signed_part: bytes
+    signature: bytes
 
     @property
     def seed_len(self) -> int:
         return len(self.uncredited_seed)
 
 
-@dataclass(frozen=True)
 class VerifiedEnvelope(_Fields):
     """An envelope whose signature checked against a trusted key and whose time is valid."""
 
-    seed: bytes = field(repr=False)
+    __slots__ = ("seed",)
+    FIELDS = _Fields.FIELDS + __slots__
+    HIDDEN = frozenset(__slots__)
+    seed: bytes
 
     @property
     def creditable_bits(self) -> int:

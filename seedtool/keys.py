@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from .errors import SigningKeyError
+from .record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the guest imports this module at boot: no typing, pathlib, dataclasses
+    from collections.abc import Iterable
+    from typing import Any
 
 PUBLIC_PREFIX = "seedtool-ed25519"
 KEY_ID_CONTEXT = b"seedtool key id\x00"
@@ -31,10 +32,12 @@ def key_id(raw_public: bytes) -> bytes:
     return hashlib.sha256(KEY_ID_CONTEXT + raw_public).digest()[:8]
 
 
-@dataclass(frozen=True)
-class PublicKey:
+class PublicKey(Record):
+    __slots__ = ("raw", "comment")
+    FIELDS = __slots__
+    DEFAULTS = {"comment": ""}
     raw: bytes
-    comment: str = ""
+    comment: str
 
     @property
     def key_id(self) -> bytes:
@@ -72,11 +75,15 @@ def load_public_keys(paths: Iterable[str | os.PathLike[str]]) -> list[PublicKey]
     """Read keys from files and directories (every `*.pub` in a directory)."""
     keys: list[PublicKey] = []
     for p in paths:
-        path = Path(p)
-        files = sorted(path.glob("*.pub")) if path.is_dir() else [path]
+        path = os.fspath(p)
+        if os.path.isdir(path):
+            files = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".pub")]
+        else:
+            files = [path]
         for f in files:
             try:
-                text = f.read_text(encoding="utf-8")
+                with open(f, encoding="utf-8") as fh:
+                    text = fh.read()
             except (OSError, UnicodeDecodeError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
                 raise SigningKeyError(f"cannot read public key file {f}: {reason}") from None
@@ -98,6 +105,8 @@ def generate_keypair(
     comment: str = "",
     force: bool = False,
 ) -> PublicKey:
+    import contextlib
+
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the guest imports this module at boot
+    from collections.abc import Sequence
 
 DOMAIN = b"seedtool mix v1"
 

@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +48,14 @@ class Guest:
     tmp: Path
 
     def kmsg_text(self) -> str:
-        return self.paths.kmsg.read_text() if self.paths.kmsg.exists() else ""
+        return Path(self.paths.kmsg).read_text() if Path(self.paths.kmsg).exists() else ""
 
     def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.paths.status.read_text())
+        data: dict[str, Any] = json.loads(Path(self.paths.status).read_text())
         return data
 
     def ledger(self) -> str:
-        return self.paths.ledger.read_text() if self.paths.ledger.exists() else ""
+        return Path(self.paths.ledger).read_text() if Path(self.paths.ledger).exists() else ""
 
 
 def make_devices(base: Path) -> Path:
@@ -108,7 +108,7 @@ def assert_no_seed(seed: bytes, *texts: str | bytes) -> None:
 
 
 def all_outputs(g: Guest) -> list[bytes]:
-    files = [p for p in g.root.rglob("*") if p.is_file()] + [g.paths.kmsg]
+    files = [p for p in g.root.rglob("*") if p.is_file()] + [Path(g.paths.kmsg)]
     return [p.read_bytes() for p in files if p.exists()]
 
 
@@ -139,7 +139,7 @@ def test_verified_seed_is_credited_once_with_a_real_ioctl(guest: Guest) -> None:
                        "credited_bits", "crng_before", "crng_after", "reason", "time"}
     assert st["credited_bits"] == 512 and st["verified"] is True and st["reason"] is None
     assert st["stage"] == "cloud-init" and st["origin"] == "user-data"
-    assert oct(guest.paths.status.stat().st_mode & 0o777) == "0o644"
+    assert oct(Path(guest.paths.status).stat().st_mode & 0o777) == "0o644"
     assert any(i.startswith("instance-id:") for i in st["local_inputs"])
     assert guest.ledger().startswith(new.seed_id + " ")
     assert_no_seed(seed_of(new.raw), *all_outputs(guest))
@@ -291,7 +291,7 @@ def test_validity_period_with_clock_skew(guest: Guest, skew: int, now_offset: in
 
 
 def test_clock_skew_comes_from_the_policy_file(guest: Guest) -> None:
-    guest.paths.policy.write_text(json.dumps({"clock_skew": 10}))
+    Path(guest.paths.policy).write_text(json.dumps({"clock_skew": 10}))
     new = SeedFactory(guest.private_key, ttl=TTL).new(now=T0)
     out = credit_seed(new.raw, "user-data", stage="cloud-init", paths=guest.paths, now=T0 - 11)
     assert out.reason == "not yet valid"
@@ -301,7 +301,7 @@ def test_clock_skew_comes_from_the_policy_file(guest: Guest) -> None:
 
 
 def test_invalid_policy_credits_nothing_and_says_so(guest: Guest) -> None:
-    guest.paths.policy.write_text(json.dumps({"clock_skew": "five minutes"}))
+    Path(guest.paths.policy).write_text(json.dumps({"clock_skew": "five minutes"}))
     out = reason_of(guest, SeedFactory(guest.private_key).new().text)
     assert out.reason == "policy invalid"
     assert any("clock_skew" in n for n in out.notes)
@@ -361,7 +361,7 @@ def test_an_envelope_wins_over_a_datasource_seed(guest: Guest) -> None:
 
 @needs_root
 def test_missing_kmsg_is_recorded_and_the_seed_still_credited(guest: Guest) -> None:
-    guest.paths.kmsg.unlink()
+    Path(guest.paths.kmsg).unlink()
     out = credit_seed(SeedFactory(guest.private_key).new().text, "user-data",
                       stage="cloud-init", paths=guest.paths)
     assert out.credited and not out.kmsg_written
@@ -370,7 +370,7 @@ def test_missing_kmsg_is_recorded_and_the_seed_still_credited(guest: Guest) -> N
 
 @needs_root
 def test_unwritable_status_is_reported_but_the_seed_is_credited(guest: Guest) -> None:
-    guest.paths.status.mkdir(parents=True)  # a directory where the file should go
+    Path(guest.paths.status).mkdir(parents=True)  # a directory where the file should go
     out = credit_seed(SeedFactory(guest.private_key).new().text, "user-data",
                       stage="cloud-init", paths=guest.paths)
     assert out.credited and not out.status_written
@@ -428,7 +428,7 @@ subprocess.run(["mount", "-o", "remount,ro,bind", {str(var)!r}], check=True)
     assert res["verified"] is False
     assert res["status_written"] is False
     assert any("Read-only file system" in n for n in res["notes"]), res["notes"]
-    assert guest.ledger() == "" and not guest.paths.status.exists()
+    assert guest.ledger() == "" and not Path(guest.paths.status).exists()
     assert LINE_MIXED.match(guest.kmsg_text()[3:-1])
 
 
@@ -450,7 +450,7 @@ def test_a_later_stage_without_a_seed_keeps_the_earlier_status(guest: Guest) -> 
     credit_seed(new.raw, "disk", stage=core.STAGE_EARLY, paths=guest.paths)
     credit_seed(None, "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
     assert guest.status()["seed_id"] == new.seed_id and guest.status()["stage"] == "early-boot"
-    per_stage = json.loads((guest.paths.status.parent / "status-cloud-init.json").read_text())
+    per_stage = json.loads((Path(guest.paths.status).parent / "status-cloud-init.json").read_text())
     assert per_stage["reason"] == "no seed offered"
     # a seed offered later does replace it
     credit_seed("garbage!", "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
@@ -458,8 +458,8 @@ def test_a_later_stage_without_a_seed_keeps_the_earlier_status(guest: Guest) -> 
 
 
 def test_a_status_from_another_boot_is_replaced(guest: Guest) -> None:
-    guest.paths.status.parent.mkdir(parents=True)
-    guest.paths.status.write_text(json.dumps({"boot_id": "other", "seed_id": "ab" * 16}))
+    Path(guest.paths.status).parent.mkdir(parents=True)
+    Path(guest.paths.status).write_text(json.dumps({"boot_id": "other", "seed_id": "ab" * 16}))
     credit_seed(None, "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
     assert guest.status()["reason"] == "no seed offered"
 
@@ -477,7 +477,7 @@ def test_local_inputs_are_labelled_and_vary(guest: Guest) -> None:
 
 
 def test_random_seed_file_is_refreshed_0600(guest: Guest) -> None:
-    rs = guest.paths.random_seed
+    rs = Path(guest.paths.random_seed)
     rs.parent.mkdir(parents=True)
     rs.write_bytes(b"\x00" * 32)
     credit_seed(None, "user-data", stage="cloud-init", paths=guest.paths)
@@ -489,11 +489,11 @@ def test_random_seed_file_is_refreshed_0600(guest: Guest) -> None:
 
 def test_no_systemd_dir_no_random_seed_file(guest: Guest) -> None:
     credit_seed(None, "user-data", stage="cloud-init", paths=guest.paths)
-    assert not guest.paths.random_seed.exists()
+    assert not Path(guest.paths.random_seed).exists()
 
 
 def test_paths_under_root() -> None:
     p = Paths.under("/r")
-    assert p.ledger == Path("/r/var/lib/seedtool/ledger")
-    assert p.kmsg == Path("/r/dev/kmsg") and p.in_root("/etc/x") == Path("/r/etc/x")
-    assert replace(p, kmsg=Path("/k")).kmsg == Path("/k")
+    assert p.ledger == "/r/var/lib/seedtool/ledger"
+    assert p.kmsg == "/r/dev/kmsg" and p.in_root("/etc/x") == "/r/etc/x"
+    assert p.replace(kmsg="/k").kmsg == "/k" and p.replace(kmsg="/k").ledger == p.ledger

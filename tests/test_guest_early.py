@@ -129,11 +129,15 @@ def test_paths_match_the_unit_file() -> None:
     assert u["DefaultDependencies"] == "no"
     assert u["ConditionPathExists"] == str(Paths.under("/").seed_file)
     assert s["Type"] == "oneshot"
-    assert s["ExecStart"].split() == ["/usr/bin/python3", "-I", "/usr/lib/seedtool/seedtool-early"]
+    # no -I/-E: PYTHONHASHSEED must take effect, so python's start-up reads no /dev/urandom
+    assert s["ExecStart"].split() == ["/usr/bin/python3", "-s", "-S",
+                                      "/usr/lib/seedtool/seedtool-early"]
+    assert s["Environment"] == "PYTHONHASHSEED=0"
     befores = " ".join(line.split("=", 1)[1] for line in text.splitlines()
                        if line.startswith("Before="))
     for needed in ("sysinit.target", "cloud-init-local.service", "ssh.service",
                    "systemd-random-seed.service"):
         assert needed in befores.split()
-    assert "systemd-remount-fs.service" in u["After"].split()
+    # not after systemd-remount-fs: the unit waits in-process for a read-only root
+    assert "systemd-remount-fs.service" not in u.get("After", "").split()
     assert unit["Install"]["WantedBy"] == "sysinit.target"

@@ -97,14 +97,14 @@ def test_ledger_records_each_id_once(tmp_path: Path) -> None:
     assert led.consume(sid, "user-data", now=5) is True
     assert led.consume(sid, "disk") is False
     assert led.contains(sid) and not led.contains("f" * 32)
-    assert led.path.read_text() == f"{sid} 5 user-data\n"
-    assert oct(led.path.stat().st_mode & 0o777) == "0o644"
+    assert Path(led.path).read_text() == f"{sid} 5 user-data\n"
+    assert oct(Path(led.path).stat().st_mode & 0o777) == "0o644"
 
 
 def test_ledger_sanitises_origin_and_refuses_bad_ids(tmp_path: Path) -> None:
     led = Ledger(tmp_path / "ledger")
     led.consume("a" * 32, "datasource:open stack\nx", now=1)
-    assert led.path.read_text() == f"{'a' * 32} 1 datasource:open_stack_x\n"
+    assert Path(led.path).read_text() == f"{'a' * 32} 1 datasource:open_stack_x\n"
     with pytest.raises(ValueError):
         led.consume("A" * 32, "x")
 

@@ -29,9 +29,6 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from .. import envelope
 from ..envelope import (
@@ -43,12 +40,19 @@ from ..envelope import (
     VerificationUnavailable,
 )
 from ..errors import EnvelopeError, SeedtoolError, SigningKeyError
-from ..fileio import atomic_write
 from ..keys import PublicKey, load_public_keys, trusted_pairs
 from ..mix import mix
+from ..record import Record
 from . import kernel
 from .ledger import Ledger, LedgerError
 from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
+
+# This module runs at boot, before the seed is credited, so it imports little: no
+# dataclasses, typing or pathlib, and nothing that reads /dev/urandom (tempfile, via
+# seedtool.fileio, is imported only after the credit). docs/guest.md "Boot time".
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 STATUS_VERSION = 1
 STAGE_CLOUD_INIT = "cloud-init"
@@ -64,66 +68,76 @@ class SeedNotCredited(EnvelopeError):
     """The policy says fail closed and the seed was not credited."""
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Every file the guest touches; `under(root)` puts them below a test root."""
+class Paths(Record):
+    """Every file the guest touches (as strings); `under(root)` puts them below a test root."""
 
-    root: Path
-    policy: Path
-    ledger: Path
-    status: Path
-    seed_file: Path
-    random_seed: Path
-    kmsg: Path
-    urandom: Path
-    hwrng: Path
-    boot_id: Path
+    __slots__ = ("root", "policy", "ledger", "status", "seed_file", "random_seed", "kmsg",
+                 "urandom", "hwrng", "boot_id")
+    FIELDS = __slots__
+    root: str
+    policy: str
+    ledger: str
+    status: str
+    seed_file: str
+    random_seed: str
+    kmsg: str
+    urandom: str
+    hwrng: str
+    boot_id: str
 
     @classmethod
     def under(cls, root: str | os.PathLike[str] = "/",
               devices: str | os.PathLike[str] | None = None) -> Paths:
         """Paths below `root`; device and /proc files below `devices` (default `root`)."""
-        r = Path(root)
-        d = Path(devices) if devices is not None else r
+        r = os.fspath(root)
+        d = os.fspath(devices) if devices is not None else r
+        j = os.path.join
         return cls(
             root=r,
-            policy=r / DEFAULT_POLICY_PATH.lstrip("/"),
-            ledger=r / "var/lib/seedtool/ledger",
-            status=r / "var/lib/seedtool/status.json",
-            seed_file=r / "var/lib/seedtool/seed",
-            random_seed=r / "var/lib/systemd/random-seed",
-            kmsg=d / "dev/kmsg",
-            urandom=d / "dev/urandom",
-            hwrng=d / "dev/hwrng",
-            boot_id=d / "proc/sys/kernel/random/boot_id",
+            policy=j(r, DEFAULT_POLICY_PATH.lstrip("/")),
+            ledger=j(r, "var/lib/seedtool/ledger"),
+            status=j(r, "var/lib/seedtool/status.json"),
+            seed_file=j(r, "var/lib/seedtool/seed"),
+            random_seed=j(r, "var/lib/systemd/random-seed"),
+            kmsg=j(d, "dev/kmsg"),
+            urandom=j(d, "dev/urandom"),
+            hwrng=j(d, "dev/hwrng"),
+            boot_id=j(d, "proc/sys/kernel/random/boot_id"),
         )
 
-    def in_root(self, absolute: str) -> Path:
-        return self.root / absolute.lstrip("/")
+    def in_root(self, absolute: str) -> str:
+        return os.path.join(self.root, absolute.lstrip("/"))
 
 
-@dataclass
 class Outcome:
     """What happened to one seed. Holds ids and counts only, never seed bytes."""
 
-    origin: str
-    stage: str
-    seed_id: str | None = None
-    key_id: str | None = None
-    #: signature, validity period and ledger all passed (the kernel may still refuse)
-    verified: bool = False
-    credited_bits: int = 0
-    crng_before: str = "unknown"
-    crng_after: str = "unknown"
-    reason: str = ""
-    time: str = ""
-    boot_id: str = ""
-    local_inputs: list[str] = field(default_factory=list)
-    #: secondary problems (kmsg missing, status unwritable, ...), short sentences
-    notes: list[str] = field(default_factory=list)
-    status_written: bool = False
-    kmsg_written: bool = False
-    fail_closed: bool = False
+    def __init__(self, origin: str, stage: str, **facts: Any) -> None:
+        self.origin = origin
+        self.stage = stage
+        self.seed_id: str | None = None
+        self.key_id: str | None = None
+        #: signature, validity period and ledger all passed (the kernel may still refuse)
+        self.verified = False
+        self.credited_bits = 0
+        self.crng_before = "unknown"
+        self.crng_after = "unknown"
+        self.reason = ""
+        self.time = ""
+        self.boot_id = ""
+        self.local_inputs: list[str] = []
+        #: secondary problems (kmsg missing, status unwritable, ...), short sentences
+        self.notes: list[str] = []
+        self.status_written = False
+        self.kmsg_written = False
+        self.fail_closed = False
+        for name, value in facts.items():
+            if name not in self.__dict__:
+                raise TypeError(f"Outcome() got an unexpected keyword argument {name!r}")
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"Outcome({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
     @property
     def credited(self) -> bool:
@@ -178,13 +192,16 @@ def _short(err: BaseException, limit: int = 120) -> str:
 def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[PublicKey]:
     """Every readable trusted key; unreadable files are skipped and noted."""
     where = paths.in_root(policy.trusted_keys)
-    files = sorted(where.glob("*.pub")) if where.is_dir() else [where] if where.exists() else []
+    if os.path.isdir(where):
+        files = [os.path.join(where, n) for n in sorted(os.listdir(where)) if n.endswith(".pub")]
+    else:
+        files = [where] if os.path.exists(where) else []
     keys: list[PublicKey] = []
     for f in files:
         try:
             keys.extend(load_public_keys([f]))
         except SigningKeyError:
-            notes.append(f"ignored invalid trusted key file {f.name}")
+            notes.append(f"ignored invalid trusted key file {os.path.basename(f)}")
     return keys
 
 
@@ -211,7 +228,7 @@ def _verify(
         return None, f"invalid: {_short(e)}"
 
 
-def _read_small(path: Path, limit: int = 256) -> bytes:
+def _read_small(path: str, limit: int = 256) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read(limit)
@@ -234,22 +251,22 @@ def local_inputs(instance_id: str, paths: Paths) -> list[tuple[str, bytes]]:
     boot_id = _read_small(paths.boot_id)
     if boot_id:
         inputs.append(("boot-id", boot_id))
-    hw = kernel.read_nonblocking(str(paths.hwrng), HWRNG_BYTES)
+    hw = kernel.read_nonblocking(paths.hwrng, HWRNG_BYTES)
     if hw:
         inputs.append(("hwrng", hw))
     return inputs
 
 
-def refresh_random_seed(path: Path) -> str:
+def refresh_random_seed(path: str) -> str:
     """Replace systemd's saved seed with fresh pool output; '' or a short note.
 
     Only once the CRNG is ready (else the file would carry weak output into the
     next boot). Keeps the file's size (32 bytes on 5.18+, larger before), 0600.
     """
-    if not path.parent.is_dir():
+    if not os.path.isdir(os.path.dirname(path)):
         return ""  # no systemd-random-seed here: nothing to refresh
     try:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
     except OSError:
         size = 0
     size = size if 32 <= size <= 4096 else 32
@@ -257,14 +274,16 @@ def refresh_random_seed(path: Path) -> str:
         fresh = os.getrandom(size, os.GRND_NONBLOCK)
     except (OSError, AttributeError):
         return "random-seed not refreshed: the CRNG is not ready"
+    from ..fileio import atomic_write  # after the credit: tempfile imports random (urandom)
+
     try:
         atomic_write(path, fresh, mode=0o600)
     except SeedtoolError:
-        return f"random-seed not refreshed: cannot write {path.name}"
+        return f"random-seed not refreshed: cannot write {os.path.basename(path)}"
     return ""
 
 
-def _keeps_earlier(path: Path, status: dict[str, Any]) -> bool:
+def _keeps_earlier(path: str, status: dict[str, Any]) -> bool:
     """True when `status` offered no seed and `path` already tells of a seed this boot.
 
     The early unit and cloud-init both run in one boot; a disk seed credited early
@@ -287,15 +306,18 @@ def _keeps_earlier(path: Path, status: dict[str, Any]) -> bool:
     )
 
 
-def write_status(path: Path, status: dict[str, Any]) -> None:
+def write_status(path: str, status: dict[str, Any]) -> None:
     """Write status.json (0644) and status-<stage>.json atomically; raise OSError/SeedtoolError.
 
     status.json is the latest outcome, except that an outcome without any seed does
     not replace one with a seed from the same boot; the per-stage file is always written.
     """
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    from ..fileio import atomic_write  # after the credit: tempfile imports random (urandom)
+
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
     text = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
-    atomic_write(path.with_name(f"status-{status['stage']}.json"), text, mode=0o644)
+    atomic_write(os.path.join(directory, f"status-{status['stage']}.json"), text, mode=0o644)
     if not _keeps_earlier(path, status):
         atomic_write(path, text, mode=0o644)
 
@@ -380,7 +402,7 @@ def credit_seed(
     local = local_inputs(instance_id, paths)
     out.local_inputs = [f"{name}:{len(value)}" for name, value in local]
     digest = mix(local, LOCAL_DIGEST_LEN, b"seedtool guest local inputs")
-    urandom = str(paths.urandom)
+    urandom = paths.urandom
     if to_credit is not None:
         seed, bits = to_credit
         try:
@@ -401,17 +423,17 @@ def credit_seed(
             out.notes.append(f"could not mix into {urandom}: {e.strerror}")
     kernel.reseed(urandom)
     out.crng_after = kernel.crng_state()
+    # the kernel log line right away, so its time stamp is the credit's; before the
+    # status file, so a failure to write it is recorded there
+    try:
+        kernel.kmsg(paths.kmsg, out.line())
+        out.kmsg_written = True
+    except OSError as e:
+        out.notes.append(f"kmsg unavailable: {e.strerror}")
     if out.crng_after == "ready":
         note = refresh_random_seed(paths.random_seed)
         if note:
             out.notes.append(note)
-
-    # the kernel log first, so a failure to write it is in the status file too
-    try:
-        kernel.kmsg(str(paths.kmsg), out.line())
-        out.kmsg_written = True
-    except OSError as e:
-        out.notes.append(f"kmsg unavailable: {e.strerror}")
     try:
         write_status(paths.status, out.status())
         out.status_written = True

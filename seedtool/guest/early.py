@@ -7,35 +7,67 @@ hands it to `core.credit_seed`, then wipes and deletes the file whatever the
 outcome (the ledger already holds the seed id, so a crash before the delete can
 never lead to a second credit). Exit status 0, unless the policy says fail closed
 and nothing was credited (1). Standard library only.
+
+Every import here is paid before the seed is credited, under emulation at several
+hundred times the native cost: argparse only for explicit arguments (tests), no
+pathlib (docs/guest.md "Boot time").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+import time
 
 from .. import envelope
 from . import core
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 ORIGIN = "disk"
+#: how long to wait for a read-only root to be remounted read-write (the unit is not
+#: ordered after systemd-remount-fs.service; see wait_until_writable)
+WRITABLE_TIMEOUT = 30.0
 
 
-def _instance_identity(root: Path) -> str:
+def wait_until_writable(directory: str, timeout: float = WRITABLE_TIMEOUT,
+                        pause: float = 0.02) -> bool:
+    """Wait until the file system holding `directory` is mounted read-write; False on timeout.
+
+    The unit is not ordered after systemd-remount-fs.service, which would cost
+    seconds of the boot (it waits for the journal and the kernel file systems)
+    where the root is read-write from the start (`rw` on the kernel command line).
+    Where the initramfs mounted it read-only, systemd-remount-fs remounts it while
+    we wait here. The ledger must be written durably before any credit, so the
+    caller goes on either way and a still read-only root ends as "ledger not writable".
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not os.statvfs(directory).f_flag & os.ST_RDONLY:
+                return True
+        except OSError:
+            return True  # nothing to wait for: the ledger code reports what is wrong
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+
+
+def _instance_identity(root: str) -> str:
     """This machine's identifiers, as local inputs: DMI UUID (root-only) and machine id."""
     parts = []
     for rel in ("sys/class/dmi/id/product_uuid", "etc/machine-id"):
         try:
-            with open(root / rel, "rb") as f:
+            with open(os.path.join(root, rel), "rb") as f:
                 parts.append(f.read(128).decode("ascii", "replace").strip())
         except OSError:
             continue
     return ";".join(p for p in parts if p)
 
 
-def wipe_and_delete(path: Path) -> str:
+def wipe_and_delete(path: str | os.PathLike[str]) -> str:
     """Overwrite the seed file with zeros, then unlink it and sync; '' or a short note."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -54,7 +86,8 @@ def wipe_and_delete(path: Path) -> str:
     except OSError as e:
         return f"seed file not deleted: {e.strerror}"
     try:
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = os.open(os.path.dirname(os.fspath(path)) or ".",
+                      os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
         finally:
@@ -64,11 +97,12 @@ def wipe_and_delete(path: Path) -> str:
     return ""
 
 
-def run(paths: core.Paths, sys_root: Path) -> core.Outcome | None:
+def run(paths: core.Paths, sys_root: str | os.PathLike[str]) -> core.Outcome | None:
     """Credit the seed file if there is one; None when there is none."""
     seed_file = paths.seed_file
-    if not seed_file.exists():
+    if not os.path.exists(seed_file):
         return None
+    wait_until_writable(os.path.dirname(paths.ledger))
     data: bytes | None
     try:
         with open(seed_file, "rb") as f:
@@ -82,7 +116,7 @@ def run(paths: core.Paths, sys_root: Path) -> core.Outcome | None:
             data if data is not None else b"",
             ORIGIN,
             stage=core.STAGE_EARLY,
-            instance_id=_instance_identity(sys_root),
+            instance_id=_instance_identity(os.fspath(sys_root)),
             paths=paths,
         )
     finally:
@@ -92,7 +126,9 @@ def run(paths: core.Paths, sys_root: Path) -> core.Outcome | None:
     return outcome
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _arguments(argv: Sequence[str]) -> tuple[str, str | None]:
+    import argparse  # only for explicit arguments (tests): the unit passes none
+
     p = argparse.ArgumentParser(
         prog="seedtool-early",
         description="Credit a seed written into the disk image (/var/lib/seedtool/seed).",
@@ -100,9 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="/", help="root of the image (tests)")
     p.add_argument("--devices", default=None, help="root for /dev and /proc (tests)")
     args = p.parse_args(argv)
-    paths = core.Paths.under(args.root, args.devices)
+    return args.root, args.devices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root, devices = _arguments(argv) if argv else ("/", None)
+    paths = core.Paths.under(root, devices)
     try:
-        outcome = run(paths, Path(args.root))
+        outcome = run(paths, root)
     except Exception as e:  # never break the boot over a bug; say what happened
         print(f"seedtool-early: internal error ({type(e).__name__}); seed not credited",
               file=sys.stderr)

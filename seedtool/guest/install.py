@@ -15,7 +15,11 @@ writes, below `root`:
 * `/etc/cloud/cloud.cfg.d/90_seedtool.cfg` when the root has cloud-init: the root's
   own `cloud_init_modules`, every entry kept in its own form, with seedtool right
   after `seed_random` (before `ssh`). A cloud.cfg.d file replaces the whole list
-  (FACTS "cloud-init"), so the list must be complete.
+  (FACTS "cloud-init"), so the list must be complete;
+* byte code (`__pycache__/*.pyc`) for the guest code and the module, made for the
+  image's own python3 when that is possible here (see `compile_bytecode`): at boot,
+  under emulation, compiling the sources again costs seconds before the seed is
+  credited.
 
 Idempotent: running it again gives the same files. Needs no YAML library: the
 module list is copied line by line from the YAML text.
@@ -23,10 +27,13 @@ module list is copied line by line from the YAML text.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +59,8 @@ STATE_DIR = "var/lib/seedtool"
 #: the frequency equals the module's own meta frequency
 MODULE_ENTRY = "[seedtool, once-per-instance]"
 #: modules of the seedtool package the guest needs (relative to the package)
-GUEST_CODE = ("__init__.py", "errors.py", "envelope.py", "keys.py", "mix.py", "fileio.py")
+GUEST_CODE = ("__init__.py", "errors.py", "record.py", "envelope.py", "keys.py", "mix.py",
+              "fileio.py")
 
 _PKG = Path(__file__).resolve().parent.parent
 _DATA = Path(__file__).resolve().parent / "data"
@@ -270,6 +278,101 @@ def _install_cloud_cfg(root: Path, written: list[str]) -> None:
     _write(root, f"{CLOUD_CFG_D}/{DROPIN_NAME}", text.encode(), 0o644, written)
 
 
+# --- byte code ------------------------------------------------------------------------
+
+#: the image's interpreter: the unit's ExecStart and cloud-init both use it
+IMAGE_PYTHON = "usr/bin/python3"
+#: "checked-hash" byte code is valid as long as the source's content is, whatever the
+#: file times: image pipelines (tar, debugfs, packer uploads) do not all keep mtimes
+INVALIDATION = "checked-hash"
+
+
+def _image_magic(root: Path) -> bytes | None:
+    """The byte-code magic number of the image's python, from its own standard library."""
+    for pyc in sorted(glob.glob(str(root / "usr/lib/python3*/__pycache__/os.*.pyc"))):
+        try:
+            with open(pyc, "rb") as f:
+                return f.read(4)
+        except OSError:
+            continue
+    return None
+
+
+def _host_compile(root: Path, sources: Sequence[str]) -> bool:
+    """Compile with this python when its byte code is the image python's; False if not."""
+    import importlib.util
+    import py_compile
+
+    tag = sys.implementation.cache_tag
+    if not tag or _image_magic(root) != importlib.util.MAGIC_NUMBER:
+        return False
+    if not glob.glob(str(root / f"usr/lib/python3*/__pycache__/os.{tag}.pyc")):
+        return False
+    for rel in sources:
+        src = root / rel
+        files = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+        for f in files:
+            try:
+                py_compile.compile(
+                    str(f), cfile=importlib.util.cache_from_source(str(f)),
+                    dfile="/" + str(f.relative_to(root)), doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH,
+                )
+            except py_compile.PyCompileError as e:
+                raise OSError(f"cannot compile {f.name}") from e
+    return True
+
+
+def compile_bytecode(root: str | os.PathLike[str], sources: Sequence[str]) -> str:
+    """Write `__pycache__` byte code for `sources` (paths relative to `root`) for the
+    image's python3; '' when done, else a sentence saying why not.
+
+    In order: this python, when its magic number is the image's (no root needed); the
+    image's own /usr/bin/python3 when `root` is this machine's root (`bake --root /`);
+    the image's python3 under `chroot` when we are root and the image runs on this
+    machine's architecture. Otherwise nothing is compiled and the guest still works:
+    the first boot compiles the sources (slower) and writes the byte code itself if
+    /usr is writable.
+    """
+    r = Path(root)
+    python = r / IMAGE_PYTHON
+    if not (python.exists() or python.is_symlink()):
+        return "the image has no /usr/bin/python3"
+    try:
+        if _host_compile(r, sources):
+            return ""
+    except OSError as e:
+        return f"byte code not compiled: {e}"
+    argv = ["-I", "-m", "compileall", "-q", "--invalidation-mode", INVALIDATION]
+    argv += ["/" + s for s in sources]
+    if r.resolve() == Path("/"):
+        cmd = ["/" + IMAGE_PYTHON, *argv]
+    elif os.geteuid() == 0 and shutil.which("chroot"):
+        cmd = [shutil.which("chroot") or "chroot", str(r), "/" + IMAGE_PYTHON, *argv]
+    else:
+        return ("byte code not compiled: the image's python differs from this one and "
+                "running it needs root (chroot)")
+    try:
+        out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=300, check=False, env={"PATH": "/usr/bin:/bin",
+                                                             "LC_ALL": "C.UTF-8"})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"byte code not compiled: {type(e).__name__}"
+    if out.returncode != 0:
+        return f"byte code not compiled: the image's python3 exited with {out.returncode}"
+    return ""
+
+
+def _bytecode_files(root: Path, sources: Sequence[str]) -> list[str]:
+    found = []
+    for rel in sources:
+        src = root / rel
+        base = src if src.is_dir() else src.parent
+        pattern = "**/__pycache__/*.pyc" if src.is_dir() else f"__pycache__/{src.stem}.*.pyc"
+        found += ["/" + str(p.relative_to(root)) for p in sorted(base.glob(pattern))]
+    return found
+
+
 # --- the entry point -------------------------------------------------------------------
 
 
@@ -277,8 +380,14 @@ def install_guest(
     root: str | os.PathLike[str],
     trusted_keys: Sequence[str | os.PathLike[str]],
     policy: Mapping[str, Any] | None = None,
+    *,
+    bytecode: bool = True,
 ) -> list[str]:
     """Install seedtool's guest side into the image root `root`; the paths written.
+
+    With `bytecode` (the default) the guest code is also compiled for the image's
+    python3 when that is possible here (`compile_bytecode`); the byte code files made
+    are among the paths returned.
 
     Raises UsageError/SigningKeyError for bad keys or policy, DeliveryError when the
     root cannot take it (e.g. its cloud config has no module list).
@@ -305,4 +414,8 @@ def install_guest(
     (r / STATE_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
     if (r / CLOUD_CFG).exists():
         _install_cloud_cfg(r, written)
+    if bytecode:
+        sources = [f"{PRIVATE_DIR}/seedtool", CC_MODULE]
+        if compile_bytecode(r, sources) == "":
+            written += _bytecode_files(r, sources)
     return written

@@ -13,7 +13,6 @@ import hmac
 import os
 import re
 import time
-from pathlib import Path
 
 from ..errors import SeedtoolError
 
@@ -26,7 +25,7 @@ class LedgerError(SeedtoolError):
     """The ledger cannot be read or written, so no seed may be credited."""
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -36,7 +35,7 @@ def _fsync_dir(path: Path) -> None:
 
 class Ledger:
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
 
     def _ids(self, fd: int) -> list[bytes]:
         size = os.fstat(fd).st_size
@@ -76,7 +75,7 @@ class Ledger:
         if not re.fullmatch(r"[0-9a-f]{32}", seed_id_hex):
             raise ValueError("seed id must be 32 lower-case hex digits")
         try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise LedgerError(f"cannot write ledger {self.path}: {e.strerror}") from None
@@ -91,7 +90,7 @@ class Ledger:
             if os.write(fd, line) != len(line):
                 raise OSError(28, "short write")
             os.fsync(fd)
-            _fsync_dir(self.path.parent)
+            _fsync_dir(os.path.dirname(self.path) or ".")
             return True
         except OSError as e:
             raise LedgerError(f"cannot write ledger {self.path}: {e.strerror}") from None

@@ -12,13 +12,16 @@ absent file means the defaults. Standard library only.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
+from ..record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # read at boot: no typing, pathlib or dataclasses (docs/guest.md "Boot time")
+    from typing import Any
 
 DEFAULT_POLICY_PATH = "/etc/seedtool/policy.json"
 DEFAULT_TRUSTED_KEYS = "/etc/seedtool/trusted-keys"
@@ -34,21 +37,26 @@ class PolicyError(UsageError):
     """The seed policy file is unreadable or invalid."""
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Record):
     """What the guest trusts. See docs/guest.md for each setting."""
 
+    __slots__ = ("trusted_keys", "trusted_platforms", "clock_skew", "fail_closed",
+                 "credit_datasource")
+    FIELDS = __slots__
+    DEFAULTS = {"trusted_keys": DEFAULT_TRUSTED_KEYS, "trusted_platforms": (),
+                "clock_skew": DEFAULT_CLOCK_SKEW, "fail_closed": False,
+                "credit_datasource": False}
     #: directory (or single file) of `*.pub` trusted envelope-signing keys (absolute)
-    trusted_keys: str = DEFAULT_TRUSTED_KEYS
+    trusted_keys: str
     #: datasource platforms whose own `random_seed` may be credited (cloud-init's
     #: `platform_type`, lower case, e.g. "openstack", "azure")
-    trusted_platforms: tuple[str, ...] = field(default_factory=tuple)
+    trusted_platforms: tuple[str, ...]
     #: seconds of clock error allowed at both ends of an envelope's validity period
-    clock_skew: int = DEFAULT_CLOCK_SKEW
+    clock_skew: int
     #: make an uncredited outcome an error (cloud-init module raises, unit fails)
-    fail_closed: bool = False
+    fail_closed: bool
     #: master switch for crediting datasource seeds (also needs trusted_platforms)
-    credit_datasource: bool = False
+    credit_datasource: bool
 
     def trusts_platform(self, platform: str) -> bool:
         return self.credit_datasource and platform.lower() in self.trusted_platforms
@@ -115,9 +123,9 @@ def policy_from_mapping(data: Mapping[str, Any], where: str = "seed policy") -> 
     return Policy(**kwargs)
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate a policy file; an absent file means the defaults."""
-    p = Path(path)
+    p = os.fspath(path)
     try:
         with open(p, "rb") as f:
             raw = f.read(MAX_POLICY_SIZE + 1)

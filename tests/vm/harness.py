@@ -112,6 +112,8 @@ class Launch:
     cpu: str = "max"
     virtio_rng: bool = False
     analyze: bool = False
+    #: also save systemd-analyze blame/critical-chain and the journal (for profiling)
+    profile: bool = False
     #: boot this existing overlay again (a reboot of the same disk)
     reuse: Boot | None = None
     #: files to put into the base disk copy before booting: guest path -> (data, mode)
@@ -144,6 +146,8 @@ def boot(image: GuestImage, spec: Launch, workroot: Path, timeout: float = BOOT_
     append = f"{image.append} seedtool.test-report"
     if spec.analyze:
         append += " seedtool.test-analyze"
+    if spec.profile:
+        append += " seedtool.test-profile"
     config = MachineConfig(
         image=image.disk, kernel=image.kernel, initrd=image.initrd, append=append,
         cpu=spec.cpu, accel="auto", virtio_rng=spec.virtio_rng, restrict_network=True,

@@ -246,6 +246,12 @@ cp -a /run/cloud-init "$out/run-cloud-init" 2>/dev/null
 if grep -qw seedtool.test-analyze /proc/cmdline; then
     cloud-init analyze show > "$out/analyze.txt" 2>&1
 fi
+if grep -qw seedtool.test-profile /proc/cmdline; then
+    systemd-analyze > "$out/systemd-analyze.txt" 2>&1
+    systemd-analyze blame > "$out/blame.txt" 2>&1
+    systemd-analyze critical-chain seedtool-early.service > "$out/critical-chain.txt" 2>&1
+    journalctl -b -o short-monotonic --no-pager > "$out/journal.txt" 2>&1
+fi
 sync
 echo "seedtool-test-report: done" > /dev/console
 systemctl --no-block poweroff
