@@ -17,6 +17,7 @@ VM has reported (QEMU keeps its open file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,43 @@ APT_HINT = {QEMU: "qemu-system-x86", QEMU_IMG: "qemu-utils"}
 DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0"
 DEFAULT_TIMEOUT = 900.0
 SERIAL_TAIL = 25
+
+
+#: every QEMU process started here and not yet reaped, so that an interrupted caller
+#: (a test session, Ctrl-C) can kill them: QEMU runs in its own session and would
+#: otherwise outlive us
+_LIVE: set[QemuVM] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def live_vms() -> list[QemuVM]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
+
+
+def kill_all() -> int:
+    """Kill every VM started by this process that is still running; how many were."""
+    vms = live_vms()
+    for vm in vms:
+        vm.kill()
+    return len(vms)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """In the main thread, turn SIGTERM into KeyboardInterrupt, so cleanup runs."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class QemuError(CloudError):
@@ -298,6 +336,8 @@ class QemuVM:
                 self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 start_new_session=True,  # --keep-running VMs outlive us; ^C reaches only us
             )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         self.started_at = time.monotonic()
         (self.workdir / "qemu.pid").write_text(f"{self.proc.pid}\n")
 
@@ -316,7 +356,14 @@ class QemuVM:
         return "\n".join(lines[-n:])
 
     def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        rc = None if self.proc is None else self.proc.poll()
+        if rc is not None:
+            self._forget()
+        return rc
+
+    def _forget(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
 
     def _died(self) -> QemuError:
         err = ""
@@ -357,7 +404,9 @@ class QemuVM:
         """Wait for the guest to power itself off; on timeout kill it and raise."""
         assert self.proc is not None
         try:
-            return self.proc.wait(timeout)
+            rc = self.proc.wait(timeout)
+            self._forget()
+            return rc
         except subprocess.TimeoutExpired:
             self.kill()
             raise BootTimeout(
@@ -406,6 +455,7 @@ class QemuVM:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self._forget()
 
 
 # --- a launch: N VMs, each with its own seed --------------------------------------------
@@ -488,6 +538,9 @@ def launch(
     note = progress or (lambda _vm, _msg: None)
     seed_lock = threading.Lock()
     width = len(str(count))
+    #: set when the launch is interrupted: no VM starts after it, every one is killed
+    cancelled = threading.Event()
+    mine: list[QemuVM] = []
 
     def one(i: int) -> VMReport:
         name = f"vm{i + 1:0{width}d}"
@@ -506,7 +559,11 @@ def launch(
             create_overlay(config.image, overlay, base_format)
             port = free_port() if config.network else None
             vm = QemuVM(name, vdir, overlay, config, seed_iso=iso, ssh_port=port)
-            vm.start()
+            with seed_lock:
+                if cancelled.is_set():
+                    raise QemuError(f"{name}: not started: the launch was interrupted")
+                vm.start()
+                mine.append(vm)
             report.accel, report.ssh_port, report.pid = vm.accel, port, vm.pid
             note(name, f"booting ({vm.accel}), seed {seed.seed_id}")
             seen: dict[str, bool] = {}
@@ -549,10 +606,21 @@ def launch(
             report.pid = None
         return report
 
+    pool = ThreadPoolExecutor(max_workers=min(parallel, count))
     try:
-        with ThreadPoolExecutor(max_workers=min(parallel, count)) as pool:
-            reports = list(pool.map(one, range(count)))
+        # Ctrl-C or SIGTERM: QEMU runs in its own session (so a --keep-running VM can
+        # outlive us) and never sees the signal; kill this launch's VMs here
+        with terminate_as_interrupt():
+            futures = [pool.submit(one, i) for i in range(count)]
+            reports = [f.result() for f in futures]
+    except BaseException:
+        with seed_lock:
+            cancelled.set()
+        for vm in mine:
+            vm.kill()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if own_workdir and not keep_running:
             shutil.rmtree(root, ignore_errors=True)
     if own_workdir and not keep_running:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +26,9 @@ import pytest
 from seedtool.deliver.userdata import add_seed
 from seedtool.generate import NewSeed, SeedFactory
 from seedtool.keys import generate_keypair, load_private_key
+from seedtool.launch.qemu import kill_all
 
-from .harness import PLAIN_USER_DATA, Boot, Launch, boot
+from .harness import PLAIN_USER_DATA, STOP, Boot, Launch, boot
 from .images import RELEASES, GuestImage, guest_image
 
 PARALLEL = int(os.environ.get("SEEDTOOL_VM_PARALLEL", "2"))
@@ -80,6 +82,8 @@ class Campaign:
         previous: Boot | None = None
         for i, (name, fut) in enumerate(zip(chain, futures)):
             try:
+                if STOP.is_set():
+                    raise AssertionError(f"{name}: not booted: the session was interrupted")
                 previous = boot(self.image, SPECS[name](self, previous), self.workroot)
                 fut.set_result(previous)
             except BaseException as e:  # noqa: BLE001 - handed to the test that asks
@@ -160,6 +164,26 @@ def vm_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 _POOL = ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="vm")
 
 
+def _stop_all() -> None:
+    """No new boots, and kill the running ones: QEMU runs in its own session."""
+    STOP.set()
+    _POOL.shutdown(wait=False, cancel_futures=True)
+    kill_all()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI cancelling the job, timeout(1)) takes the same way out as Ctrl-C
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    _stop_all()
+
+
 def _needed_boots(session: pytest.Session) -> list[str]:
     names: list[str] = []
     for item in session.items:
@@ -190,6 +214,9 @@ def campaign(request: pytest.FixtureRequest, vm_cache_ready: None, vm_keys: dict
     with c.lock:
         c._start(_needed_boots(request.session))
     yield c
+    if STOP.is_set():  # interrupted: the VMs are killed, boots not started never will be
+        kill_all()
+        return
     # let every boot of this release finish before the next release's start
     for fut in c.results.values():
         fut.exception()

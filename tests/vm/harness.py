@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from seedtool.launch.qemu import (
 )
 
 from .images import GuestImage, dump_tree, qcow2_to_raw, read_file
+
+#: set when the session is interrupted: no new VM starts (conftest kills the running ones)
+STOP = threading.Event()
 
 REPORT_DIR = "/var/tmp/seedtool-test"
 #: generous: a TCG boot takes about a minute alone, two at once on two busy cores more
@@ -155,6 +159,8 @@ def boot(image: GuestImage, spec: Launch, workroot: Path, timeout: float = BOOT_
     )
     vm = QemuVM(f"{image.release}-{spec.name}", workdir, overlay, config, seed_iso=iso,
                 ssh_port=free_port())
+    if STOP.is_set():
+        raise AssertionError(f"{vm.name}: not booted: the test session was interrupted")
     t0 = time.monotonic()
     vm.start()
     try:
