@@ -29,6 +29,7 @@ import binascii
 import logging
 import os
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ if os.path.isdir(PRIVATE_PATH) and PRIVATE_PATH not in sys.path:
     sys.path.insert(0, PRIVATE_PATH)
 
 from seedtool import envelope  # noqa: E402
-from seedtool.guest import core, gce, scrub  # noqa: E402
+from seedtool.guest import core, scrub  # noqa: E402
 from seedtool.guest.policy import load_policy  # noqa: E402
 
 try:
@@ -177,6 +178,7 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
         data, ds_seed, origin = ds_seed, None, f"datasource:{platform or 'unknown'}"
     elif data is None and ds_seed is not None:
         origin = f"datasource:{platform or 'unknown'}"
+    t0 = time.monotonic()
     outcome = core.credit_seed(
         data,
         origin,
@@ -185,8 +187,12 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
         platform_seed=ds_seed,
         platform=platform,
     )
+    t1 = time.monotonic()
     _scrub(cloud, cfg, [given, data, ds_value], [ds_seed])
+    LOG.debug("seedtool: credit took %.3f s, scrubbing %.3f s", t1 - t0, time.monotonic() - t1)
     if platform == "gce" and outcome.verified and outcome.seed_id:
+        from seedtool.guest import gce  # urllib.request: only on GCE
+
         gce.report_consumed(outcome.seed_id)
     return outcome
 
