@@ -141,3 +141,54 @@ def test_paths_match_the_unit_file() -> None:
     # not after systemd-remount-fs: the unit waits in-process for a read-only root
     assert "systemd-remount-fs.service" not in u.get("After", "").split()
     assert unit["Install"]["WantedBy"] == "sysinit.target"
+
+
+WAIT_SCRIPT = """
+import json, os, subprocess, sys, threading
+sys.path.insert(0, {repo!r})
+from seedtool.guest.early import wait_until_writable
+d = {d!r}
+subprocess.run(["mount", "--bind", d, d], check=True)
+subprocess.run(["mount", "-o", "remount,ro,bind", d], check=True)
+gave_up = wait_until_writable(d, timeout=0.2)
+# systemd-remount-fs's part, from another thread while we wait
+threading.Timer(0.3, subprocess.run, (["mount", "-o", "remount,rw,bind", d],),
+                {{"check": True}}).start()
+waited = wait_until_writable(d, timeout=120)
+writable = not os.statvfs(d).f_flag & os.ST_RDONLY
+print(json.dumps([gave_up, waited, writable]))
+"""
+
+
+@needs_root
+def test_unit_waits_for_a_read_only_root_to_be_remounted(tmp_path: Path) -> None:
+    # the unit is not ordered after systemd-remount-fs: on a read-only root it waits
+    # in-process; here in a private mount namespace on a read-only bind mount
+    import subprocess
+    import sys
+
+    d = tmp_path / "state"
+    d.mkdir()
+    script = WAIT_SCRIPT.format(repo=str(DATA.parents[2]), d=str(d))
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                          script], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, True, True]
+
+
+def test_launcher_puts_private_code_and_dist_packages_on_the_path(tmp_path: Path) -> None:
+    # the unit runs `python3 -s -S`: the launcher builds sys.path itself
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    text = (DATA / "seedtool-early").read_text()
+    probe.write_text(text.replace("from seedtool.guest.early import main  # noqa: E402\n\n"
+                                  "sys.exit(main())", "print(repr(sys.path))"))
+    out = subprocess.run([sys.executable, "-s", "-S", str(probe)], capture_output=True,
+                         text=True, check=True)
+    path = eval(out.stdout)  # noqa: S307 - our own repr of a list of strings
+    assert path[0] == "/usr/lib/seedtool/python"
+    assert str(tmp_path) not in path  # the launcher's own directory is dropped
+    if os.path.isdir("/usr/lib/python3/dist-packages"):
+        assert path[-1] == "/usr/lib/python3/dist-packages"

@@ -239,3 +239,49 @@ def test_odd_lists_keep_their_form(tmp_path: Path, pub: Path, text: str,
 def test_with_seedtool_is_idempotent_on_its_own_output() -> None:
     block = [" - seed_random", f" - {install.MODULE_ENTRY}", " - ssh"]
     assert with_seedtool(block) == block
+
+
+BOOT_IMPORT = """
+import sys
+sys.path[:0] = ["/usr/lib/seedtool/python"]
+import seedtool.guest.early
+heavy = sorted(m for m in ("dataclasses", "typing", "pathlib", "argparse", "tempfile",
+                           "random", "inspect") if m in sys.modules)
+print(",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+@pytest.mark.parametrize("release", ["bookworm", "trixie"])
+def test_byte_code_is_made_for_the_image_python(tmp_path: Path, pub: Path, release: str) -> None:
+    # bookworm's python 3.11 has this python's magic number (compiled here); trixie's
+    # 3.13 does not (compiled by the image's own python3 under chroot)
+    root = tmp_path / "root"
+    # cp -a keeps the root's device nodes as nodes: shutil.copytree would read
+    # /dev/full and /dev/zero as files, forever, and fill the disk
+    subprocess.run(["cp", "-a", "--", str(base_root(release)), str(root)], check=True)
+    written = install_guest(root, [pub])
+    tag = "cpython-311" if release == "bookworm" else "cpython-313"
+    pycs = [p for p in written if p.endswith(".pyc")]
+    assert f"/usr/lib/seedtool/python/seedtool/guest/__pycache__/core.{tag}.pyc" in pycs
+    assert f"/usr/lib/python3/dist-packages/__pycache__/cc_seedtool.{tag}.pyc" in pycs
+    sources = [p for p in written if p.endswith(".py") and "/seedtool/python/" in p]
+    assert len([p for p in pycs if "/seedtool/python/" in p]) == len(sources)
+    # the image's python uses them as they are (no source compiled, nothing written),
+    # and the early unit's imports stay free of the heavy modules
+    before = {p: (root / p.lstrip("/")).read_bytes() for p in pycs}
+    out = subprocess.run([shutil.which("chroot") or "chroot", str(root), "/usr/bin/python3",
+                          "-s", "-S", "-c", BOOT_IMPORT], capture_output=True, text=True,
+                         check=False, env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none"
+    assert {p: (root / p.lstrip("/")).read_bytes() for p in pycs} == before
+    assert not list((root / "usr/lib/seedtool/python").rglob("*.pyc.*"))  # no temp files
+
+
+def test_no_byte_code_without_an_image_python(tmp_path: Path, pub: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    written = install_guest(root, [pub])
+    assert not [p for p in written if p.endswith(".pyc")]
+    assert not list(root.rglob("__pycache__"))
