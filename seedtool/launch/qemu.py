@@ -93,8 +93,9 @@ class BootTimeout(QemuError):
 
 _KTIME = r"(?:\[\s*(?P<t>\d+\.\d+)\]\s*)?"
 _CREDITED = re.compile(
-    _KTIME + r"seedtool: credited (?P<bits>\d+) bits from seed (?P<seed>[0-9a-f]+) signed by key "
-    r"(?P<key>[0-9a-f]+) \((?P<origin>[^,]+), crng (?P<before>\S+)->(?P<after>[^)\s]+)\)"
+    # a datasource's own seed has no id and no key: "from seed - signed by key -"
+    _KTIME + r"seedtool: credited (?P<bits>\d+) bits from seed (?P<seed>[0-9a-f]+|-) signed by "
+    r"key (?P<key>[0-9a-f]+|-) \((?P<origin>[^,]+), crng (?P<before>\S+)->(?P<after>[^)\s]+)\)"
 )
 _MIXED = re.compile(
     _KTIME + r"seedtool: mixed seed (?P<seed>[0-9a-f]+|-) uncredited \((?P<origin>[^)]*)\): "
