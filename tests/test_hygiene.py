@@ -33,7 +33,7 @@ from seedtool import envelope
 from seedtool.errors import SigningKeyError
 from seedtool.generate import SeedFactory
 from seedtool.keys import generate_keypair, load_private_key
-from tests.hygiene import Haystack, envelopes_in, needles_for, search
+from tests.hygiene import Haystack, envelopes_in, looks_random, needles_for, search
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT_DIRS = [REPO / "seedtool", REPO / "cloud_init_modules"]
@@ -322,6 +322,15 @@ def test_an_envelope_inside_a_longer_blob_is_a_carrier_but_not_in_strict_places(
         # the seed outside the envelope, next to it, is still a leak
         assert search(Haystack("out", blob + seed.hex().encode(), strict=False),
                       needles) is not None
+
+
+def test_seeds_learned_from_envelopes_must_look_random() -> None:
+    """A fuzzer's or a hand-made envelope's 'seed' is not learned (no false alarms from
+    fuzz corpora); every size of real seed is."""
+    assert not looks_random(bytes.fromhex("085344544c0100000000000083000000"))
+    assert not looks_random(b"\xfe" * 64)
+    assert not looks_random(bytes(range(16)) * 32)  # 512 bytes, 16 values
+    assert all(looks_random(os.urandom(n)) for n in (16, 17, 33, 64, 512) for _ in range(200))
 
 
 # ---- no shell -----------------------------------------------------------------------------------
