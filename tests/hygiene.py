@@ -131,6 +131,7 @@ class Stats:
     truncated: int = 0
     seconds: float = 0.0
     leaks: int = 0
+    slowest: tuple[float, str] = (0.0, "")
 
 
 _current: Recorder | None = None
@@ -605,8 +606,10 @@ def pytest_runtest_makereport(
     try:
         message = check(rec, item)
     finally:
+        spent = time.perf_counter() - t0
         _stats.tests += 1
-        _stats.seconds += time.perf_counter() - t0
+        _stats.seconds += spent
+        _stats.slowest = max(_stats.slowest, (spent, item.nodeid))
     if message is not None:
         _stats.leaks += 1
         rep.outcome = "failed"
@@ -621,7 +624,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"seed hygiene: {s.tests} tests checked, {s.secrets} secrets made in-process, "
         f"{s.learned} seeds learned from envelopes, {s.files} files ({s.bytes / 2**20:.1f} MiB) "
         f"searched, {s.skipped_large} large files only learned from, {s.truncated} scans cut "
-        f"short, {s.leaks} leaks; {s.seconds:.2f} s spent checking"
+        f"short, {s.leaks} leaks; {s.seconds:.2f} s spent checking (slowest "
+        f"{s.slowest[0]:.2f} s: {s.slowest[1] or '-'})"
     )
 
 
