@@ -565,21 +565,32 @@ def test_sigint_reports_every_launched_instance_and_a_rerun_launches_the_rest(
             if b"interrupted; waiting" in line:
                 noticed.set()
 
+    out_chunks: list[bytes] = []
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        out_chunks.append(proc.stdout.read())
+
+    # one reader per pipe: communicate() would race the stderr reader for lines
     reader = threading.Thread(target=read_err, daemon=True)
+    out_reader = threading.Thread(target=read_out, daemon=True)
     reader.start()
+    out_reader.start()
     try:
         # index 0 finished (so index 2 started), 1 and 2 are in flight, 3 waits
         assert fake.wait_held(2), b"".join(err_lines).decode()
         proc.send_signal(signal.SIGINT)
         assert noticed.wait(60), b"".join(err_lines).decode()
         fake.release()
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         fake.release()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    reader.join(10)
+    reader.join(30)
+    out_reader.join(30)
+    out = b"".join(out_chunks)
     stderr = b"".join(err_lines)
     assert proc.returncode == 130, stderr.decode()
     rows = {int(ln.split()[0]): ln for ln in out.decode().splitlines()[1:]}
