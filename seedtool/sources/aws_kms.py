@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import SourceError, UsageError
 from ..quiet import Quieter
-from .base import Availability, Source
+from .base import Availability, Source, reject_unknown_options
 
 MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -111,11 +111,7 @@ class AwsKmsSource(Source):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise UsageError(
-                f"unknown aws-kms option '{unknown[0]}'; known options are: {', '.join(_OPTIONS)}"
-            )
+        reject_unknown_options("aws-kms", options, _OPTIONS)
         self.region: str | None = options.get("region") or None
         self.profile: str | None = options.get("profile") or None
         self.endpoint_url: str | None = options.get("endpoint_url") or None

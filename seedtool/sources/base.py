@@ -9,9 +9,11 @@ A source must never log or put its output into an exception message.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,22 @@ class Source(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def reject_unknown_options(source: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """A typo such as `regoin=` is an error, not a silently ignored option."""
+    known = list(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(
+            f"unknown {source} option '{unknown[0]}'; known options are: {', '.join(known)}"
+        )
+
+
+def parse_host_port(spec: str, source: str, example: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 hosts in brackets) from a `tcp=` option."""
+    host, sep, port = spec.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{source} tcp= must be HOST:PORT, e.g. tcp={example}, not '{spec}'")
+    return host, int(port)

@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from ..errors import DeviceError, UsageError
-from .base import Availability, Source
+from .base import Availability, Source, parse_host_port
 
 CMD_LEVEL, CMD_READ_NONBLOCKING, CMD_READ_BLOCKING, CMD_PID = 0x00, 0x01, 0x02, 0x04
 MAX_REQUEST = 255  # the request length is one byte
@@ -68,14 +68,6 @@ class _Timeout(Exception):
     partial = 0
 
 
-def _parse_tcp(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"egd tcp= must be HOST:PORT, e.g. tcp=127.0.0.1:8888, not '{spec}'")
-    return host, int(port)
-
-
 class EgdSource(Source):
     name = "egd"
     description = "an EGD socket (ekeyd and other Entropy Gathering Daemons), UNIX or TCP"
@@ -88,7 +80,9 @@ class EgdSource(Source):
         if path and tcp:
             raise UsageError("egd takes either path= or tcp=, not both")
         self.path: str | None = str(path) if path else None
-        self.tcp: tuple[str, int] | None = _parse_tcp(str(tcp)) if tcp else None
+        self.tcp: tuple[str, int] | None = (
+            parse_host_port(str(tcp), "egd", "127.0.0.1:8888") if tcp else None
+        )
         if self.path is None and self.tcp is None:
             if _is_socket(DEFAULT_PATH):
                 self.path = DEFAULT_PATH

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import SourceError, UsageError
 from ..quiet import Quieter
-from .base import Availability, Source
+from .base import Availability, Source, reject_unknown_options
 
 MIN_PER_CALL = 8  # GenerateRandomBytesRequest.length_bytes bounds (REST reference)
 MAX_PER_CALL = 1024
@@ -130,11 +130,7 @@ class GcpKmsSource(Source):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise UsageError(
-                f"unknown gcp-kms option '{unknown[0]}'; known options are: {', '.join(_OPTIONS)}"
-            )
+        reject_unknown_options("gcp-kms", options, _OPTIONS)
         self.project: str | None = options.get("project") or None
         self.location: str = options.get("location") or DEFAULT_LOCATION
         if "/" in self.location:

@@ -42,7 +42,7 @@ import time
 from typing import Any
 
 from ..errors import DeviceError, UsageError
-from .base import Availability, Source
+from .base import Availability, Source, parse_host_port
 
 DEVICES = ("/dev/tpmrm0", "/dev/tpm0")
 
@@ -319,14 +319,6 @@ def _device_error(path: str, e: OSError, doing: str) -> DeviceError:
     return DeviceError(f"{doing} of {path} failed ({reason}); check the TPM and its driver")
 
 
-def _parse_tcp(spec: str) -> tuple[str, int]:
-    host, sep, port = spec.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"tpm tcp= must be HOST:PORT, e.g. tcp=127.0.0.1:2321, not '{spec}'")
-    return host, int(port)
-
-
 class TpmSource(Source):
     name = "tpm"
     description = "TPM 2.0 TPM2_GetRandom via /dev/tpmrm0 or a swtpm/MS-simulator socket"
@@ -337,7 +329,7 @@ class TpmSource(Source):
         super().__init__(**options)
         self.device: str | None = options.get("device") or None
         tcp = options.get("tcp")
-        self.tcp = _parse_tcp(str(tcp)) if tcp else None
+        self.tcp = parse_host_port(str(tcp), "tpm", "127.0.0.1:2321") if tcp else None
         if self.device and self.tcp:
             raise UsageError("tpm takes either device= or tcp=, not both")
         protocol = str(options.get("protocol") or "swtpm")
