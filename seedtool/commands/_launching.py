@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -73,3 +74,31 @@ def failure(results: Sequence[InstanceResult], count: int, launch_id: str,
                f"(indices {indices}); {have}; {rerun}"
     return (f"{len(bad)} of {len(results)} instances failed or were not started "
             f"(indices {indices}, reasons in the table); {have}; {rerun}")
+
+
+def announce_launch(launch_id: str, notes: Sequence[str]) -> None:
+    """Say the launch id first (so the user can resume) and the launcher's notes."""
+    click.echo(f"seedtool: launch id {launch_id} (to resume or retry: --launch-id {launch_id})",
+               err=True)
+    for note in notes:
+        click.echo(f"seedtool: {note}", err=True)
+
+
+def launch_with_progress(launcher: Any, count: int, *, concurrency: int, resume: bool) -> Any:
+    """Run `launcher.launch` with a progress bar on a terminal, else a line per instance."""
+    if sys.stderr.isatty():
+        with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
+            return launcher.launch(count, concurrency=concurrency, resume=resume,
+                                   on_existing=lambda r: bar.update(1),
+                                   on_done=lambda r: bar.update(1))
+    done = 0
+
+    def line(r: InstanceResult) -> None:
+        nonlocal done
+        done += 1
+        extra = f": {r.error}" if r.error else ""
+        click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {r.instance_id or '-'} "
+                   f"(seed {r.seed_id or '-'}){extra}", err=True)
+
+    return launcher.launch(count, concurrency=concurrency, resume=resume,
+                           on_existing=line, on_done=line)

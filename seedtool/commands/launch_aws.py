@@ -6,12 +6,17 @@ progress on stderr and prints the table or JSON. Never prints a seed or user-dat
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
-from ._launching import announce_interrupt, failure, read_params
+from ._launching import (
+    announce_interrupt,
+    announce_launch,
+    failure,
+    launch_with_progress,
+    read_params,
+)
 from ._options import echo_json, factory_from_options, seed_options, warn_failures
 
 _HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
@@ -93,7 +98,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
             profile: str | None, region: str | None, endpoint_url: str | None,
             as_json: bool) -> None:
     from ..launch import aws
-    from ..launch.runner import InstanceResult, render_table
+    from ..launch.runner import render_table
     from .nocloud import read_user_data
 
     request = aws.LaunchRequest(
@@ -113,32 +118,10 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
         launcher = aws.AwsLauncher(client, request, f, launch_id=lid, user_data=user_data,
                                    dry_run=dry_run)
-        notes = launcher.prepare()
-        click.echo(f"seedtool: launch id {lid} (to resume or retry: --launch-id {lid})",
-                   err=True)
-        for note in notes:
-            click.echo(f"seedtool: {note}", err=True)
-
-        tty = sys.stderr.isatty()
-        done = 0
-
-        def line(r: InstanceResult) -> None:
-            nonlocal done
-            done += 1
-            what = r.instance_id or "-"
-            extra = f": {r.error}" if r.error else ""
-            click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {what} "
-                       f"(seed {r.seed_id or '-'}){extra}", err=True)
-
+        announce_launch(lid, launcher.prepare())
         with announce_interrupt(lid):
-            if tty:
-                with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
-                    report = launcher.launch(count, concurrency=concurrency, resume=resume,
-                                             on_existing=lambda r: bar.update(1),
-                                             on_done=lambda r: bar.update(1))
-            else:
-                report = launcher.launch(count, concurrency=concurrency, resume=resume,
-                                         on_existing=line, on_done=line)
+            report = launch_with_progress(launcher, count, concurrency=concurrency,
+                                          resume=resume)
         warn_failures(f)
 
     if as_json:

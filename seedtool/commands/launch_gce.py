@@ -7,12 +7,17 @@ progress on stderr and prints the table or JSON. Never prints a seed or user-dat
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
 import click
 
-from ._launching import announce_interrupt, failure, read_params
+from ._launching import (
+    announce_interrupt,
+    announce_launch,
+    failure,
+    launch_with_progress,
+    read_params,
+)
 from ._options import echo_json, factory_from_options, seed_options, warn_failures
 
 _HELP = """Launch COUNT Compute Engine instances, each by its own instances.insert with
@@ -129,35 +134,15 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f, \
             gce.GceLauncher(spec, f, launch_id=lid, project=project,
                             endpoint=endpoint) as launcher:
-        notes = launcher.prepare()
-        click.echo(f"seedtool: launch id {lid} (to resume or retry: --launch-id {lid})",
-                   err=True)
-        for note in notes:
-            click.echo(f"seedtool: {note}", err=True)
-
-        tty = sys.stderr.isatty()
-        done = 0
-
-        def line(r: InstanceResult) -> None:
-            nonlocal done
-            done += 1
-            extra = f": {r.error}" if r.error else ""
-            click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {r.instance_id or '-'} "
-                       f"(seed {r.seed_id or '-'}){extra}", err=True)
+        announce_launch(lid, launcher.prepare())
 
         def scrub_line(r: InstanceResult) -> None:
             what = "seed removed from metadata" if r.extra.get("scrubbed") else "not scrubbed"
             click.echo(f"  index {r.index}: {r.instance_id}: {what}", err=True)
 
         with announce_interrupt(lid):
-            if tty:
-                with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
-                    report = launcher.launch(count, concurrency=concurrency, resume=resume,
-                                             on_existing=lambda r: bar.update(1),
-                                             on_done=lambda r: bar.update(1))
-            else:
-                report = launcher.launch(count, concurrency=concurrency, resume=resume,
-                                         on_existing=line, on_done=line)
+            report = launch_with_progress(launcher, count, concurrency=concurrency,
+                                          resume=resume)
             if scrub_after_boot and not report.interrupted:
                 click.echo(f"seedtool: waiting up to {scrub_timeout} s for the guests to "
                            "report their seeds, to remove them from metadata", err=True)
