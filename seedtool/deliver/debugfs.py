@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 
 from ..errors import DeliveryError
-from .fs import FileStat
+from .fs import FileStat, check_file_target
 
 DEBUGFS = "debugfs"
 #: a debugfs run on a large image opens its group descriptors; minutes means it hangs
@@ -196,15 +196,7 @@ class DebugfsTarget:
         """Create or replace the regular file `path` (its parent must exist) with this mode
         and owner from the start; all-or-nothing, verified by reading it back."""
         parent, name = _split(path)
-        pst = self.stat(parent)
-        if pst is None or not stat_mod.S_ISDIR(pst.mode):
-            raise DebugfsError(
-                f"cannot write {path} in {self.description}: {parent} is not a directory; "
-                "create it first"
-            )
-        old = self.stat(path)
-        if old is not None and stat_mod.S_ISDIR(old.mode):
-            raise DebugfsError(f"cannot write {path} in {self.description}: it is a directory")
+        old = check_file_target(self, path, parent, DebugfsError)
         tmp = f"{parent.rstrip('/')}/.seedtool-{secrets.token_hex(6)}"
         qtmp, qpath = _quote(tmp), _quote(path)
         with tempfile.TemporaryDirectory(prefix="seedtool-img-") as local_dir:

@@ -9,6 +9,7 @@ operations on images are written once. Paths are absolute inside the target.
 
 from __future__ import annotations
 
+import stat as stat_mod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,3 +48,21 @@ class TargetFS(Protocol):
 
     def close(self) -> None:
         """Flush and release the target; after this nothing is half-written."""
+
+
+def check_file_target(fs: TargetFS, path: str, parent: str,
+                      error: type[Exception]) -> FileStat | None:
+    """Before `write`: the parent must be a directory and `path` must not be one.
+
+    Returns the current metadata of `path` (None if absent); raises `error`.
+    """
+    pst = fs.stat(parent)
+    if pst is None or not stat_mod.S_ISDIR(pst.mode):
+        raise error(
+            f"cannot write {path} in {fs.description}: {parent} is not a directory; "
+            "create it first"
+        )
+    old = fs.stat(path)
+    if old is not None and stat_mod.S_ISDIR(old.mode):
+        raise error(f"cannot write {path} in {fs.description}: it is a directory")
+    return old

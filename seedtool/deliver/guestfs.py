@@ -46,7 +46,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import DeliveryError
-from .fs import FileStat
+from .fs import FileStat, check_file_target
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -435,15 +435,7 @@ class GuestfsTarget:
         """Create or replace the regular file `path` (its parent must exist) with this mode
         and owner from the start; all-or-nothing, verified by reading it back."""
         parent = os.path.dirname(path.rstrip("/")) or "/"
-        pst = self.stat(parent)
-        if pst is None or not stat_mod.S_ISDIR(pst.mode):
-            raise GuestfsError(
-                f"cannot write {path} in {self.description}: {parent} is not a directory; "
-                "create it first"
-            )
-        old = self.stat(path)
-        if old is not None and stat_mod.S_ISDIR(old.mode):
-            raise GuestfsError(f"cannot write {path} in {self.description}: it is a directory")
+        check_file_target(self, path, parent, GuestfsError)
         tmp = f"{parent.rstrip('/')}/.seedtool-{secrets.token_hex(6)}"
         try:
             old_umask = self._call("umask", 0o077)
