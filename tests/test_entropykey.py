@@ -470,6 +470,43 @@ def test_a_lost_serial_frame_makes_the_host_reset_again() -> None:
     assert host.keyed
 
 
+def test_a_reset_the_device_reads_before_our_nonce_does_not_lose_the_nonce() -> None:
+    """Regression (CI flake): a second serial frame answering a reset we wrote *before*
+    the nonce made the host forget the nonce, so every frame under the new session key
+    counted as tampered. The device handles our bytes in order; so must the host."""
+    stale = EntropyKeySim(SERIAL, LTK)  # frames of an earlier session still in the pipe
+    stale._keyed, stale._keys = True, SessionKeys(SERIAL, os.urandom(32))
+    stale._queue.clear()
+    sim = EntropyKeySim(SERIAL, LTK)
+    host = HostSession({SERIAL: LTK}, os.urandom)
+    host.start()
+    first_reset = host.take_writes()
+    host.receive(stale.stream(HostSession.RESET_AFTER_IGNORED))
+    second_reset = host.take_writes()
+    assert first_reset == second_reset == b"\x03"
+    sim.host_write(first_reset)
+    host.receive(sim.stream(2))  # S, k: the host answers with a nonce
+    nonce = host.take_writes()
+    assert nonce[:1] == b"K"
+    sim.host_write(second_reset)  # the device reads the second reset first ...
+    sim.host_write(nonce)  # ... and then the nonce: K! and entropy under the new key
+    host.receive(sim.stream(40))
+    assert host.keyed and host.stats.frames_rejected == 0
+    assert host.take_entropy(host.available) == b"".join(sim.sent_entropy)
+
+
+def test_a_reset_written_after_the_nonce_cancels_it() -> None:
+    sim, host = keyed_pair()
+    host.receive(build_frame(sim._keys, b"k", b">", b"Please re-key session."))
+    nonce = host.take_writes()
+    host.start()  # e.g. the transport reopened: ^C goes out after the nonce
+    sim.host_write(nonce + host.take_writes())
+    pump(sim, host, 40)  # K! is ignored, the serial frame starts a fresh handshake
+    assert host.keyed and host.stats.frames_rejected == 0
+    assert len(sim.nonces) == 3  # the handshake's, the cancelled one, the fresh one
+    assert host.take_entropy(host.available) == b"".join(sim.sent_entropy)
+
+
 def test_deframer_resynchronises_after_garbage() -> None:
     sim = EntropyKeySim(SERIAL, LTK)
     frames = [sim.next_frame() for _ in range(3)]

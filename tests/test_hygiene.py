@@ -233,7 +233,7 @@ LEAKS = {
     "test_leak_whole_envelope_in_status_json": ("base64", "file status.json"),
     "test_leak_envelope_in_a_log_file": ("base64", "file guest.log"),
     "test_leak_in_a_child_process_seed_learned_from_its_envelope_file": (
-        "hex", "standard error of subprocess 'python3 -c'"),
+        "hex", f"standard error of subprocess '{os.path.basename(sys.executable)} -c'"),
     "test_leak_in_a_status_file_of_a_seed_made_in_a_child": (
         "base64", "file status-cloud-init.json"),
 }

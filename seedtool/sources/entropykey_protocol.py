@@ -399,6 +399,10 @@ class HostSession:
         self._state = "init"
         self._seen: set[int] = set()
         self._pending_nonce: bytes | None = None
+        # The device handles our bytes in order, so a serial frame answers the oldest
+        # reset still outstanding; a nonce written after some resets survives those.
+        self._resets_outstanding = 0
+        self._resets_before_nonce = 0
         self._unverified_after_rekey = 0  # frames failed since the last K! (no success yet)
         self._key_requests = 0
         self._ignored = 0
@@ -409,7 +413,9 @@ class HostSession:
 
     def start(self) -> None:
         """Reset the device: it answers with its serial-number frame."""
-        self._tx += RESET
+        self._send_reset()
+        self._pending_nonce = None  # written before this reset: the device drops it
+        self._resets_before_nonce = 0
         self._state = "init"
         self._keys = None
         self._has_session = False
@@ -475,7 +481,7 @@ class HostSession:
             if self._state == "init":
                 self._ignored += 1
                 if self._ignored % self.RESET_AFTER_IGNORED == 0:
-                    self._tx += RESET  # the serial frame was lost: ask for another
+                    self._send_reset()  # the serial frame was lost: ask for another
             return
         keys = self._keys
         assert keys is not None
@@ -512,6 +518,22 @@ class HostSession:
                 "unplug it, let it cool, and check its failure mode with ekeydctl"
             )
         # 'W' (unknown input), 'M'/'L'/'l' (long-term re-key) and unknown types: nothing to do
+
+    def _send_reset(self) -> None:
+        self._tx += RESET
+        self._resets_outstanding += 1
+
+    def _nonce_survives_serial(self) -> bool:
+        """Account for a serial frame; True when our pending nonce was written after the
+        reset it answers, so the device will still read the nonce and answer 'K!'."""
+        if self._resets_outstanding:
+            self._resets_outstanding -= 1
+        if self._pending_nonce is not None and self._resets_before_nonce:
+            self._resets_before_nonce -= 1
+            return True
+        self._pending_nonce = None
+        self._resets_before_nonce = 0
+        return False
 
     def _is_serial_frame(self, frame: Frame) -> bool:
         """True when `frame` is a genuine-looking serial frame of the current device."""
@@ -554,7 +576,7 @@ class HostSession:
         self._keys = zero
         self._has_session = False
         self._seen.clear()
-        self._state = "session"
+        self._state = "session_sent" if self._nonce_survives_serial() else "session"
         self._synced = True
         self.stats.frames_ok += 1
         self.stats.resets += 1
@@ -570,6 +592,7 @@ class HostSession:
         if len(nonce) != DEFAULT_NONCE_LEN:
             raise SourceError("the nonce source returned the wrong length; this is a bug")
         self._pending_nonce = nonce
+        self._resets_before_nonce = self._resets_outstanding
         self._tx += rekey_command(nonce)
         self._key_requests = 0
         self._state = "session_sent"
@@ -591,6 +614,7 @@ class HostSession:
         self._keys = SessionKeys(self.serial, session)
         self._has_session = True
         self._pending_nonce = None
+        self._resets_before_nonce = 0
         self._seen.clear()
         self._unverified_after_rekey = 0
         self._state = "keyed_first"

@@ -1,5 +1,9 @@
 """A seed written into the disk image is credited by the early-boot unit, and the
-kernel's CRNG becomes ready right then, far earlier than without a seed."""
+kernel's CRNG becomes ready right then, during the credit.
+
+How much earlier that is than an unseeded boot depends on the host (a fast host's
+jitter entropy readies the CRNG almost as soon), so the two times are reported, not
+compared: comparing two boots' timings is a timing threshold in disguise."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ pytestmark = pytest.mark.vm
 BOOTS = ("disk-seed", "no-seed")
 
 
-def test_disk_seed_makes_the_crng_ready_at_once_and_earlier(
+def test_disk_seed_makes_the_crng_ready_at_once(
     campaign: Campaign, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     seeded, plain = campaign.get("disk-seed"), campaign.get("no-seed")
@@ -27,18 +31,14 @@ def test_disk_seed_makes_the_crng_ready_at_once_and_earlier(
     assert credit.kernel_time is not None
     t_seeded, t_plain = seeded.crng_init_time(), plain.crng_init_time()
     assert t_seeded is not None and t_plain is not None
-    # the credit is what made the CRNG ready: it was not ready before and is after,
-    # and the kernel announced it during the credit, before seedtool's own line
-    assert credit.crng_before != credit.crng_after, credit
+    # the credit is what made the CRNG ready: the guest read the kernel's state just
+    # before and just after RNDADDENTROPY, and the kernel announced it in between
+    assert (credit.crng_before, credit.crng_after) == ("not-ready", "ready"), credit
     assert t_seeded <= credit.kernel_time
     dmesg = seeded.dmesg().splitlines()
     i_crng = next(i for i, ln in enumerate(dmesg) if "random: crng init done" in ln)
     i_credit = next(i for i, ln in enumerate(dmesg) if "seedtool: credited" in ln)
     assert i_crng < i_credit
-    # nothing but kernel lines of the same moment between the two
-    assert all("random:" in ln or "seedtool" in ln or "audit" in ln
-               for ln in dmesg[i_crng + 1 : i_credit]), dmesg[i_crng : i_credit + 1]
-    assert t_seeded < t_plain
     # the unit deletes the seed file once used
     assert seeded.file("/var/lib/seedtool/seed") is None
     times = {"release": campaign.release, "crng_init_with_disk_seed_s": t_seeded,
