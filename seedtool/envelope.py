@@ -18,7 +18,8 @@ Layout (version 1, all integers big-endian; see docs/envelope.md):
 On disk and in user-data an envelope travels as standard base64 text.
 
 This module must import with the standard library alone: the guest runs it at
-boot. `cryptography` is imported only to sign or check a signature. It keeps its
+boot. Signatures are checked by `seedtool.ed25519` (OpenSSL's libcrypto through
+ctypes, else `cryptography`); `cryptography` is imported only to sign. It keeps its
 imports few and cheap (no dataclasses, typing or pathlib): under emulation every
 module costs time before the seed is credited (docs/guest.md "Boot time"). Nothing here
 may log, print or put seed bytes into an exception message, and there is no way
@@ -60,7 +61,7 @@ _HEAD = struct.Struct(">4sBB16sQQ8sH")
 
 
 class VerificationUnavailable(EnvelopeError):
-    """The signature cannot be checked here (e.g. `cryptography` is missing)."""
+    """The signature cannot be checked here (no libcrypto and no `cryptography`)."""
 
 
 class EnvelopeExpired(EnvelopeError):
@@ -279,22 +280,18 @@ def check_signature(env: UnverifiedEnvelope, trusted: Iterable[tuple[bytes, byte
             f"envelope is signed by key {env.key_id.hex()}, which is not among the trusted "
             "public keys; install that key's .pub file or re-sign with a trusted key"
         )
+    from . import ed25519
+
     try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    except ImportError:
+        ed25519.backend()
+    except ed25519.Unavailable as e:
         raise VerificationUnavailable(
-            "cannot check the envelope signature: the Python 'cryptography' package "
-            "(python3-cryptography) is not installed"
+            f"cannot check the envelope signature: no Ed25519 verifier here ({e}); install "
+            "OpenSSL's libcrypto (libssl3) or python3-cryptography"
         ) from None
     for pub in candidates:
-        try:
-            Ed25519PublicKey.from_public_bytes(pub).verify(env.signature, env.signed_part)
+        if ed25519.verify(pub, env.signature, env.signed_part):
             return
-        except InvalidSignature:
-            continue
-        except ValueError:
-            continue
     raise BadSignature(
         f"envelope signature does not verify with key {env.key_id.hex()}: it was altered "
         "or signed by another key"

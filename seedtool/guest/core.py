@@ -19,7 +19,8 @@ came from, the image's policy and its paths, it:
 It never raises for an environmental problem (not root, read-only /var, no
 /dev/kmsg): each is recorded in the outcome. It never logs, prints or stores seed
 bytes: the status, the kmsg line, the ledger and every message hold ids only.
-Standard library only; `cryptography` is used by `seedtool.envelope` when present.
+Standard library only; signatures are checked by `seedtool.ed25519` (OpenSSL's
+libcrypto through ctypes, else `cryptography`).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _verify(
     except UntrustedKey:
         return None, f"signed by untrusted key {env.key_id_hex}"
     except VerificationUnavailable:
-        return None, "cryptography unavailable"
+        return None, "no signature verifier"
     except BadSignature:
         return None, "signature does not verify"
     except EnvelopeExpired:
