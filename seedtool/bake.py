@@ -41,6 +41,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import ed25519
 from .deliver.fs import FileStat, TargetFS
 from .errors import DeliveryError, SeedtoolError
 from .guest import install
@@ -380,6 +382,49 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
 # --- the guest install, staged then copied ---------------------------------------------------
 
 
+def _stage_bytecode(fs: TargetFS, staging: Path) -> list[str]:
+    """Byte code for the staged guest code when this Python makes the image's (same magic
+    number as the image's own standard library); the paths made, or none.
+
+    Without it the guest compiles its sources on its first boot, seconds under emulation
+    before the credit. Only this Python is used: the staged copy has no interpreter to
+    run, and running the image's needs its whole root.
+    """
+    import importlib.util
+
+    tag = sys.implementation.cache_tag
+    if not tag or fs.stat(PYTHON) is None:
+        return []
+    marker = None
+    for base in ("/usr/lib", "/usr/lib64"):
+        if not _is_dir(fs, base):
+            continue
+        for name in fs.listdir(base):
+            pyc = f"{base}/{name}/__pycache__/os.{tag}.pyc"
+            if re.fullmatch(r"python3\.\d+", name) and _is_file(fs, pyc):
+                marker = pyc
+                break
+    if marker is None:
+        return []
+    try:
+        head = fs.read(marker)[:16]
+    except OSError:
+        return []
+    if head[:4] != importlib.util.MAGIC_NUMBER:
+        return []
+    local = staging / marker.lstrip("/")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(head)
+    (staging / PYTHON.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (staging / PYTHON.lstrip("/")).symlink_to("python3-of-the-image")
+    try:
+        if not install.host_compile(staging, install.GUEST_SOURCES):
+            return []
+    except OSError:
+        return []
+    return install.bytecode_files(staging, install.GUEST_SOURCES)
+
+
 def _stage(fs: TargetFS, staging: Path) -> None:
     """Copy what install_guest reads from the target (its cloud config) into `staging`."""
     if not _is_dir(fs, "/etc/cloud"):
@@ -400,7 +445,8 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
     with tempfile.TemporaryDirectory(prefix="seedtool-bake-") as tmp:
         staging = Path(tmp)
         _stage(fs, staging)
-        written = install_guest(staging, trusted_keys, policy)
+        written = install_guest(staging, trusted_keys, policy, bytecode=False)
+        written += _stage_bytecode(fs, staging)
         readlink = _readlink(fs)
         what = {
             CC_MODULE: "cloud-init module",
@@ -706,11 +752,12 @@ def check(fs: TargetFS) -> list[Finding]:
     if fs.stat(PYTHON) is None:
         findings.append(Finding(PYTHON, "there is no python3, which the guest needs",
                                 "install python3 in the image"))
-    elif not _has_cryptography(fs):
+    elif not _has_cryptography(fs) and not _has_libcrypto(fs):
         findings.append(Finding(
             "/usr/lib/python3/dist-packages/cryptography",
-            "python3-cryptography is missing, so the guest cannot check signatures and "
-            "credits nothing", "install python3-cryptography in the image", WARNING))
+            "neither OpenSSL's libcrypto (1.1.1 or 3) nor python3-cryptography is installed, so "
+            "the guest cannot check signatures and credits nothing",
+            "install libssl3 (or python3-cryptography) in the image", WARNING))
 
     _scan_private_keys(fs, findings)
     return findings
@@ -725,6 +772,16 @@ def _has_cryptography(fs: TargetFS) -> bool:
                 if re.fullmatch(r"python3(\.\d+)?", name):
                     candidates += [f"{base}/{name}/dist-packages", f"{base}/{name}/site-packages"]
     return any(fs.stat(f"{c}/cryptography/__init__.py") is not None for c in candidates)
+
+
+def _has_libcrypto(fs: TargetFS) -> bool:
+    """True when the image has a libcrypto the guest's seedtool.ed25519 loads by soname."""
+    dirs = ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]
+    for base in ("/usr/lib", "/lib"):
+        if _is_dir(fs, base):
+            dirs += [f"{base}/{n}" for n in fs.listdir(base) if n.endswith("-linux-gnu")]
+    return any(fs.stat(f"{d}/{name}") is not None
+               for d in dirs for name in ed25519.LIBCRYPTO_NAMES)
 
 
 def summary(findings: Sequence[Finding]) -> tuple[int, int]:

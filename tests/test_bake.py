@@ -9,6 +9,7 @@ it, and `bake` must clean it again.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -137,6 +138,23 @@ def test_bake_real_debian_root_then_check_is_clean(
         "cloud_init_modules"]
     at = mods.index(SEEDTOOL)
     assert mods[at - 1] == "seed_random" and at < mods.index("ssh")
+
+    # byte code ships when this Python makes the image's (the guest then compiles
+    # nothing at boot), and is valid whatever the file times (checked-hash .pyc)
+    tag = sys.implementation.cache_tag
+    ours = bool(list(root.glob(f"usr/lib/python3.*/__pycache__/os.{tag}.pyc")))
+    sources = [root / lib.CC_MODULE.lstrip("/"), root / lib.GUEST_CORE.lstrip("/"),
+               *(root / lib.GUEST_CODE_DIR.lstrip("/")).glob("*.py")]
+    for src in sources:
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        assert pyc.exists() == ours, (pyc, ours)
+        if ours:
+            head = pyc.read_bytes()[:16]
+            assert head[:4] == importlib.util.MAGIC_NUMBER
+            assert int.from_bytes(head[4:8], "little") == 0b11  # checked hash
+            assert head[8:16] == importlib.util.source_hash(src.read_bytes())
+    assert ours == (release == "bookworm" and tag == "cpython-311"
+                    or release == "trixie" and tag == "cpython-313")
 
     # idempotent: a second bake changes nothing, not even an inode
     snap = snapshot(root)
@@ -399,11 +417,20 @@ def test_keys_no_longer_given_are_removed(root: Path, host_pub: Path, tmp_path: 
     assert sorted(os.listdir(root / "etc/seedtool/trusted-keys")) == ["new.pub"]
 
 
-def test_missing_cryptography_is_a_warning(root: Path) -> None:
+def test_libcrypto_alone_is_enough_to_check_signatures(root: Path) -> None:
     shutil.rmtree(root / "usr/lib/python3/dist-packages/cryptography")
+    lib_dir = root / "usr/lib/x86_64-linux-gnu"
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    (lib_dir / "libcrypto.so.3").write_bytes(b"\x7fELF")
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_missing_cryptography_and_libcrypto_is_a_warning(root: Path) -> None:
+    shutil.rmtree(root / "usr/lib/python3/dist-packages/cryptography")
+    assert not list(root.glob("**/libcrypto.so*"))
     found = lib.check(LocalFS(root))
     assert [f.severity for f in found] == [lib.WARNING]
-    assert "python3-cryptography" in found[0].problem
+    assert "python3-cryptography" in found[0].problem and "libcrypto" in found[0].problem
     p = run("bake", "--check", "--root", str(root))
     assert p.returncode == 0 and "warning" in p.stdout and "clean" not in p.stdout
     assert run("bake", "--check", "--strict", "--root", str(root)).returncode == 1

@@ -3,8 +3,8 @@
 Used by the image builder and `seedtool bake`. `install_guest(root, keys, policy)`
 writes, below `root`:
 
-* `/usr/lib/seedtool/python/seedtool/...`: the guest code (envelope, keys, mix,
-  errors, fileio and `seedtool.guest`), in a private directory so a pip-installed
+* `/usr/lib/seedtool/python/seedtool/...`: the guest code (envelope, ed25519,
+  keys, mix, errors, fileio and `seedtool.guest`), in a private directory so a pip-installed
   seedtool never clashes with it; never the CLI, click or a cloud SDK;
 * `/usr/lib/python3/dist-packages/cc_seedtool.py`: the cloud-init module (cloud-init
   looks for a top-level `cc_<name>` on sys.path before its own package);
@@ -59,8 +59,11 @@ STATE_DIR = "var/lib/seedtool"
 #: the frequency equals the module's own meta frequency
 MODULE_ENTRY = "[seedtool, once-per-instance]"
 #: modules of the seedtool package the guest needs (relative to the package)
-GUEST_CODE = ("__init__.py", "errors.py", "record.py", "envelope.py", "keys.py", "mix.py",
-              "fileio.py")
+GUEST_CODE = ("__init__.py", "errors.py", "record.py", "envelope.py", "ed25519.py", "keys.py",
+              "mix.py", "fileio.py")
+
+#: what gets byte code: the private guest package and the cloud-init module
+GUEST_SOURCES = (f"{PRIVATE_DIR}/seedtool", CC_MODULE)
 
 _PKG = Path(__file__).resolve().parent.parent
 _DATA = Path(__file__).resolve().parent / "data"
@@ -298,7 +301,7 @@ def _image_magic(root: Path) -> bytes | None:
     return None
 
 
-def _host_compile(root: Path, sources: Sequence[str]) -> bool:
+def host_compile(root: Path, sources: Sequence[str]) -> bool:
     """Compile with this python when its byte code is the image python's; False if not."""
     import importlib.util
     import py_compile
@@ -339,7 +342,7 @@ def compile_bytecode(root: str | os.PathLike[str], sources: Sequence[str]) -> st
     if not (python.exists() or python.is_symlink()):
         return "the image has no /usr/bin/python3"
     try:
-        if _host_compile(r, sources):
+        if host_compile(r, sources):
             return ""
     except OSError as e:
         return f"byte code not compiled: {e}"
@@ -363,7 +366,8 @@ def compile_bytecode(root: str | os.PathLike[str], sources: Sequence[str]) -> st
     return ""
 
 
-def _bytecode_files(root: Path, sources: Sequence[str]) -> list[str]:
+def bytecode_files(root: Path, sources: Sequence[str]) -> list[str]:
+    """The byte code files (absolute image paths) made for `sources` below `root`."""
     found = []
     for rel in sources:
         src = root / rel
@@ -414,8 +418,6 @@ def install_guest(
     (r / STATE_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
     if (r / CLOUD_CFG).exists():
         _install_cloud_cfg(r, written)
-    if bytecode:
-        sources = [f"{PRIVATE_DIR}/seedtool", CC_MODULE]
-        if compile_bytecode(r, sources) == "":
-            written += _bytecode_files(r, sources)
+    if bytecode and compile_bytecode(r, GUEST_SOURCES) == "":
+        written += bytecode_files(r, GUEST_SOURCES)
     return written
