@@ -153,11 +153,13 @@ def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -
                 sources.pkl_store(ds, pkl)
             except Exception as e:
                 LOG.debug("seedtool: could not re-pickle the datasource (%s)", type(e).__name__)
+    t_tree = time.monotonic()
     changed = scrub.scrub_tree(Path("/"), needles)
     LOG.debug(
-        "seedtool: scrubbed the seed from %d in-memory copies and %d files: %s",
+        "seedtool: scrubbed the seed from %d in-memory copies and %d files in %.3f s: %s",
         in_memory,
         len(changed),
+        time.monotonic() - t_tree,
         ", ".join(changed),
     )
 
@@ -189,7 +191,8 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
     )
     t1 = time.monotonic()
     _scrub(cloud, cfg, [given, data, ds_value], [ds_seed])
-    LOG.debug("seedtool: credit took %.3f s, scrubbing %.3f s", t1 - t0, time.monotonic() - t1)
+    LOG.debug("seedtool: credit took %.3f s, scrubbing %.3f s (credit phases: %s)", t1 - t0,
+              time.monotonic() - t1, ", ".join(f"{k} {v:.3f}" for k, v in outcome.timings.items()))
     if platform == "gce" and outcome.verified and outcome.seed_id:
         from seedtool.guest import gce  # urllib.request: only on GCE
 

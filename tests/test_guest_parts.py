@@ -7,7 +7,12 @@ import gzip
 import http.server
 import json
 import multiprocessing
+import os
 import pickle
+import re
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from email.mime.multipart import MIMEMultipart
@@ -22,6 +27,8 @@ from seedtool.generate import SeedFactory
 from seedtool.guest import gce, scrub
 from seedtool.guest.ledger import Ledger, LedgerError
 from seedtool.guest.policy import Policy, PolicyError, load_policy, policy_from_mapping
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---- policy -------------------------------------------------------------------------------
 
@@ -206,6 +213,37 @@ def test_scrub_file_in_place_yaml_pickle_json_and_gzip(tmp_path: Path, env_text:
     assert scrub.scrub_tree(tmp_path, needles, trees=["."]) == []
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_scrub_tree_flushes_once_per_file_system_not_once_per_file(
+        tmp_path: Path, env_text: str) -> None:
+    for i in range(4):
+        (tmp_path / f"copy{i}.txt").write_text(f"random_seed: {{data: {env_text}}}\n")
+    code = ("import sys; from pathlib import Path; from seedtool.guest import scrub; "
+            "print(len(scrub.scrub_tree(Path(sys.argv[1]), scrub.needles_for(sys.argv[2]), "
+            "trees=['.'])))")
+    p = subprocess.run(["strace", "-f", "-e", "trace=fsync,fdatasync,syncfs,sync",
+                        sys.executable, "-c", code, str(tmp_path), env_text],
+                       capture_output=True, text=True, check=True, cwd=REPO)
+    assert p.stdout.strip() == "4"
+    calls = [ln for ln in p.stderr.splitlines() if re.match(r"(\[pid +\d+\] )?\w+\(", ln)]
+    assert [c.split("(")[0].split()[-1] for c in calls] == ["syncfs"], calls
+    for i in range(4):
+        assert env_text not in (tmp_path / f"copy{i}.txt").read_text()
+
+
+def test_scrub_tree_without_ctypes_fsyncs_each_changed_file(tmp_path: Path,
+                                                           env_text: str) -> None:
+    for i in range(3):
+        (tmp_path / f"copy{i}.txt").write_text(env_text)
+    synced: list[int] = []
+    real = os.fsync
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(sys.modules, "ctypes", None)
+        m.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+        assert len(scrub.scrub_tree(tmp_path, scrub.needles_for(env_text), trees=["."])) == 3
+    assert len(synced) == 3
+
+
 def test_scrub_tree_skips_the_journal_and_symlinks(tmp_path: Path, env_text: str) -> None:
     needles = scrub.needles_for(env_text)
     journal = tmp_path / "var/log/journal/x"
@@ -223,6 +261,17 @@ class FakeDataSource:
 
 
 FakeDataSource.__module__ = "cloudinit.sources.DataSourceFake"
+
+
+def test_scrub_object_finds_the_seed_in_ascii_and_non_ascii_strings(env_text: str) -> None:
+    raw = envelope.decode_text(env_text)
+    hidden = raw.decode("utf-8", "surrogateescape")  # raw bytes carried in a str
+    obj = {"ascii": f"data: {env_text}", "accented": f"donn\u00e9es: {env_text} \u2713",
+           "raw": f"\u00e9{hidden}", "clean": "nothing \u00e9 here", "plain": "nothing"}
+    assert scrub.scrub_object(obj, scrub.needles_for(env_text)) == 3
+    assert env_text not in obj["ascii"] and env_text not in obj["accented"]
+    assert hidden not in obj["raw"] and obj["accented"].endswith(" \u2713")
+    assert obj["clean"] == "nothing \u00e9 here" and obj["plain"] == "nothing"
 
 
 def test_scrub_object_reaches_datasource_attributes(env_text: str) -> None:

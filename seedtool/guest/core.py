@@ -49,8 +49,8 @@ from .ledger import Ledger, LedgerError
 from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
 
 # This module runs at boot, before the seed is credited, so it imports little: no
-# dataclasses, typing or pathlib, and nothing that reads /dev/urandom (tempfile, via
-# seedtool.fileio, is imported only after the credit). docs/guest.md "Boot time".
+# dataclasses, typing or pathlib, and nothing that reads /dev/urandom (no tempfile:
+# seedtool.fileio names its own temporary files). docs/guest.md "Boot time".
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -132,6 +132,8 @@ class Outcome:
         self.status_written = False
         self.kmsg_written = False
         self.fail_closed = False
+        #: seconds spent in each phase, for the boot-time log line (docs/guest.md)
+        self.timings: dict[str, float] = {}
         for name, value in facts.items():
             if name not in self.__dict__:
                 raise TypeError(f"Outcome() got an unexpected keyword argument {name!r}")
@@ -275,10 +277,12 @@ def refresh_random_seed(path: str) -> str:
         fresh = os.getrandom(size, os.GRND_NONBLOCK)
     except (OSError, AttributeError):
         return "random-seed not refreshed: the CRNG is not ready"
-    from ..fileio import atomic_write  # after the credit: tempfile imports random (urandom)
+    from ..fileio import atomic_write
 
     try:
-        atomic_write(path, fresh, mode=0o600)
+        # not fsynced: systemd-random-seed rewrites it at shutdown, and a crash before
+        # write-back leaves the old file or none, never a partial one
+        atomic_write(path, fresh, mode=0o600, durable=False)
     except SeedtoolError:
         return f"random-seed not refreshed: cannot write {os.path.basename(path)}"
     return ""
@@ -313,14 +317,16 @@ def write_status(path: str, status: dict[str, Any]) -> None:
     status.json is the latest outcome, except that an outcome without any seed does
     not replace one with a seed from the same boot; the per-stage file is always written.
     """
-    from ..fileio import atomic_write  # after the credit: tempfile imports random (urandom)
+    from ..fileio import atomic_write
 
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     text = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
-    atomic_write(os.path.join(directory, f"status-{status['stage']}.json"), text, mode=0o644)
+    # not fsynced: a report, not a guarantee (the ledger is what must be durable)
+    atomic_write(os.path.join(directory, f"status-{status['stage']}.json"), text, mode=0o644,
+                 durable=False)
     if not _keeps_earlier(path, status):
-        atomic_write(path, text, mode=0o644)
+        atomic_write(path, text, mode=0o644, durable=False)
 
 
 def _now_text(now: float) -> str:
@@ -348,6 +354,13 @@ def credit_seed(
     paths = paths or Paths.under("/")
     wall = time.time() if now is None else now
     out = Outcome(origin=origin, stage=stage, time=_now_text(wall))
+    clock = [time.monotonic()]
+
+    def mark(phase: str) -> None:
+        t = time.monotonic()
+        out.timings[phase] = round(t - clock[0], 4)
+        clock[0] = t
+
     out.crng_before = kernel.crng_state()
     policy_ok = True
     if policy is None:
@@ -357,6 +370,7 @@ def credit_seed(
             policy, policy_ok = Policy(), False
             out.notes.append(_short(e, 400))
     out.fail_closed = policy.fail_closed
+    mark("policy")
 
     to_credit: tuple[bytes, int] | None = None
     to_mix: list[bytes] = []
@@ -372,6 +386,7 @@ def credit_seed(
             to_mix.append(env.uncredited_seed)
             if policy_ok:
                 verified, out.reason = _verify(env, paths, policy, wall, out.notes)
+                mark("signature")
                 if verified is not None:
                     # the ledger is the last check: `verified` means signature, time
                     # and never seen before all passed, i.e. the seed may be credited
@@ -398,6 +413,7 @@ def credit_seed(
                 out.reason = f"platform {platform or '-'} not trusted"
     if data is None and not platform_seed and not out.reason:
         out.reason = "no seed offered"
+    mark("ledger")
 
     out.boot_id = _read_small(paths.boot_id, 64).decode("ascii", "replace").strip()
     local = local_inputs(instance_id, paths)
@@ -424,6 +440,7 @@ def credit_seed(
             out.notes.append(f"could not mix into {urandom}: {e.strerror}")
     kernel.reseed(urandom)
     out.crng_after = kernel.crng_state()
+    mark("credit")
     # the kernel log line right away, so its time stamp is the credit's; before the
     # status file, so a failure to write it is recorded there
     try:
@@ -435,6 +452,7 @@ def credit_seed(
         note = refresh_random_seed(paths.random_seed)
         if note:
             out.notes.append(note)
+    mark("random-seed")
     try:
         write_status(paths.status, out.status())
         out.status_written = True
@@ -442,4 +460,5 @@ def credit_seed(
         out.notes.append(f"status not written: {_short(e, 400)}")
     except OSError as e:
         out.notes.append(f"status not written: {e.strerror}")
+    mark("status")
     return out
