@@ -1,8 +1,8 @@
 """seedtool: fresh, signed, per-VM seeds from a trusted host, credited inside the guest.
 
 This package must stay importable without click or any cloud SDK: the guest side
-(`seedtool.envelope`, `seedtool.guest`) runs at boot with the standard library and,
-when present, `cryptography`.
+(`seedtool.envelope`, `seedtool.ed25519`, `seedtool.guest`) runs at boot with the
+standard library alone.
 """
 
 __version__ = "0.1.0"

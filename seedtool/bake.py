@@ -11,7 +11,7 @@ changes nothing.
 `check(fs)` lints the same target and returns one `Finding` (path, problem, fix) per
 thing that is wrong: shared state left behind, the guest not installed or not able to
 run before cloud-init's `ssh` module, no trusted keys, the early unit not enabled,
-`cryptography` missing, a private key lying in the image.
+no python3, a private key lying in the image.
 
 Why each item is shared state, and where that is written down:
 * `/etc/machine-id` and `/var/lib/systemd/random-seed`: systemd's "Building Images
@@ -49,7 +49,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import ed25519
 from .deliver.fs import FileStat, TargetFS
 from .errors import DeliveryError, SeedtoolError
 from .guest import install
@@ -752,36 +751,9 @@ def check(fs: TargetFS) -> list[Finding]:
     if fs.stat(PYTHON) is None:
         findings.append(Finding(PYTHON, "there is no python3, which the guest needs",
                                 "install python3 in the image"))
-    elif not _has_cryptography(fs) and not _has_libcrypto(fs):
-        findings.append(Finding(
-            "/usr/lib/python3/dist-packages/cryptography",
-            "neither OpenSSL's libcrypto (1.1.1 or 3) nor python3-cryptography is installed, so "
-            "the guest cannot check signatures and credits nothing",
-            "install libssl3 (or python3-cryptography) in the image", WARNING))
 
     _scan_private_keys(fs, findings)
     return findings
-
-
-def _has_cryptography(fs: TargetFS) -> bool:
-    # the guest runs `python3 -I`: no user site, but the system and /usr/local paths
-    candidates = ["/usr/lib/python3/dist-packages"]
-    for base in ("/usr/lib", "/usr/local/lib", "/usr/lib64"):
-        if _is_dir(fs, base):
-            for name in fs.listdir(base):
-                if re.fullmatch(r"python3(\.\d+)?", name):
-                    candidates += [f"{base}/{name}/dist-packages", f"{base}/{name}/site-packages"]
-    return any(fs.stat(f"{c}/cryptography/__init__.py") is not None for c in candidates)
-
-
-def _has_libcrypto(fs: TargetFS) -> bool:
-    """True when the image has a libcrypto the guest's seedtool.ed25519 loads by soname."""
-    dirs = ["/usr/lib", "/usr/lib64", "/lib", "/lib64"]
-    for base in ("/usr/lib", "/lib"):
-        if _is_dir(fs, base):
-            dirs += [f"{base}/{n}" for n in fs.listdir(base) if n.endswith("-linux-gnu")]
-    return any(fs.stat(f"{d}/{name}") is not None
-               for d in dirs for name in ed25519.LIBCRYPTO_NAMES)
 
 
 def summary(findings: Sequence[Finding]) -> tuple[int, int]:

@@ -18,8 +18,8 @@ Layout (version 1, all integers big-endian; see docs/envelope.md):
 On disk and in user-data an envelope travels as standard base64 text.
 
 This module must import with the standard library alone: the guest runs it at
-boot. Signatures are checked by `seedtool.ed25519` (OpenSSL's libcrypto through
-ctypes, else `cryptography`); `cryptography` is imported only to sign. It keeps its
+boot. Signatures are checked by `seedtool.ed25519` (pure Python, RFC 8032);
+`cryptography` is imported only to sign. It keeps its
 imports few and cheap (no dataclasses, typing or pathlib): under emulation every
 module costs time before the seed is credited (docs/guest.md "Boot time"). Nothing here
 may log, print or put seed bytes into an exception message, and there is no way
@@ -35,6 +35,7 @@ import json
 import struct
 import time
 
+from . import ed25519
 from .errors import EnvelopeError
 from .record import Record
 
@@ -58,10 +59,6 @@ MAX_TEXT = 2 * MAX_SIZE
 TTL_MAX = 366 * 86400
 
 _HEAD = struct.Struct(">4sBB16sQQ8sH")
-
-
-class VerificationUnavailable(EnvelopeError):
-    """The signature cannot be checked here (no libcrypto and no `cryptography`)."""
 
 
 class EnvelopeExpired(EnvelopeError):
@@ -280,15 +277,6 @@ def check_signature(env: UnverifiedEnvelope, trusted: Iterable[tuple[bytes, byte
             f"envelope is signed by key {env.key_id.hex()}, which is not among the trusted "
             "public keys; install that key's .pub file or re-sign with a trusted key"
         )
-    from . import ed25519
-
-    try:
-        ed25519.backend()
-    except ed25519.Unavailable as e:
-        raise VerificationUnavailable(
-            f"cannot check the envelope signature: no Ed25519 verifier here ({e}); install "
-            "OpenSSL's libcrypto (libssl3) or python3-cryptography"
-        ) from None
     for pub in candidates:
         if ed25519.verify(pub, env.signature, env.signed_part):
             return

@@ -139,8 +139,8 @@ def test_packer_sources_and_provisioners(template: dict[str, Any]) -> None:
     assert pip < bake[0] and "${var.seedtool_requirement}" in lines[pip]
     shell = next(p["shell"] for p in build["provisioner"] if "shell" in p)
     assert "sh -eu" in shell["execute_command"] and "sudo" in shell["execute_command"]
-    # python3-cryptography stays installed; the build venv goes, after the check
-    assert any("python3-cryptography" in line for line in lines[:pip])
+    # python3-venv before the venv is made; the build venv goes, after the check
+    assert any("apt-get install" in line and "python3-venv" in line for line in lines[:pip])
     removal = next(i for i, line in enumerate(lines) if line.startswith("rm -rf /usr/local"))
     assert removal > bake[1]
 

@@ -57,9 +57,8 @@ ends a name prefix; test_fault_table_names_only_tests_that_exist keeps this list
     - test_launch_aws.py::test_sigint_reports_every_launched_instance_and_a_rerun_launches_the_rest
     - test_launch_aws.py::test_capacity_failure_of_one_index_is_reported_and_a_rerun_uses_a_new_seed
     - test_launch_aws.py::test_resume_launches_only_the_missing_indices_with_new_seeds
-* a guest without `cryptography` (libcrypto checks), and with no verifier at all
-    - test_guest_core.py::test_without_cryptography_libcrypto_checks_the_signature
-    - test_guest_core.py::test_with_no_signature_verifier_the_seed_is_mixed_uncredited
+* a guest without `cryptography` (the verifier is pure Python: it still checks)
+    - test_guest_core.py::test_without_cryptography_the_signature_is_still_checked
 * a guest not running as root (EPERM on the ioctl)
     - test_guest_core.py::test_not_permitted_without_cap_sys_admin
 * a guest with a read-only /var

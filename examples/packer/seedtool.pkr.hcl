@@ -95,8 +95,8 @@ build {
       # let the build VM's own first boot finish before its state is removed
       "cloud-init status --wait >/dev/null || true",
       "apt-get update",
-      # python3-cryptography stays in the image: the guest checks signatures with it
-      "DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-cryptography",
+      # python3-venv for the throw-away build venv; the guest itself needs only python3
+      "DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv",
       # the CLI lives in a throw-away venv outside the places bake --check scans
       "python3 -m venv /usr/local/lib/seedtool-build",
       "/usr/local/lib/seedtool-build/bin/pip install --quiet '${var.seedtool_requirement}'",

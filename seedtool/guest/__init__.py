@@ -1,4 +1,4 @@
-"""The guest side: runs inside the VM at boot. Standard library (+ libcrypto or cryptography) only.
+"""The guest side: runs inside the VM at boot. Standard library only.
 
 `core.credit_seed` verifies an envelope and credits it with RNDADDENTROPY (or mixes
 it uncredited and says why); `cc_seedtool` (cloud_init_modules/) and `early` (the

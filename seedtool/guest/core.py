@@ -19,8 +19,7 @@ came from, the image's policy and its paths, it:
 It never raises for an environmental problem (not root, read-only /var, no
 /dev/kmsg): each is recorded in the outcome. It never logs, prints or stores seed
 bytes: the status, the kmsg line, the ledger and every message hold ids only.
-Standard library only; signatures are checked by `seedtool.ed25519` (OpenSSL's
-libcrypto through ctypes, else `cryptography`).
+Standard library only; signatures are checked by `seedtool.ed25519` (pure Python).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from ..envelope import (
     EnvelopeNotYetValid,
     MalformedEnvelope,
     UntrustedKey,
-    VerificationUnavailable,
 )
 from ..errors import EnvelopeError, SeedtoolError, SigningKeyError
 from ..keys import PublicKey, load_public_keys, trusted_pairs
@@ -219,8 +217,6 @@ def _verify(
         return envelope.verify(env, trusted_pairs(keys), now=now, skew=policy.clock_skew), ""
     except UntrustedKey:
         return None, f"signed by untrusted key {env.key_id_hex}"
-    except VerificationUnavailable:
-        return None, "no signature verifier"
     except BadSignature:
         return None, "signature does not verify"
     except EnvelopeExpired:
