@@ -39,8 +39,9 @@ RELEASES = ("bookworm", "trixie")
 MIRROR = os.environ.get("SEEDTOOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 # Measured on Debian 12 hosts: without python3-cffi-backend cloud-init stays unconfigured;
-# trixie's minbase lacks e2fsprogs (cloud-init's resizefs then fails); the guest checks
-# envelope signatures with python3-cryptography.
+# trixie's minbase lacks e2fsprogs (cloud-init's resizefs then fails). python3-cryptography
+# comes with cloud-init anyway (python3-oauthlib, -jwt, -requests depend on it); the guest
+# does not use it (seedtool.ed25519 is pure Python).
 BASE_PACKAGES = (
     "linux-image-cloud-amd64",
     "systemd-sysv",
