@@ -137,6 +137,7 @@ def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -
     needles = sorted(set(needles), key=len, reverse=True)
     if not needles:
         return
+    t_start = time.monotonic()
     ds = getattr(cloud, "datasource", None)
     in_memory = scrub.scrub_object(cfg, needles)
     if ds is not None:
@@ -154,12 +155,17 @@ def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -
             except Exception as e:
                 LOG.debug("seedtool: could not re-pickle the datasource (%s)", type(e).__name__)
     t_tree = time.monotonic()
-    changed = scrub.scrub_tree(Path("/"), needles)
+    changed = scrub.scrub_tree(Path("/"), needles, durable=False)
+    t_flush = time.monotonic()
+    scrub.flush(changed)
     LOG.debug(
-        "seedtool: scrubbed the seed from %d in-memory copies and %d files in %.3f s: %s",
+        "seedtool: scrubbed the seed from %d in-memory copies and %d files (in memory %.3f s, "
+        "files %.3f s, flush %.3f s): %s",
         in_memory,
         len(changed),
-        time.monotonic() - t_tree,
+        t_tree - t_start,
+        t_flush - t_tree,
+        time.monotonic() - t_flush,
         ", ".join(changed),
     )
 

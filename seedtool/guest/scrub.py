@@ -164,8 +164,13 @@ def scrub_tree(
     needles: Sequence[bytes],
     trees: Iterable[str] = DEFAULT_TREES,
     label: str = "scrubbed",
+    durable: bool = True,
 ) -> list[str]:
-    """Scrub every regular file under root/tree (symlinks not followed); files changed."""
+    """Scrub every regular file under root/tree (symlinks not followed); files changed.
+
+    With `durable` the changes are flushed at the end (`flush`); without, the caller
+    flushes them.
+    """
     if not needles:
         return []
     changed: list[str] = []
@@ -183,7 +188,8 @@ def scrub_tree(
                         changed.append(p)
                 except (OSError, EnvelopeError):
                     continue
-    flush(changed)
+    if durable:
+        flush(changed)
     return changed
 
 
