@@ -168,8 +168,8 @@ def scrub_tree(
 ) -> list[str]:
     """Scrub every regular file under root/tree (symlinks not followed); files changed.
 
-    With `durable` the changes are flushed at the end (`flush`); without, the caller
-    flushes them.
+    With `durable` each changed file is fsynced once all are edited (`flush`);
+    without, the kernel's normal write-back makes them durable.
     """
     if not needles:
         return []
@@ -194,32 +194,14 @@ def scrub_tree(
 
 
 def flush(paths: Sequence[str]) -> None:
-    """Make the changes to `paths` durable: one syncfs(2) per file system when libc's
-    is reachable through ctypes (one journal commit, not one per file: each fsync
-    costs about 15 ms in a TCG guest), else an fsync per file. Errors are ignored:
-    the scrub itself has happened, and the kernel writes it back within seconds."""
-    syncfs = None
-    try:
-        import ctypes  # already imported by the signature check (seedtool.ed25519)
-
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-        syncfs.argtypes, syncfs.restype = [ctypes.c_int], ctypes.c_int
-    except (ImportError, OSError, AttributeError):
-        syncfs = None
-    done: set[int] = set()
+    """fsync each of `paths`; errors are ignored (the scrub itself has happened)."""
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             continue
         try:
-            dev = os.fstat(fd).st_dev
-            if dev in done:
-                continue
-            if syncfs is not None and syncfs(fd) == 0:
-                done.add(dev)
-            else:
-                os.fsync(fd)
+            os.fsync(fd)
         except OSError:
             pass
         finally:
