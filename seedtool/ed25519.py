@@ -130,6 +130,20 @@ def _combination(s: int, b_table: list[_Point], k: int, a_table: list[_Point]) -
     return acc
 
 
+def usable_public_key(public_key: bytes) -> bool:
+    """True when `public_key` decodes (RFC 8032 5.1.3) to a point whose order is not
+    small. Under a small-order key anyone can forge: under the identity, R = identity
+    and S = 0 verify every message. keygen never makes one; a trusted key must not be.
+    """
+    if len(public_key) != PUBLIC_KEY_LEN:
+        return False
+    a = _decode(public_key)
+    if a is None:
+        return False
+    eight_a = _double(_double(_double(a)))
+    return _encode(eight_a) != _encode(_IDENTITY)
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is a valid Ed25519 signature of `message` by `public_key`."""
     if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:

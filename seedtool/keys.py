@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 
+from . import ed25519
 from .errors import SigningKeyError
 from .record import Record
 
@@ -67,6 +68,12 @@ def parse_public_keys(text: str, origin: str = "public key file") -> list[Public
             raw = b""
         if len(raw) != 32:
             raise SigningKeyError(f"{origin} line {lineno} does not hold a 32-byte Ed25519 key")
+        if not ed25519.usable_public_key(raw):
+            raise SigningKeyError(
+                f"{origin} line {lineno} holds no usable Ed25519 key (not a curve point, or "
+                "of small order, under which anyone could forge signatures); use the .pub "
+                "file from seedtool keygen"
+            )
         keys.append(PublicKey(raw, parts[2] if len(parts) > 2 else ""))
     return keys
 

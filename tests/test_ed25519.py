@@ -169,3 +169,32 @@ print(json.dumps(sorted({{"cryptography", "ctypes", "_cffi_backend", "tempfile",
     p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                        check=True)
     assert json.loads(p.stdout) == []
+
+
+def _times(scalar: int, point: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    acc = ed25519._IDENTITY
+    for bit in bin(scalar)[2:]:
+        acc = ed25519._double(acc)
+        if bit == "1":
+            acc = ed25519._add(acc, point)
+    return acc
+
+
+def test_small_order_keys_are_not_usable_and_keygen_keys_are() -> None:
+    # every point of order dividing 8 is [L]P for some curve point P
+    torsion = set()
+    for y in range(2, 40):
+        p = ed25519._decode(y.to_bytes(32, "little"))
+        if p is not None:
+            torsion.add(ed25519._encode(_times(L, p)))
+    assert len(torsion) == 8  # the whole 8-torsion subgroup, identity included
+    for key in torsion:
+        assert not ed25519.usable_public_key(key), key.hex()
+    for public in NON_CANONICAL_KEYS + [(2).to_bytes(32, "little"), bytes(31)]:
+        assert not ed25519.usable_public_key(public)
+    real = _pub(Ed25519PrivateKey.generate())
+    assert ed25519.usable_public_key(real)
+    # a key with a small-order component is still of large order: usable
+    a, t = ed25519._decode(real), ed25519._decode(sorted(torsion)[1])
+    assert a is not None and t is not None
+    assert ed25519.usable_public_key(ed25519._encode(ed25519._add(a, t)))

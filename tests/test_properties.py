@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from seedtool import envelope
+from seedtool import ed25519, envelope
 from seedtool.deliver import partitions as pt
 from seedtool.deliver import userdata as ud
 from seedtool.errors import EnvelopeError, SigningKeyError, SourceError
@@ -403,8 +403,13 @@ _comment = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs
                    max_size=20).map(str.strip)
 
 
+def _public_of_secret(secret: bytes) -> bytes:
+    return public_of(Ed25519PrivateKey.from_private_bytes(secret)).raw
+
+
 @settings(max_examples=100, deadline=None)
-@given(keys=st.lists(st.tuples(st.binary(min_size=32, max_size=32), _comment), max_size=5),
+@given(keys=st.lists(st.tuples(st.binary(min_size=32, max_size=32).map(_public_of_secret),
+                               _comment), max_size=5),
        noise=st.lists(st.sampled_from(["", "# a comment", "   ", "#seedtool-ed25519 x"]),
                       max_size=3))
 def test_public_key_files_round_trip(tmp_path_factory: pytest.TempPathFactory,
@@ -430,6 +435,24 @@ def test_lines_that_are_not_keys_are_refused(line: str) -> None:
     good = PublicKey(bytes(range(32))).line()
     with pytest.raises(SigningKeyError, match="line 2"):
         parse_public_keys(good + line + "\n")
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(min_size=32, max_size=32))
+def test_a_32_byte_key_is_accepted_exactly_when_usable(raw: bytes) -> None:
+    """Curve points of large order only: not a point, or small order (forgeable), is refused."""
+    line = f"seedtool-ed25519 {base64.b64encode(raw).decode()}\n"
+    if ed25519.usable_public_key(raw):
+        assert parse_public_keys(line) == [PublicKey(raw)]
+    else:
+        with pytest.raises(SigningKeyError, match="no usable Ed25519 key"):
+            parse_public_keys(line)
+
+
+@pytest.mark.parametrize("raw", [bytes(32), b"\x01" + bytes(31)], ids=["zero", "identity"])
+def test_small_order_trusted_keys_are_refused(raw: bytes) -> None:
+    with pytest.raises(SigningKeyError, match="small order"):
+        parse_public_keys(f"seedtool-ed25519 {base64.b64encode(raw).decode()}\n")
 
 
 # --- Entropy Key frames ----------------------------------------------------------------------
