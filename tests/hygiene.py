@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import mmap
 import os
 import re
 import stat
@@ -286,19 +285,35 @@ def _files(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 
 def _read_for_learning(path: Path, size: int) -> list[tuple[bytes, str]]:
-    """Envelopes inside a large file (a disk image), found without reading it all into memory."""
+    """Envelopes inside a large file (a disk image), found without reading it all into memory.
+
+    Read in chunks, not through mmap: mmap.find() in CPython before 3.11.5 reads past the
+    end of a mapping whose size is a multiple of the page size (gh-105235) and crashed
+    the test run on Debian 12's Python 3.11.2 with a sparse disk image.
+    """
     learned: list[tuple[bytes, str]] = []
+    chunk = 1 << 20
+    keep = max(len(RAW_MAGIC), len(TEXT_MAGIC)) - 1  # a magic split across two chunks
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            for magic in (RAW_MAGIC, TEXT_MAGIC):
-                at = m.find(magic)
-                while at >= 0 and len(learned) < 64:
-                    window = m[at:at + 4096]
-                    for _s, _e, found in envelopes_in(window):
-                        if found is not None:
-                            learned.append(found)
-                        break
-                    at = m.find(magic, at + 1)
+        with open(path, "rb") as f:
+            fd = f.fileno()
+            offset, tail = 0, b""
+            while offset < size and len(learned) < 64:
+                block = os.pread(fd, chunk, offset)
+                if not block:
+                    break
+                data, base = tail + block, offset - len(tail)
+                for magic in (RAW_MAGIC, TEXT_MAGIC):
+                    at = data.find(magic)
+                    while at >= 0 and len(learned) < 64:
+                        window = os.pread(fd, 4096, base + at)
+                        for _s, _e, found in envelopes_in(window):
+                            if found is not None:
+                                learned.append(found)
+                            break
+                        at = data.find(magic, at + 1)
+                tail = data[-keep:]
+                offset += len(block)
     except (OSError, ValueError):
         pass
     return learned

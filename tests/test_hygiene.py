@@ -564,3 +564,30 @@ def test_mac_and_id_checks_use_compare_digest(rel: str, function: str, what: str
     assert node is not None, f"{rel} has no {function} any more; update this test"
     calls = {_qualname(n.func, _aliases(tree)) for n in ast.walk(node) if isinstance(n, ast.Call)}
     assert "hmac.compare_digest" in calls, f"{function} must compare {what} in constant time"
+
+
+def test_seeds_inside_a_large_page_aligned_image_are_learned(tmp_path: Path) -> None:
+    """Regression: learning seeds from a disk image used mmap.find, which crashes on a
+    page-aligned file in CPython before 3.11.5 (gh-105235; Debian 12 ships 3.11.2).
+    Envelopes across a chunk boundary, as text and near the end are all found."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.hygiene import _read_for_learning
+
+    made = [SeedFactory(Ed25519PrivateKey.generate()).new() for _ in range(3)]
+    raw0, raw2 = (envelope.decode_text(m.text) for m in (made[0], made[2]))
+    size = 9 << 20  # over the in-memory search limit: learned in chunks
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(size)
+        f.seek((1 << 20) - 3)  # the magic straddles the first chunk boundary
+        f.write(raw0)
+        f.seek(5 << 20)
+        f.write(made[1].text.encode())
+        f.seek(size - len(raw2) - 4)
+        f.write(raw2)
+        # a page-aligned file ending in part of the text magic: what made mmap.find crash
+        f.write(b"U0RU")
+    assert img.stat().st_size == size and size % os.sysconf("SC_PAGE_SIZE") == 0
+    learned = {seed_id for _seed, seed_id in _read_for_learning(img, size)}
+    assert learned == {m.seed_id for m in made}
