@@ -72,6 +72,10 @@ def test_interrupted_launcher_kills_its_vms(campaign: Campaign, vm_keys: dict[st
             "--image", str(img.disk), "--kernel", str(img.kernel), "--initrd", str(img.initrd),
             "--append", HANG_APPEND, "--count", "2", "--parallel", "2",
             "--workdir", str(tmp_path)]
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # run in the background (`cmd &`, nohup) the suite inherits SIGINT ignored, and so
+        # would the launcher: give it the default a user's terminal gives it
+        argv = ["env", "--default-signal=INT", *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pids: list[int] = []
     try:
