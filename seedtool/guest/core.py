@@ -39,6 +39,7 @@ from ..envelope import (
     UntrustedKey,
 )
 from ..errors import EnvelopeError, SeedtoolError, SigningKeyError
+from ..fileio import atomic_write
 from ..keys import PublicKey, load_public_keys, trusted_pairs
 from ..mix import mix
 from ..record import Record
@@ -273,8 +274,6 @@ def refresh_random_seed(path: str) -> str:
         fresh = os.getrandom(size, os.GRND_NONBLOCK)
     except (OSError, AttributeError):
         return "random-seed not refreshed: the CRNG is not ready"
-    from ..fileio import atomic_write
-
     try:
         # not fsynced: systemd-random-seed rewrites it at shutdown, and a crash before
         # write-back leaves the old file or none, never a partial one
@@ -313,8 +312,6 @@ def write_status(path: str, status: dict[str, Any]) -> None:
     status.json is the latest outcome, except that an outcome without any seed does
     not replace one with a seed from the same boot; the per-stage file is always written.
     """
-    from ..fileio import atomic_write
-
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     text = (json.dumps(status, indent=1, sort_keys=True) + "\n").encode()
