@@ -507,6 +507,50 @@ def test_a_reset_written_after_the_nonce_cancels_it() -> None:
     assert host.take_entropy(host.available) == b"".join(sim.sent_entropy)
 
 
+def test_a_stale_serial_frame_does_not_make_the_host_drop_its_nonce() -> None:
+    """Regression (CI flake, second cause): a serial frame sent before the host opened the
+    device took the place of the answer to the host's reset; the real answer then made
+    the host forget the nonce the device was about to answer, and every frame under the
+    new session key counted as tampered. No serial frame may cancel a nonce now."""
+    stale = EntropyKeySim(SERIAL, LTK)  # powered up before we opened it: S, then k ...
+    sim = EntropyKeySim(SERIAL, LTK)
+    host = HostSession({SERIAL: LTK}, os.urandom)
+    host.start()
+    reset = host.take_writes()
+    host.receive(stale.stream(2))  # the stale S and k: the host answers with a nonce
+    nonce = host.take_writes()
+    assert nonce[:1] == b"K"
+    sim.host_write(reset + nonce)  # the device reads our reset, then our nonce
+    host.receive(sim.stream(40))  # S (the real answer), K!, entropy under the new key
+    assert host.keyed and host.stats.frames_rejected == 0
+    assert host.take_entropy(host.available) == b"".join(sim.sent_entropy)
+
+
+def test_a_device_reset_between_our_nonce_and_its_reading_keeps_the_nonce_answerable() -> None:
+    """Reset by someone else (power, a ^C from another program) after our nonce went out and
+    before the device read it: the host, now on the zero key, answers a 'k' with a second
+    nonce, but the device answers the first one, then the second. Two nonces outstanding:
+    the frame after the K! says which one it answered."""
+    sim, host = keyed_pair()
+    host.receive(build_frame(sim._keys, b"k", b">", b"Please re-key session."))
+    first = host.take_writes()
+    sim.reset()  # before it reads `first`
+    host.receive(sim.next_frame())  # S
+    host.receive(sim.next_frame())  # k
+    second = host.take_writes()
+    assert first[:1] == second[:1] == b"K" and first != second
+    sim.host_write(first + second)  # K! under the zero key, K! under the first's key
+    assert len(sim.nonces) == 3
+    host.receive(sim.next_frame())  # two candidate keys: neither is used yet
+    assert host.available == 0
+    zero_k = build_frame(SessionKeys(SERIAL, bytes(32)), b"k", b">", b"Please re-key session.")
+    host.receive(zero_k)  # nor is the zero key once the device has re-keyed
+    assert host.stats.frames_rejected == 1
+    pump(sim, host, 20)
+    assert host.keyed and host.stats.frames_rejected == 1
+    assert host.take_entropy(host.available) == b"".join(sim.sent_entropy)
+
+
 def test_deframer_resynchronises_after_garbage() -> None:
     sim = EntropyKeySim(SERIAL, LTK)
     frames = [sim.next_frame() for _ in range(3)]

@@ -377,6 +377,8 @@ class HostSession:
     MAX_KEY_REQUESTS = 5
     #: frames ignored while waiting for the serial-number frame before resetting again
     RESET_AFTER_IGNORED = 8
+    #: nonces written and not yet answered that a 'K!' frame may still answer
+    MAX_OUTSTANDING_NONCES = 8
 
     def __init__(
         self,
@@ -398,11 +400,12 @@ class HostSession:
         self._keys: SessionKeys | None = None  # current MAC/pad states
         self._state = "init"
         self._seen: set[int] = set()
-        self._pending_nonce: bytes | None = None
-        # The device handles our bytes in order, so a serial frame answers the oldest
-        # reset still outstanding; a nonce written after some resets survives those.
-        self._resets_outstanding = 0
-        self._resets_before_nonce = 0
+        # Nonces written and not yet answered, oldest first. Which serial frame answers
+        # which of our resets cannot be told (stale ones may still be in the pipe), so a
+        # serial frame does not cancel them: a 'K!' frame answers one of them, and the
+        # first frame that verifies under one of the keys they give says which.
+        self._nonces: list[bytes] = []
+        self._candidates: list[tuple[bytes, SessionKeys]] | None = None
         self._unverified_after_rekey = 0  # frames failed since the last K! (no success yet)
         self._key_requests = 0
         self._ignored = 0
@@ -413,11 +416,10 @@ class HostSession:
 
     def start(self) -> None:
         """Reset the device: it answers with its serial-number frame."""
-        self._send_reset()
-        self._pending_nonce = None  # written before this reset: the device drops it
-        self._resets_before_nonce = 0
+        self._tx += RESET
         self._state = "init"
         self._keys = None
+        self._candidates = None
         self._has_session = False
         self._deframer.reset()
         self._synced = False
@@ -481,7 +483,15 @@ class HostSession:
             if self._state == "init":
                 self._ignored += 1
                 if self._ignored % self.RESET_AFTER_IGNORED == 0:
-                    self._send_reset()  # the serial frame was lost: ask for another
+                    self._tx += RESET  # the serial frame was lost: ask for another
+            return
+        if self._candidates is not None and not self._adopt_candidate(frame):
+            # Under none of the keys a re-key may have given: the old key is over, too.
+            if frame.kind == "S" and frame.binary and self._is_serial_frame(frame):
+                self._state = "init"
+                self._on_serial(frame)
+                return
+            self._reject()
             return
         keys = self._keys
         assert keys is not None
@@ -508,7 +518,7 @@ class HostSession:
         self.stats.frames_ok += 1
         if kind == "k":
             self._on_key_request()
-        elif kind == "K" and frame.binary and self._state == "session_sent":
+        elif kind == "K" and frame.binary and self._nonces:
             self._on_rekeyed(frame)
         elif kind == "I":
             self._on_info(frame.text())
@@ -518,22 +528,6 @@ class HostSession:
                 "unplug it, let it cool, and check its failure mode with ekeydctl"
             )
         # 'W' (unknown input), 'M'/'L'/'l' (long-term re-key) and unknown types: nothing to do
-
-    def _send_reset(self) -> None:
-        self._tx += RESET
-        self._resets_outstanding += 1
-
-    def _nonce_survives_serial(self) -> bool:
-        """Account for a serial frame; True when our pending nonce was written after the
-        reset it answers, so the device will still read the nonce and answer 'K!'."""
-        if self._resets_outstanding:
-            self._resets_outstanding -= 1
-        if self._pending_nonce is not None and self._resets_before_nonce:
-            self._resets_before_nonce -= 1
-            return True
-        self._pending_nonce = None
-        self._resets_before_nonce = 0
-        return False
 
     def _is_serial_frame(self, frame: Frame) -> bool:
         """True when `frame` is a genuine-looking serial frame of the current device."""
@@ -575,8 +569,9 @@ class HostSession:
         self._ltk = ltk
         self._keys = zero
         self._has_session = False
+        self._candidates = None
         self._seen.clear()
-        self._state = "session_sent" if self._nonce_survives_serial() else "session"
+        self._state = "session"
         self._synced = True
         self.stats.frames_ok += 1
         self.stats.resets += 1
@@ -591,34 +586,53 @@ class HostSession:
         nonce = self._nonce(DEFAULT_NONCE_LEN)
         if len(nonce) != DEFAULT_NONCE_LEN:
             raise SourceError("the nonce source returned the wrong length; this is a bug")
-        self._pending_nonce = nonce
-        self._resets_before_nonce = self._resets_outstanding
+        self._nonces = [*self._nonces, nonce][-self.MAX_OUTSTANDING_NONCES :]
         self._tx += rekey_command(nonce)
         self._key_requests = 0
         self._state = "session_sent"
 
     def _on_rekeyed(self, frame: Frame) -> None:
-        nonce = self._pending_nonce
-        assert nonce is not None and self.serial is not None and self._ltk is not None
+        assert self.serial is not None and self._ltk is not None
         try:
             received = frame.subcode()
             device_entropy = frame.payload()
         except ProtocolError:
             self._reject()
             return
-        if received != len(nonce) or len(device_entropy) != ENTROPY_PER_FRAME:
-            # The device read a different nonce from the one we sent: reset and retry.
+        nonces = [n for n in self._nonces if len(n) == received]
+        if not nonces or len(device_entropy) != ENTROPY_PER_FRAME:
+            # The device read a nonce we never sent: reset and retry.
             self.start()
             return
-        session = derive_session_key(self.serial, self._ltk, device_entropy, nonce)
-        self._keys = SessionKeys(self.serial, session)
-        self._has_session = True
-        self._pending_nonce = None
-        self._resets_before_nonce = 0
+        serial, ltk = self.serial, self._ltk
+        self._candidates = [
+            (n, SessionKeys(serial, derive_session_key(serial, ltk, device_entropy, n)))
+            for n in nonces
+        ]
         self._seen.clear()
         self._unverified_after_rekey = 0
         self._state = "keyed_first"
         self.stats.rekeys += 1
+        if len(self._candidates) == 1:
+            self._adopt(0)  # the usual case: only one nonce can be answered
+
+    def _adopt_candidate(self, frame: Frame) -> bool:
+        """Take the re-key candidate `frame` verifies under, if any."""
+        assert self._candidates is not None
+        for i, (_, keys) in enumerate(self._candidates):
+            if keys.verify(frame.raw):
+                self._adopt(i)
+                return True
+        return False
+
+    def _adopt(self, i: int) -> None:
+        assert self._candidates is not None
+        nonce, keys = self._candidates[i]
+        self._keys = keys
+        self._has_session = True
+        self._candidates = None
+        # The device reads our bytes in order: the nonces before this one are spent too.
+        self._nonces = self._nonces[self._nonces.index(nonce) + 1 :]
 
     def _on_entropy(self, frame: Frame, keys: SessionKeys) -> None:
         try:
