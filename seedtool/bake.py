@@ -395,14 +395,12 @@ def _stage_bytecode(fs: TargetFS, staging: Path) -> list[str]:
     if not tag or fs.stat(PYTHON) is None:
         return []
     marker = None
-    for base in ("/usr/lib", "/usr/lib64"):
-        if not _is_dir(fs, base):
-            continue
-        for name in fs.listdir(base):
-            pyc = f"{base}/{name}/__pycache__/os.{tag}.pyc"
-            if re.fullmatch(r"python3\.\d+", name) and _is_file(fs, pyc):
-                marker = pyc
-                break
+    # /usr/lib/python3.N, where host_compile looks for the image's standard library
+    for name in fs.listdir("/usr/lib") if _is_dir(fs, "/usr/lib") else []:
+        pyc = f"/usr/lib/{name}/__pycache__/os.{tag}.pyc"
+        if re.fullmatch(r"python3\.\d+", name) and _is_file(fs, pyc):
+            marker = pyc
+            break
     if marker is None:
         return []
     try:
@@ -413,8 +411,6 @@ def _stage_bytecode(fs: TargetFS, staging: Path) -> list[str]:
     local = staging / marker.lstrip("/")
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(head)
-    (staging / PYTHON.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    (staging / PYTHON.lstrip("/")).symlink_to("python3-of-the-image")
     try:
         if not install.host_compile(staging, install.GUEST_SOURCES):
             return []

@@ -114,10 +114,10 @@ def scrub_bytes(
 
 
 def scrub_file(path: str | os.PathLike[str], needles: Sequence[bytes],
-               label: str = "scrubbed", durable: bool = True) -> int:
+               label: str = "scrubbed") -> int:
     """Scrub one regular file in place; the number of copies replaced (0 if none).
 
-    `durable` fsyncs the change; `scrub_tree` instead flushes all its files at once.
+    Not fsynced: `scrub_tree` flushes the files it changed, all at once, when asked to.
     """
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -138,14 +138,12 @@ def scrub_file(path: str | os.PathLike[str], needles: Sequence[bytes],
                 if count:
                     mode = st.st_mode & 0o7777
                     atomic_write(path, gzip.compress(new_plain, mtime=0), mode=mode,
-                                 durable=durable)
+                                 durable=False)
                 return count
         new, count = scrub_bytes(data, needles, label)
         if count:
             # same length: overwrite in place, so a process appending keeps its offset
             os.pwrite(fd, new, 0)
-            if durable:
-                os.fsync(fd)
         return count
     finally:
         os.close(fd)
@@ -184,7 +182,7 @@ def scrub_tree(
             for name in filenames:
                 p = os.path.join(dirpath, name)  # str, not Path: this loop runs per file
                 try:
-                    if scrub_file(p, needles, label, durable=False):
+                    if scrub_file(p, needles, label):
                         changed.append(p)
                 except (OSError, EnvelopeError):
                     continue

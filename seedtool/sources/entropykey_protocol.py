@@ -485,17 +485,14 @@ class HostSession:
                 if self._ignored % self.RESET_AFTER_IGNORED == 0:
                     self._tx += RESET  # the serial frame was lost: ask for another
             return
-        if self._candidates is not None and not self._adopt_candidate(frame):
-            # Under none of the keys a re-key may have given: the old key is over, too.
-            if frame.kind == "S" and frame.binary and self._is_serial_frame(frame):
-                self._state = "init"
-                self._on_serial(frame)
-                return
-            self._reject()
-            return
+        if self._candidates is not None:
+            # after a K! only the keys it may have given count: the old key is over
+            verified = self._adopt_candidate(frame)
+        else:
+            verified = self._keys is not None and self._keys.verify(frame.raw)
         keys = self._keys
         assert keys is not None
-        if not keys.verify(frame.raw):
+        if not verified:
             if frame.kind == "S" and frame.binary and self._is_serial_frame(frame):
                 # the device was reset (by a ^C from elsewhere, or power): start over
                 self._state = "init"
