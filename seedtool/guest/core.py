@@ -337,12 +337,16 @@ def credit_seed(
     platform_seed: bytes | None = None,
     platform: str = "",
     now: float | None = None,
+    uncreditable: str = "",
 ) -> Outcome:
     """Verify `data` (an envelope, raw or base64) and credit or mix it; see the module doc.
 
     `platform_seed` is a datasource's own unsigned `random_seed` (from `platform`):
     always mixed, credited only when no envelope was offered and the policy trusts
     that platform. `now` overrides the clock for the validity check (tests).
+    A non-empty `uncreditable` is the reason the envelope may not be credited
+    whatever its signature (e.g. it arrived in a form seedtool does not write): it
+    is mixed, never verified for credit nor recorded in the ledger.
     """
     paths = paths or Paths.under("/")
     wall = time.time() if now is None else now
@@ -377,7 +381,9 @@ def credit_seed(
         else:
             out.seed_id, out.key_id = env.seed_id_hex, env.key_id_hex
             to_mix.append(env.uncredited_seed)
-            if policy_ok:
+            if uncreditable and policy_ok:
+                out.reason = uncreditable
+            elif policy_ok:
                 verified, out.reason = _verify(env, paths, policy, wall, out.notes)
                 mark("signature")
                 if verified is not None:
