@@ -74,6 +74,39 @@ def test_mbr_with_logical_partitions_matches_sfdisk(tmp_path: Path) -> None:
     assert [p.number for p in table.partitions] == [1, 2, 3, 5, 6, 7]
 
 
+def _sfdisk_table(img: Path) -> dict[str, object]:
+    out = subprocess.run(["sfdisk", "-J", str(img)], check=True, capture_output=True).stdout
+    table: dict[str, object] = json.loads(out)["partitiontable"]
+    return table
+
+
+def test_gpt_partuuids_and_partlabels_match_sfdisk(tmp_path: Path) -> None:
+    img = tmp_path / "gpt.img"
+    sfdisk(img, 32 * MiB, "label: gpt\nlabel-id: 1B2C3D4E-0000-4000-8000-0123456789AB\n"
+           "size=8M, type=L, name=var, uuid=6A9E1C1F-2B33-4C44-9D55-E66F77A88B99\n"
+           "type=L, name=root\n")
+    theirs = _sfdisk_table(img)
+    table = read_partitions(img)
+    assert table.disk_id == "1b2c3d4e-0000-4000-8000-0123456789ab" == \
+        str(theirs["id"]).lower()
+    parts = theirs["partitions"]
+    assert isinstance(parts, list)
+    assert [(p.uuid, p.name) for p in table.partitions] == [
+        (str(t["uuid"]).lower(), t["name"]) for t in parts]
+    assert table.partitions[0].uuid == "6a9e1c1f-2b33-4c44-9d55-e66f77a88b99"
+
+
+def test_mbr_partuuid_is_disk_signature_and_number(tmp_path: Path) -> None:
+    img = tmp_path / "mbr.img"
+    sfdisk(img, 24 * MiB, "label: dos\nlabel-id: 0x5eed0a1b\n,4M,83\n,,E\n,4M,83\n,,83\n")
+    assert str(_sfdisk_table(img)["id"]) == "0x5eed0a1b"
+    table = read_partitions(img)
+    assert table.disk_id == "5eed0a1b"
+    # what the kernel reports as PARTUUID (block/partitions/msdos.c: "%08x-%02x")
+    assert [p.uuid for p in table.partitions] == [
+        "5eed0a1b-01", "5eed0a1b-02", "5eed0a1b-05", "5eed0a1b-06"]
+
+
 def test_mbr_numbers_primaries_by_slot(tmp_path: Path) -> None:
     img = tmp_path / "mbr.img"
     sfdisk(img, 16 * MiB, "label: dos\n2048,4096,83\n6144,4096,83\n")

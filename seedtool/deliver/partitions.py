@@ -17,6 +17,10 @@ Formats, from their specifications:
   partition's start). Linux numbers primaries 1-4 by slot and logicals from 5.
 * Partition type GUIDs: the UAPI Group's Discoverable Partitions Specification
   (Linux filesystem data, root for x86-64 and arm64, ESP, LVM).
+* What an fstab's `PARTUUID=` and `PARTLABEL=` name, as the kernel and udev report
+  them: a GPT entry's unique partition GUID and its name; on MBR disks the 32-bit disk
+  signature at byte 440 and the partition number, `%08x-%02x` (the kernel's
+  block/partitions/msdos.c, msdos_partition).
 
 Every input, however malformed, gives a `PartitionTable` or `PartitionTableError`;
 sizes and counts read from the image are bounded before they are used.
@@ -29,7 +33,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import DeliveryError
 
@@ -83,7 +87,8 @@ class Partition:
     size: int  # bytes
     type: str  # GPT type GUID (lower case) or MBR type as "0x83"
     kind: str  # "linux", "root-x86-64", "root-arm64", "esp", "lvm", "extended" or "other"
-    name: str = ""  # GPT partition name
+    name: str = ""  # GPT partition name (PARTLABEL)
+    uuid: str = ""  # PARTUUID: GPT unique partition GUID, or MBR "<signature>-<NN>"
 
     @property
     def linux_candidate(self) -> bool:
@@ -97,6 +102,7 @@ class PartitionTable:
     sector_size: int
     partitions: tuple[Partition, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    disk_id: str = ""  # GPT disk GUID or MBR disk signature (8 hex digits)
 
     def get(self, number: int) -> Partition | None:
         for p in self.partitions:
@@ -158,7 +164,7 @@ def parse_partitions(read_at: ReadAt, size: int) -> PartitionTable:
             "the image has a protective MBR but no GPT header at either end; the partition "
             "table is damaged: repair it with gdisk or sfdisk"
         )
-    return _parse_mbr(read_at, size, entries)
+    return _parse_mbr(read_at, size, entries, struct.unpack_from("<I", mbr, 440)[0])
 
 
 # ---- GPT ------------------------------------------------------------------------------
@@ -174,6 +180,7 @@ class _GptHeader:
     n_entries: int
     entry_size: int
     entries_crc: int
+    disk_guid: str
 
 
 def _gpt_header(read_at: ReadAt, lba: int, sector: int) -> _GptHeader | None:
@@ -183,7 +190,7 @@ def _gpt_header(read_at: ReadAt, lba: int, sector: int) -> _GptHeader | None:
     raw = read_at(lba * sector, sector)
     if len(raw) < GPT_HEADER_MIN or raw[:8] != GPT_SIGNATURE:
         return None
-    (sig, _rev, hsize, hcrc, reserved, my_lba, alt_lba, first, last, _guid,
+    (sig, _rev, hsize, hcrc, reserved, my_lba, alt_lba, first, last, guid,
      ent_lba, n_ent, ent_size, ent_crc) = _GPT_HEADER.unpack_from(raw)
     if not GPT_HEADER_MIN <= hsize <= min(sector, len(raw)) or reserved != 0:
         return None
@@ -202,7 +209,8 @@ def _gpt_header(read_at: ReadAt, lba: int, sector: int) -> _GptHeader | None:
         ent_lba <= last and array_end > first
     ):
         return None
-    return _GptHeader(my_lba, alt_lba, first, last, ent_lba, n_ent, ent_size, ent_crc)
+    return _GptHeader(my_lba, alt_lba, first, last, ent_lba, n_ent, ent_size, ent_crc,
+                      str(uuid.UUID(bytes_le=guid)))
 
 
 def _gpt_array(read_at: ReadAt, h: _GptHeader, sector: int) -> bytes | None:
@@ -247,7 +255,7 @@ def _parse_gpt(read_at: ReadAt, size: int, sector: int) -> PartitionTable:
     parts: list[Partition] = []
     for i in range(header.n_entries):
         chunk = array[i * header.entry_size : i * header.entry_size + _GPT_ENTRY.size]
-        type_le, _uniq, first, last, _attrs, name_raw = _GPT_ENTRY.unpack(chunk)
+        type_le, uniq, first, last, _attrs, name_raw = _GPT_ENTRY.unpack(chunk)
         if type_le == b"\x00" * 16:
             continue
         if first > last or last > last_lba or first < header.first_usable or \
@@ -265,8 +273,9 @@ def _parse_gpt(read_at: ReadAt, size: int, sector: int) -> PartitionTable:
             type=type_guid,
             kind=GPT_KINDS.get(type_guid, "other"),
             name=name,
+            uuid=str(uuid.UUID(bytes_le=uniq)),
         ))
-    return PartitionTable("gpt", sector, tuple(parts), tuple(warnings))
+    return PartitionTable("gpt", sector, tuple(parts), tuple(warnings), header.disk_guid)
 
 
 # ---- MBR ------------------------------------------------------------------------------
@@ -285,8 +294,8 @@ def _mbr_entries(sector: bytes) -> list[tuple[int, int, int, int]] | None:
     return out
 
 
-def _parse_mbr(read_at: ReadAt, size: int, entries: list[tuple[int, int, int, int]]
-               ) -> PartitionTable:
+def _parse_mbr(read_at: ReadAt, size: int, entries: list[tuple[int, int, int, int]],
+               signature: int) -> PartitionTable:
     sector = 512
     total = size // sector
     parts: list[Partition] = []
@@ -310,7 +319,9 @@ def _parse_mbr(read_at: ReadAt, size: int, entries: list[tuple[int, int, int, in
         parts.append(Partition(slot + 1, lba * sector, count * sector, f"0x{ptype:02x}", kind))
     if extended is not None:
         parts.extend(_logical(read_at, extended, total, warnings))
-    return PartitionTable("mbr", sector, tuple(parts), tuple(warnings))
+    # the kernel names MBR partitions by disk signature and number (msdos.c)
+    parts = [replace(p, uuid=f"{signature:08x}-{p.number:02x}") for p in parts]
+    return PartitionTable("mbr", sector, tuple(parts), tuple(warnings), f"{signature:08x}")
 
 
 def _logical(read_at: ReadAt, extended: tuple[int, int], total: int,
