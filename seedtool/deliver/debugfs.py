@@ -28,7 +28,7 @@ import shutil
 import stat as stat_mod
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import DeliveryError
 from .fs import FileStat, check_file_target
@@ -40,6 +40,10 @@ _BANNER = re.compile(r"^debugfs \d+\.\d+")
 # `ls -p` prints /inode/mode(octal)/uid/gid/name/size/ per entry (debugfs/ls.c)
 _LS_P = re.compile(r"^/(\d+)/([0-7]+)/(\d+)/(\d+)/(.*)/(\d*)/$")
 _NOT_FOUND = ("File not found by ext2_lookup", "Ext2 inode is not a directory")
+_FAST_LINK = re.compile(r'^Fast link dest: "(.*)"$', re.M)
+#: one `read_chunks` run reads at most this many files; its requests stay far below a
+#: pipe's buffer, so writing them all before reading the output cannot deadlock
+_BATCH = 256
 _FULL = ("Could not allocate block", "Could not allocate inode", "No free space",
          "No space left")
 
@@ -297,6 +301,129 @@ class DebugfsTarget:
         q = _quote(path)
         self._run([*([f"rm {q}"] if old is not None else []), f'symlink {q} "{target}"'],
                   write=True)
+
+    def readlink(self, path: str) -> str:
+        """The target stored in the symlink `path`: `stat` shows a fast (inline) link's,
+        `cat` prints a slow link's data blocks (debugfs/debugfs.c, dump.c)."""
+        st = self.stat(path)
+        if st is None or not stat_mod.S_ISLNK(st.mode):
+            raise DebugfsError(f"{path} is not a symlink in {self.description}")
+        out = self._run([f"stat {_quote(path)}"], write=False)
+        m = _FAST_LINK.search(out)
+        if m is not None:
+            return m.group(1)
+        data, errors = self._exec([self._exe, "-R", f"cat {_quote(path)}", self._device], None)
+        if errors:
+            self._raise(errors)
+        if len(data) != st.size:
+            raise DebugfsError(
+                f"reading the symlink {path} from {self.description} gave {len(data)} bytes, "
+                f"not {st.size}; check the image with e2fsck -fn"
+            )
+        return data.decode("utf-8", "surrogateescape")
+
+    def scandir(self, path: str) -> list[tuple[str, FileStat]]:
+        """Entries of the directory `path` with their metadata, from one `ls -p`.
+
+        A name with a newline would split its `ls -p` line: such a directory is an error
+        naming the other backend, never a listing that silently lacks the entry."""
+        st = self.stat(path)
+        if st is None or not stat_mod.S_ISDIR(st.mode):
+            raise DebugfsError(f"{path} is not a directory in {self.description}")
+        out = self._run([f"ls -p {_quote(path)}"], write=False)
+        entries = []
+        for line in out.splitlines():
+            m = _LS_P.match(line)
+            if m:
+                _ino, mode, uid, gid, name, size = m.groups()
+                if name not in (".", ".."):
+                    entries.append((name, FileStat(int(mode, 8), int(uid), int(gid),
+                                                   int(size or 0))))
+            elif line.strip() and not line.startswith("debugfs: "):
+                raise DebugfsError(
+                    f"{path} in {self.description} holds a name debugfs cannot list (a "
+                    "control character); use --backend libguestfs for this image"
+                )
+        return sorted(entries, key=lambda e: e[0])
+
+    def read_chunks(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
+        """Files in batches, each batch one debugfs run of `cat` requests streamed back.
+
+        With `-f` debugfs echoes each request ("debugfs: cat PATH") before its output,
+        and `cat` prints exactly the file's size in bytes: each file is cut out of the
+        stream by its size and the next echo is checked, so a failed or short `cat`
+        is an error rather than bytes credited to the wrong file."""
+        for i in range(0, len(paths), _BATCH):
+            yield from self._cat_batch(paths[i:i + _BATCH], size)
+
+    def _cat_batch(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
+        listed = self._ls_many(sorted({_split(p)[0] for p in paths}))
+        sizes = []
+        for path in paths:
+            parent, name = _split(path)
+            st = listed.get(parent, {}).get(name)
+            if st is None or not stat_mod.S_ISREG(st.mode):
+                raise DebugfsError(f"{path} is not a regular file in {self.description}")
+            sizes.append(st.size)
+        requests = [f"cat {_quote(p)}" for p in paths]
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen([self._exe, "-f", "-", self._device],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=err, env=self._env())
+            except OSError as e:
+                raise DebugfsError(f"cannot run debugfs: {e.strerror}") from None
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(("\n".join(requests) + "\n").encode())
+                proc.stdin.close()
+                for path, req, n in zip(paths, requests, sizes):
+                    echo = f"debugfs: {req}\n".encode()
+                    if proc.stdout.read(len(echo)) != echo:
+                        self._stream_failed(path)
+                    left = n
+                    while left:
+                        piece = proc.stdout.read(min(size, left))
+                        if not piece:
+                            self._stream_failed(path)
+                        left -= len(piece)
+                        yield path, piece
+                if proc.stdout.read(1):
+                    self._stream_failed(paths[-1])
+                proc.wait(timeout=TIMEOUT)
+                err.seek(0)
+                errors = [ln.strip() for ln in err.read().decode("utf-8", "replace").splitlines()
+                          if ln.strip() and not _BANNER.match(ln)]
+                if errors:
+                    self._raise(errors)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                proc.stdout.close()
+
+    def _ls_many(self, dirs: Sequence[str]) -> dict[str, dict[str, FileStat]]:
+        """`ls -p` of several directories in one run, split at the echoed requests."""
+        requests = [f"ls -p {_quote(d)}" for d in dirs]
+        out = self._run(requests, write=False)
+        echoes = {f"debugfs: {r}": d for r, d in zip(requests, dirs)}
+        listed: dict[str, dict[str, FileStat]] = {}
+        cur: dict[str, FileStat] | None = None
+        for line in out.splitlines():
+            if line in echoes:
+                cur = listed.setdefault(echoes[line], {})
+                continue
+            m = _LS_P.match(line)
+            if m and cur is not None:
+                _ino, mode, uid, gid, name, size = m.groups()
+                cur[name] = FileStat(int(mode, 8), int(uid), int(gid), int(size or 0))
+        return listed
+
+    def _stream_failed(self, path: str) -> None:
+        raise DebugfsError(
+            f"reading {path} from {self.description} did not give its size in bytes; check "
+            "the image with e2fsck -fn"
+        )
 
     def close(self) -> None:
         """Make what debugfs wrote durable (fsync the image) and drop temporary links."""

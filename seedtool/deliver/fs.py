@@ -10,8 +10,14 @@ operations on images are written once. Paths are absolute inside the target.
 from __future__ import annotations
 
 import stat as stat_mod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from ..errors import DeliveryError
+
+#: Linux's own limit on symlinks followed in one lookup (path_resolution(7))
+MAX_SYMLINKS = 40
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,19 @@ class TargetFS(Protocol):
 
     def symlink(self, target: str, path: str) -> None: ...
 
+    def readlink(self, path: str) -> str:
+        """The target of the symlink `path` as stored in it (not resolved)."""
+
+    def scandir(self, path: str) -> list[tuple[str, FileStat]]:
+        """(name, metadata not following symlinks) of each entry of the directory `path`,
+        without . and .., sorted by name: one listing instead of a stat per entry."""
+
+    def read_chunks(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
+        """The regular files `paths`, in that order, as (path, piece) with pieces of at most
+        `size` bytes, so a large file is never held whole. An empty file yields nothing; a
+        file this process may not read (permissions) yields (path, None) once and the
+        others are still read. A path that is not a regular file is an error."""
+
     def close(self) -> None:
         """Flush and release the target; after this nothing is half-written."""
 
@@ -66,3 +85,48 @@ def check_file_target(fs: TargetFS, path: str, parent: str,
     if old is not None and stat_mod.S_ISDIR(old.mode):
         raise error(f"cannot write {path} in {fs.description}: it is a directory")
     return old
+
+
+class SymlinkLoop(DeliveryError):
+    """Resolving a path inside the target met more than MAX_SYMLINKS symlinks."""
+
+
+def resolve(fs: TargetFS, path: str, follow_final: bool = True) -> str:
+    """`path` with every symlink resolved *inside* the target, as the booted image would
+    see it: an absolute link target starts again at the target's root and `..` never
+    climbs above it, so no answer lies outside the target. The path need not exist
+    (what is missing is kept as given). Raises SymlinkLoop after MAX_SYMLINKS links.
+    """
+    todo = [p for p in path.split("/") if p]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        if not todo and not follow_final:
+            done.append(part)
+            break
+        cur = "/" + "/".join([*done, part])
+        st = fs.stat(cur)
+        if st is None or not stat_mod.S_ISLNK(st.mode):
+            done.append(part)
+            if st is None or not stat_mod.S_ISDIR(st.mode):
+                done.extend(todo)  # missing or not a directory: nothing below to resolve
+                break
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise SymlinkLoop(
+                f"{path} in {fs.description} goes through more than {MAX_SYMLINKS} symlinks; "
+                "fix the link loop in the image"
+            )
+        target = fs.readlink(cur)
+        if target.startswith("/"):
+            done = []
+        todo = [p for p in target.split("/") if p] + todo
+    return "/" + "/".join(done)

@@ -42,11 +42,17 @@ import stat as stat_mod
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
 from ..errors import DeliveryError
 from .fs import FileStat, check_file_target
+
+#: names per `lstatnslist` call and bytes per `pread` call: libguestfs' protocol limits a
+#: message to 4 MiB (GUESTFS_MESSAGE_MAX in its protocol definition)
+_STAT_BATCH = 500
+_PREAD_MAX = 1 << 20
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -529,6 +535,48 @@ class GuestfsTarget:
             self._call("ln_sf", target, path)
         except _Call as e:
             raise self._err("linking", path, e) from None
+
+    def readlink(self, path: str) -> str:
+        """The target stored in the symlink `path`."""
+        try:
+            return str(self._call("readlink", path))
+        except _Call as e:
+            raise self._err("reading the symlink", path, e) from None
+
+    def scandir(self, path: str) -> list[tuple[str, FileStat]]:
+        """Entries of the directory `path` with their metadata (`ls` plus `lstatnslist`,
+        a few hundred names per call so no reply nears the protocol's message limit)."""
+        names = self.listdir(path)
+        out: list[tuple[str, FileStat]] = []
+        for i in range(0, len(names), _STAT_BATCH):
+            part = names[i:i + _STAT_BATCH]
+            try:
+                stats = self._call("lstatnslist", path, part)
+            except _Call as e:
+                raise self._err("reading the metadata in", path, e) from None
+            for name, st in zip(part, stats):
+                out.append((name, FileStat(int(st["st_mode"]), int(st["st_uid"]),
+                                           int(st["st_gid"]), int(st["st_size"]))))
+        return out
+
+    def read_chunks(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
+        """Each file by `pread`, at most _PREAD_MAX bytes per call (the protocol carries
+        at most a few MiB per message)."""
+        step = max(1, min(size, _PREAD_MAX))
+        for path in paths:
+            st = self.stat(path)
+            if st is None or not stat_mod.S_ISREG(st.mode):
+                raise GuestfsError(f"{path} is not a regular file in {self.description}")
+            offset = 0
+            while True:
+                try:
+                    piece = bytes(self._call("pread", path, step, offset))
+                except _Call as e:
+                    raise self._err("reading", path, e) from None
+                if not piece:
+                    break
+                offset += len(piece)
+                yield path, piece
 
     def _shutdown(self, sync: bool) -> None:
         g, self._g = self._g, None

@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DeliveryError
@@ -28,7 +29,7 @@ MAX_SYMLINKS = 40
 
 
 class LocalFS:
-    """A directory tree as a `TargetFS`; also offers `readlink` and `rmdir`."""
+    """A directory tree as a `TargetFS`; also offers `rmdir`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         r = Path(root)
@@ -218,14 +219,56 @@ class LocalFS:
     def close(self) -> None:
         """Nothing is buffered here: every write was synced and renamed into place."""
 
-    # --- extras some backends offer ------------------------------------------------------
-
     def readlink(self, path: str) -> str:
         host = self._host(path)
         try:
             return os.readlink(host)
         except OSError as e:
             raise self._error("read symlink", path, e) from None
+
+    def scandir(self, path: str) -> list[tuple[str, FileStat]]:
+        host = self._host(path, follow_final=True)
+        out = []
+        try:
+            with os.scandir(host) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed meanwhile
+                    out.append((entry.name, FileStat(st.st_mode, st.st_uid, st.st_gid,
+                                                     st.st_size)))
+        except OSError as e:
+            raise self._error("list", path, e) from None
+        return sorted(out, key=lambda e: e[0])
+
+    def read_chunks(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
+        for path in paths:
+            host = self._host(path)
+            try:
+                # O_NOFOLLOW: a file swapped for a symlink meanwhile is refused, not followed
+                fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+                             | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno in (errno.EACCES, errno.EPERM):
+                    yield path, None
+                    continue
+                raise self._error("read", path, e) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise DeliveryError(f"{path} in {self.description} is not a regular file")
+                while True:
+                    try:
+                        piece = os.read(fd, size)
+                    except OSError as e:
+                        raise self._error("read", path, e) from None
+                    if not piece:
+                        break
+                    yield path, piece
+            finally:
+                os.close(fd)
+
+    # --- extras some backends offer ------------------------------------------------------
 
     def rmdir(self, path: str) -> None:
         """Remove an empty directory; fine if it is absent."""
