@@ -2,7 +2,8 @@
 
 Adding a source means one new module here and one line in `REGISTRY`. Modules are
 imported only when their source is used, so an extra's package (pyusb, boto3,
-google-cloud-kms) is never imported by a command that does not need it.
+google-cloud-kms) is never imported by a command that does not need it. Each source
+class declares the options it takes (`Source.known_options`); any other is refused.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ def source_class(name: str) -> type[Source]:
 
 
 def make_source(name: str, **options: Any) -> Source:
+    """The source `name`, built with `options` (`Source.__init__` refuses unknown ones)."""
     return source_class(name)(**options)
 
 
 def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """`NAME` or `NAME:key=value,key=value` -> (name, options)."""
+    """`NAME` or `NAME:key=value,key=value` -> (name, options).
+
+    The name and the option names are checked here, before a command loads its key or
+    opens anything, with the same check the source's constructor makes.
+    """
     name, _, rest = spec.partition(":")
     options: dict[str, str] = {}
     if rest:
@@ -55,7 +61,7 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
                     f"bad source option '{item}' in '{spec}'; write NAME:key=value,key=value"
                 )
             options[key.strip().replace("-", "_")] = value.strip()
-    source_class(name)  # validate the name early
+    source_class(name).check_options(options)
     return name, options
 
 

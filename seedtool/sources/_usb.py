@@ -83,6 +83,16 @@ def backend_from_env() -> Any:
 
 # --------------------------------------------------------------------------- options
 
+#: what every USB source takes (`UsbSource.known_options`; the Entropy Key forwards them)
+USB_OPTIONS: Mapping[str, str] = {
+    "serial": "pick the device with this USB serial number",
+    "bus": "pick the device on this USB bus (as lsusb shows it)",
+    "address": "pick the device at this USB address (as lsusb shows it)",
+    "timeout_ms": f"milliseconds one USB transfer may take (default {DEFAULT_TIMEOUT_MS})",
+    "backend": f"a pyusb backend object, from in-process callers only ({BACKEND_ENV} "
+    "on the command line)",
+}
+
 
 def _int_option(options: Mapping[str, Any], key: str) -> int | None:
     value = options.get(key)
@@ -371,6 +381,7 @@ class UsbSource(Source):
     ids: ClassVar[tuple[UsbId, ...]] = ()
     #: what the user calls the device, for messages ("TrueRNG", "OneRNG")
     product: ClassVar[str] = "USB device"
+    known_options = USB_OPTIONS
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -382,6 +393,11 @@ class UsbSource(Source):
         if self.timeout_ms <= 0:
             raise UsageError("option timeout_ms must be a positive number of milliseconds")
         self._backend_option = options.get("backend")
+        if isinstance(self._backend_option, str):
+            raise UsageError(
+                f"{self.name} option backend= takes a pyusb backend object from in-process "
+                f"callers; on the command line set {BACKEND_ENV}=module:callable instead"
+            )
         self.link: UsbLink | None = None
         self.model: UsbId | None = None
         self._failed: DeviceError | None = None

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import SourceError, UsageError
 from ..quiet import Quieter
-from .base import Availability, Source, reject_unknown_options
+from .base import Availability, Source, positive_number, positive_whole_number
 
 MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -34,17 +34,6 @@ DEFAULT_MAX_ATTEMPTS = 3  # botocore's "standard" retry mode default: 1 call + 2
 
 _CREDENTIALS_FIX = "run aws configure / aws sso login or set AWS_PROFILE"
 _NO_REGION = "no AWS region is set; pass region= or set AWS_REGION (or AWS_DEFAULT_REGION)"
-_OPTIONS = (
-    "region",
-    "profile",
-    "endpoint_url",
-    "custom_key_store",
-    "connect_timeout",
-    "read_timeout",
-    "max_attempts",
-    "min_entropy",
-)
-
 # Error codes, as botocore reports them in ClientError.response["Error"]["Code"].
 _BAD_CREDENTIALS = frozenset(
     {
@@ -86,21 +75,6 @@ _QUIET_LOGGERS = ("botocore.parsers",)
 _no_body_logging = Quieter(*_QUIET_LOGGERS)
 
 
-def _number(options: dict[str, Any], key: str, default: float, kind: type = float) -> Any:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        out = kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(
-            f"aws-kms option {key}= must be a number, not '{value}'"
-        ) from None
-    if out <= 0:
-        raise UsageError(f"aws-kms option {key}= must be greater than zero")
-    return out
-
-
 class AwsKmsSource(Source):
     name = "aws-kms"
     description = "AWS KMS GenerateRandom (KMS HSMs, or a CloudHSM key store)"
@@ -108,17 +82,31 @@ class AwsKmsSource(Source):
     sample_bits = 8
     raw = False
     extra = "aws"
+    known_options = {
+        "region": "the AWS region (default AWS_REGION or AWS_DEFAULT_REGION)",
+        "profile": "the AWS profile whose credentials to use (default AWS_PROFILE or default)",
+        "endpoint_url": "a KMS endpoint URL other than the region's (a VPC endpoint, a test)",
+        "custom_key_store": "a CloudHSM key store id: GenerateRandom from that cluster",
+        "connect_timeout": f"seconds to connect (default {DEFAULT_CONNECT_TIMEOUT:g})",
+        "read_timeout": f"seconds to wait for a reply (default {DEFAULT_READ_TIMEOUT:g})",
+        "max_attempts": f"calls per request, retries included (default {DEFAULT_MAX_ATTEMPTS})",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        reject_unknown_options("aws-kms", options, _OPTIONS)
         self.region: str | None = options.get("region") or None
         self.profile: str | None = options.get("profile") or None
         self.endpoint_url: str | None = options.get("endpoint_url") or None
         self.custom_key_store: str | None = options.get("custom_key_store") or None
-        self.connect_timeout: float = _number(options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-        self.read_timeout: float = _number(options, "read_timeout", DEFAULT_READ_TIMEOUT)
-        self.max_attempts: int = _number(options, "max_attempts", DEFAULT_MAX_ATTEMPTS, int)
+        self.connect_timeout = positive_number(
+            self.name, options, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, "seconds"
+        )
+        self.read_timeout = positive_number(
+            self.name, options, "read_timeout", DEFAULT_READ_TIMEOUT, "seconds"
+        )
+        self.max_attempts = positive_whole_number(
+            self.name, options, "max_attempts", DEFAULT_MAX_ATTEMPTS
+        )
         self._session: Any = None
         self._client: Any = None
 

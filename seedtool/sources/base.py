@@ -9,9 +9,12 @@ A source must never log or put its output into an exception message.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+import difflib
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import MappingProxyType
+from typing import Any, ClassVar, overload
 
 from ..errors import UsageError
 
@@ -53,12 +56,50 @@ class Source(abc.ABC):
     raw: ClassVar[bool] = False
     #: the extra that provides this source's third-party package, if any
     extra: ClassVar[str | None] = None
+    #: every option the source reads, name -> one line of help for `seedtool sources`.
+    #: A class lists the options it adds; its bases' are merged in when the class is
+    #: made (`__init_subclass__`), so after that this holds all the class takes.
+    #: `__init__` refuses any other name: a typo is an error, never an ignored option.
+    known_options: ClassVar[Mapping[str, str]] = MappingProxyType({
+        "min_entropy": "assumed min-entropy in bits per sample for the health tests",
+    })
+    #: False for a source that takes none of its bases' options (the kernel CSPRNG is
+    #: not health-tested, so a min_entropy= for it would be silently ignored)
+    inherit_options: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        merged = dict(cls.__dict__.get("known_options", {}))
+        if cls.__dict__.get("inherit_options", True):
+            for base in cls.__mro__[1:]:
+                for key, help_ in getattr(base, "known_options", {}).items():
+                    merged.setdefault(key, help_)
+        cls.known_options = MappingProxyType(merged)
 
     def __init__(self, **options: Any) -> None:
+        self.check_options(options)
         self.options = dict(options)
         h = options.get("min_entropy")
-        if h is not None:
-            self.min_entropy = float(h)  # type: ignore[misc]
+        if h is not None and h != "":
+            self.min_entropy = _min_entropy(self.name, h, self.sample_bits)  # type: ignore[misc]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse an option this source does not declare, naming the ones it does."""
+        unknown = [key for key in options if key not in cls.known_options]
+        if not unknown:
+            return
+        known = list(cls.known_options)
+        if not known:
+            raise UsageError(
+                f"unknown {cls.name} option '{unknown[0]}'; the {cls.name} source takes no options"
+            )
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UsageError(
+            f"unknown {cls.name} option '{unknown[0]}'{hint}; "
+            f"known options are: {', '.join(known)}"
+        )
 
     @abc.abstractmethod
     def available(self) -> Availability:
@@ -78,20 +119,69 @@ class Source(abc.ABC):
         self.close()
 
 
-def reject_unknown_options(source: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
-    """A typo such as `regoin=` is an error, not a silently ignored option."""
-    known = list(known)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
+def _min_entropy(source: str, value: Any, sample_bits: int) -> float:
+    try:
+        h = float(value)
+    except (TypeError, ValueError):
+        h = math.nan
+    if not 0 < h <= sample_bits:  # also refuses nan
         raise UsageError(
-            f"unknown {source} option '{unknown[0]}'; known options are: {', '.join(known)}"
+            f"{source} option min_entropy= must be a number of bits per sample above 0 "
+            f"and at most {sample_bits}, not '{value}'"
         )
+    return h
+
+
+@overload
+def positive_number(
+    source: str, options: Mapping[str, Any], key: str, default: float, unit: str = ""
+) -> float: ...
+@overload
+def positive_number(
+    source: str, options: Mapping[str, Any], key: str, default: None, unit: str = ""
+) -> float | None: ...
+def positive_number(
+    source: str,
+    options: Mapping[str, Any],
+    key: str,
+    default: float | None,
+    unit: str = "",
+) -> float | None:
+    """The finite number above zero in option `key` (`default` when it is absent or empty).
+
+    `float()` alone would take 'nan' and 'inf', and a nan deadline never passes.
+    """
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not (math.isfinite(out) and out > 0):
+        of = f" of {unit}" if unit else ""
+        raise UsageError(f"{source} option {key}= must be a positive number{of}, not '{value}'")
+    return out
+
+
+def positive_whole_number(
+    source: str, options: Mapping[str, Any], key: str, default: int
+) -> int:
+    """The whole number above zero in option `key` (`default` when it is absent or empty)."""
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit() and int(text) > 0) or isinstance(value, bool):
+        raise UsageError(f"{source} option {key}= must be a positive whole number, not '{value}'")
+    return int(text)
 
 
 def parse_host_port(spec: str, source: str, example: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 hosts in brackets) from a `tcp=` option."""
     host, sep, port = spec.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdigit() alone also takes digits int() cannot read, such as '²'
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"{source} tcp= must be HOST:PORT, e.g. tcp={example}, not '{spec}'")
     return host, int(port)

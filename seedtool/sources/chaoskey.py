@@ -47,13 +47,17 @@ class ChaosKeySource(UsbSource):
     raw = False
     min_entropy = 8.0
     sample_bits = 8
+    known_options = {
+        "raw": "1 reads unconditioned noise samples (endpoint 0x86, H = 2 unless min_entropy=)",
+    }
 
     def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.raw_mode = bool_option(options, "raw")
         if self.raw_mode:
             self.raw = True  # type: ignore[misc]
-            self.min_entropy = _RAW_MIN_ENTROPY  # type: ignore[misc]
-        super().__init__(**options)  # a given min_entropy= still wins
+            if options.get("min_entropy") in (None, ""):  # a given min_entropy= still wins
+                self.min_entropy = _RAW_MIN_ENTROPY  # type: ignore[misc]
         self._ep = EP_RAW if self.raw_mode else EP_COOKED
         self._packet = 64
 

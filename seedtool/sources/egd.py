@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from ..errors import DeviceError, UsageError
-from .base import Availability, Source, parse_host_port
+from .base import Availability, Source, parse_host_port, positive_number
 
 CMD_LEVEL, CMD_READ_NONBLOCKING, CMD_READ_BLOCKING, CMD_PID = 0x00, 0x01, 0x02, 0x04
 MAX_REQUEST = 255  # the request length is one byte
@@ -73,6 +73,12 @@ class EgdSource(Source):
     description = "an EGD socket (ekeyd and other Entropy Gathering Daemons), UNIX or TCP"
     min_entropy = 8.0
     raw = False
+    known_options = {
+        "path": f"the daemon's UNIX socket (default {DEFAULT_PATH} if it exists)",
+        "tcp": f"HOST:PORT of the daemon's TCP socket (default {DEFAULT_TCP[0]}:{DEFAULT_TCP[1]})",
+        "mode": "blocking (default) or nonblocking EGD reads",
+        "timeout": "seconds one read may take (default 10 + 1 s per 500 bytes)",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -92,13 +98,7 @@ class EgdSource(Source):
         if mode not in ("blocking", "nonblocking"):
             raise UsageError(f"egd mode= must be 'blocking' or 'nonblocking', not '{mode}'")
         self.blocking = mode == "blocking"
-        timeout = options.get("timeout")
-        try:
-            self.timeout: float | None = float(timeout) if timeout is not None else None
-        except ValueError:
-            raise UsageError(f"egd timeout= must be seconds, not '{timeout}'") from None
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError("egd timeout= must be a positive number of seconds")
+        self.timeout = positive_number(self.name, options, "timeout", None, "seconds")
         self._sock: socket.socket | None = None
 
     @property

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ..errors import DeviceError, SourceError, UsageError
-from ._usb import CdcSource, UsbId, UsbLink, import_pyusb
-from .base import Availability, Source
+from ._usb import USB_OPTIONS, CdcSource, UsbId, UsbLink, import_pyusb
+from .base import Availability, Source, positive_number, positive_whole_number
 from .entropykey_protocol import (
     DEFAULT_KEYRING,
     FRAME_LEN,
@@ -254,19 +254,6 @@ class _UsbTransport:
 # --------------------------------------------------------------------------- the source
 
 
-def _float_option(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        out = float(value)
-    except ValueError:
-        raise UsageError(f"option {key}={value!r} must be a number") from None
-    if out <= 0:
-        raise UsageError(f"option {key} must be positive")
-    return out
-
-
 class EntropyKeySource(Source):
     name = "entropykey"
     description = "Simtec Entropy Key (USB 20df:0001): MAC-verified, decrypted frames"
@@ -275,13 +262,22 @@ class EntropyKeySource(Source):
     sample_bits = 8
     raw = False
     extra = "usb"
+    known_options = {
+        "keyring": f"ekeyd's keyring file with the key's long-term key (default {DEFAULT_KEYRING})",
+        "device": f"a tty or UNIX socket of the key, or {UDEV_DIR} (default: USB via pyusb)",
+        "timeout": f"seconds without new entropy before giving up (default {DEFAULT_TIMEOUT_S:g})",
+        "max_bad": f"frames that may fail their MAC or be garbled (default {DEFAULT_MAX_BAD})",
+        **USB_OPTIONS,
+        "serial": "the 16-character serial printed on the key's label",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.keyring_path = str(options.get("keyring") or DEFAULT_KEYRING)
         self.device = options.get("device") or None
-        self.timeout_s = _float_option(self.options, "timeout", DEFAULT_TIMEOUT_S)
-        self.max_bad = int(_float_option(self.options, "max_bad", DEFAULT_MAX_BAD))
+        self.timeout_s = positive_number(self.name, options, "timeout", DEFAULT_TIMEOUT_S,
+                                         "seconds")
+        self.max_bad = positive_whole_number(self.name, options, "max_bad", DEFAULT_MAX_BAD)
         serial = options.get("serial") or None
         self._serial: bytes | None = None
         if serial is not None:
@@ -294,11 +290,22 @@ class EntropyKeySource(Source):
                     f"serial={serial!r} is not an Entropy Key serial; use the 16 characters "
                     "printed on its label (also shown by lsusb -v)"
                 )
-        usb_opts = {k: v for k, v in options.items() if k in ("bus", "address", "timeout_ms",
-                                                              "backend")}
-        if serial is not None:
-            usb_opts["serial"] = serial
-        self._usb_options = usb_opts
+        # The USB transport's own options, by name, so each read is visible where it is made.
+        self._usb_options = {
+            "serial": serial,
+            "bus": options.get("bus"),
+            "address": options.get("address"),
+            "timeout_ms": options.get("timeout_ms"),
+            "backend": options.get("backend"),
+        }
+        usb_only = [k for k in ("bus", "address", "timeout_ms", "backend")
+                    if self._usb_options[k] not in (None, "")]
+        if self.device is not None and usb_only:
+            raise UsageError(
+                f"entropykey option {usb_only[0]}= applies to the USB transport only and "
+                "would be ignored with device=; remove one of them"
+            )
+        _EntropyKeyUsb(**self._usb_options)  # refuse a bad bus= or timeout_ms= now
         self._transport: _Transport | None = None
         self._session: HostSession | None = None
         self._failed: SourceError | None = None

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import SourceError, UsageError
 from ..quiet import Quieter
-from .base import Availability, Source, reject_unknown_options
+from .base import Availability, Source, positive_number
 
 MIN_PER_CALL = 8  # GenerateRandomBytesRequest.length_bytes bounds (REST reference)
 MAX_PER_CALL = 1024
@@ -41,15 +41,6 @@ DEFAULT_RETRY_DEADLINE = 30.0  # seconds across all retries of one call
 SCOPE = "https://www.googleapis.com/auth/cloudkms"
 
 _ADC_FIX = "run gcloud auth application-default login or set GOOGLE_APPLICATION_CREDENTIALS"
-_OPTIONS = (
-    "project",
-    "location",
-    "endpoint",
-    "timeout",
-    "retry_deadline",
-    "credentials",
-    "min_entropy",
-)
 
 
 _QUIET_LOGGERS = (
@@ -85,19 +76,6 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _number(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"gcp-kms option {key}= must be a number, not '{value}'") from None
-    if out <= 0:
-        raise UsageError(f"gcp-kms option {key}= must be greater than zero")
-    return out
-
-
 def _adc_may_exist() -> bool:
     """True when Application Default Credentials could be found without a slow probe."""
     env = os.environ
@@ -127,10 +105,19 @@ class GcpKmsSource(Source):
     sample_bits = 8
     raw = False
     extra = "gcp"
+    known_options = {
+        "project": "the Google Cloud project (default the credentials' project)",
+        "location": f"the Cloud KMS location id, e.g. us-east1 (default {DEFAULT_LOCATION})",
+        "endpoint": "a Cloud KMS API endpoint other than Google's (a test server)",
+        "timeout": f"seconds per HTTP request (default {DEFAULT_TIMEOUT:g})",
+        "retry_deadline": f"seconds across all retries of one call "
+        f"(default {DEFAULT_RETRY_DEADLINE:g})",
+        "credentials": "anonymous (for a test endpoint), or a google-auth credentials object "
+        "from in-process callers (default Application Default Credentials)",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        reject_unknown_options("gcp-kms", options, _OPTIONS)
         self.project: str | None = options.get("project") or None
         self.location: str = options.get("location") or DEFAULT_LOCATION
         if "/" in self.location:
@@ -138,9 +125,16 @@ class GcpKmsSource(Source):
                 "gcp-kms option location= takes a location id such as us-east1 or global"
             )
         self.endpoint: str | None = options.get("endpoint") or None
-        self.timeout = _number(options, "timeout", DEFAULT_TIMEOUT)
-        self.retry_deadline = _number(options, "retry_deadline", DEFAULT_RETRY_DEADLINE)
-        self._credentials: Any = options.get("credentials")
+        self.timeout = positive_number(self.name, options, "timeout", DEFAULT_TIMEOUT, "seconds")
+        self.retry_deadline = positive_number(
+            self.name, options, "retry_deadline", DEFAULT_RETRY_DEADLINE, "seconds"
+        )
+        self._credentials: Any = options.get("credentials") or None
+        if isinstance(self._credentials, str) and self._credentials != "anonymous":
+            raise UsageError(
+                "gcp-kms option credentials= only takes 'anonymous' on the command line; "
+                "use Application Default Credentials otherwise"
+            )
         self._client: Any = None
         self._retry: Any = None
 
@@ -161,12 +155,7 @@ class GcpKmsSource(Source):
 
     def _resolve_credentials(self) -> Any:
         creds = self._credentials
-        if isinstance(creds, str):
-            if creds != "anonymous":
-                raise UsageError(
-                    "gcp-kms option credentials= only takes 'anonymous' on the command line; "
-                    "use Application Default Credentials otherwise"
-                )
+        if isinstance(creds, str):  # "anonymous", the only string __init__ lets through
             from google.auth.credentials import AnonymousCredentials
 
             return AnonymousCredentials()

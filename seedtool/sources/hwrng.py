@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError, UsageError
-from .base import Availability, Source
+from ..errors import DeviceError
+from .base import Availability, Source, positive_number
 
 DEFAULT_DEVICE = "/dev/hwrng"
 DEFAULT_SYSFS = "/sys/class/misc/hw_random"
@@ -68,6 +68,11 @@ class HwrngSource(Source):
     description = "Linux hardware RNG device /dev/hwrng (virtio-rng, TPM, CPU or SoC RNG driver)"
     min_entropy = 8.0
     raw = False
+    known_options = {
+        "device": f"the hardware RNG character device (default {DEFAULT_DEVICE})",
+        "sysfs": f"the hw_random sysfs directory (default {DEFAULT_SYSFS} for {DEFAULT_DEVICE})",
+        "timeout": "seconds one read may take (default 10 + 1 s per 1000 bytes)",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -80,16 +85,8 @@ class HwrngSource(Source):
             self.sysfs = Path(str(sysfs))
         elif self.device == DEFAULT_DEVICE:
             self.sysfs = Path(DEFAULT_SYSFS)
-        timeout = options.get("timeout")
-        try:
-            self.timeout: float | None = float(timeout) if timeout is not None else None
-        except ValueError:
-            raise UsageError(
-                f"hwrng timeout= must be a number of seconds, not '{timeout}'"
-            ) from None
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError("hwrng timeout= must be a positive number of seconds")
-        self._explicit_h = options.get("min_entropy") is not None
+        self.timeout = positive_number(self.name, options, "timeout", None, "seconds")
+        self._explicit_h = options.get("min_entropy") not in (None, "")
         self.quality: int | None = None
         attrs = self._sysfs_attrs()
         q = attrs.get("rng_quality")

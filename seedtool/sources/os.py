@@ -13,6 +13,9 @@ class OsSource(Source):
     description = "kernel CSPRNG via getrandom(2); always mixed in"
     min_entropy = 8.0
     raw = False
+    # Mixed in as it is, never health-tested, so no option (min_entropy= included) could
+    # change anything: it takes none.
+    inherit_options = False
 
     def available(self) -> Availability:
         if not hasattr(os, "getrandom"):

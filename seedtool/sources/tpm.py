@@ -42,7 +42,7 @@ import time
 from typing import Any
 
 from ..errors import DeviceError, UsageError
-from .base import Availability, Source, parse_host_port
+from .base import Availability, Source, parse_host_port, positive_number
 
 DEVICES = ("/dev/tpmrm0", "/dev/tpm0")
 
@@ -324,6 +324,13 @@ class TpmSource(Source):
     description = "TPM 2.0 TPM2_GetRandom via /dev/tpmrm0 or a swtpm/MS-simulator socket"
     min_entropy = 8.0
     raw = False
+    known_options = {
+        "device": f"the TPM character device (default the first of {', '.join(DEVICES)})",
+        "tcp": "HOST:PORT of a swtpm or MS TPM simulator command socket",
+        "protocol": "swtpm (default) or mssim, the simulator's framing on tcp=",
+        "locality": "TPM locality 0..4 sent with protocol=mssim (default 0)",
+        "timeout": "seconds one read may take (default 10 + 1 s per 500 bytes)",
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -338,17 +345,16 @@ class TpmSource(Source):
         if protocol == "mssim" and not self.tcp:
             raise UsageError("tpm protocol=mssim needs tcp=HOST:PORT")
         self.mssim = protocol == "mssim"
-        locality = str(options.get("locality", "0"))
-        if not locality.isdigit() or int(locality) > 4:
+        locality = str(options.get("locality") or "0")
+        # isdigit() alone also takes digits int() cannot read, such as '²'
+        if not (locality.isascii() and locality.isdigit()) or int(locality) > 4:
             raise UsageError(f"tpm locality= must be 0..4, not '{locality}'")
+        if options.get("locality") not in (None, "") and not self.mssim:
+            # only the mssim framing carries a locality; anywhere else it would be ignored
+            raise UsageError("tpm locality= is sent only with protocol=mssim; remove it or "
+                             "add protocol=mssim,tcp=HOST:PORT")
         self.locality = int(locality)
-        timeout = options.get("timeout")
-        try:
-            self.timeout: float | None = float(timeout) if timeout is not None else None
-        except ValueError:
-            raise UsageError(f"tpm timeout= must be seconds, not '{timeout}'") from None
-        if self.timeout is not None and self.timeout <= 0:
-            raise UsageError("tpm timeout= must be a positive number of seconds")
+        self.timeout = positive_number(self.name, options, "timeout", None, "seconds")
         self._t: _Transport | None = None
         self._startup_sent = False
         #: how often the TPM asked us to come back (RETRY/YIELDED/CANCELED/TESTING)
