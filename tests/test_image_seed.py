@@ -57,26 +57,31 @@ def make_root(base: Path, name: str, os_release: bool = True,
     return root
 
 
-def mkfs(path: Path, size: int, root: Path | None) -> None:
+def mkfs(path: Path, size: int, root: Path | None, *extra: str) -> None:
+    """An ext4 image file, 0600 like every seed carrier (`image seed` refuses others)."""
     with open(path, "wb") as f:
         f.truncate(size)
-    args = ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0"]
+    path.chmod(0o600)
+    args = ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", *extra]
     if root is not None:
         args += ["-d", str(root)]
     subprocess.run([*args, str(path)], check=True, capture_output=True)
 
 
 def partitioned(tmp: Path, label: str, parts: list[tuple[int, str, Path | None]],
-                extra: str = "") -> tuple[Path, dict[int, int]]:
-    """A disk image: sfdisk writes the table, each ext4 is built apart and copied in.
+                extra: str = "", mkfs_args: dict[int, tuple[str, ...]] | None = None,
+                name: str | None = None) -> tuple[Path, dict[int, int]]:
+    """A disk image (0600): sfdisk writes the table, each ext4 is built apart and copied in.
 
-    parts: (size in MiB, sfdisk type, root dir or None for no file system).
+    parts: (size in MiB, sfdisk type, root dir or None for no file system); mkfs_args:
+    partition number -> extra mkfs.ext4 arguments (-U, -L).
     Returns the image and partition number -> byte offset (from sfdisk's own report).
     """
-    img = tmp / f"{label}.img"
+    img = tmp / f"{name or label}.img"
     total = sum(p[0] for p in parts) + 4
     with open(img, "wb") as f:
         f.truncate(total * MiB)
+    img.chmod(0o600)
     script = f"label: {label}\n" + "".join(f"size={s}M, type={t}\n" for s, t, _ in parts)
     script += extra
     subprocess.run(["sfdisk", "-q", str(img)], input=script.encode(), check=True,
@@ -93,8 +98,8 @@ def partitioned(tmp: Path, label: str, parts: list[tuple[int, str, Path | None]]
     for (size, _t, root), number in zip(parts, numbers):
         if root is None:
             continue
-        fs = tmp / f"{label}-p{number}.ext4"
-        mkfs(fs, size * MiB, root)
+        fs = tmp / f"{name or label}-p{number}.ext4"
+        mkfs(fs, size * MiB, root, *(mkfs_args or {}).get(number, ()))
         with open(img, "r+b") as out, open(fs, "rb") as src:
             out.seek(offsets[number])
             shutil.copyfileobj(src, out)
@@ -328,6 +333,7 @@ def test_no_linux_root(tmp_path: Path, factory: Counting) -> None:
     blank = tmp_path / "blank.raw"
     with open(blank, "wb") as f:
         f.truncate(16 * MiB)
+    blank.chmod(0o600)
     with pytest.raises(NoLinuxRoot):
         seed_image(str(blank), factory)
     parted, _ = partitioned(tmp_path, "gpt", [(8, "U", None), (8, "L", None)])
@@ -442,6 +448,7 @@ def _full_image(tmp_path: Path, with_dir: bool) -> Path:
     root = make_root(tmp_path, "root", files=files)
     with open(img, "wb") as f:
         f.truncate(MiB)
+    img.chmod(0o600)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-N", "64", "-d", str(root), str(img)],
                    check=True, capture_output=True)
     filler = tmp_path / "filler"
@@ -577,6 +584,7 @@ def test_qcow2_image_goes_through_libguestfs(
         (8, "U", None), (24, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", root)])
     qcow = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    qcow.chmod(0o600)
     result = seed_image(str(qcow), factory)
     assert result.backend == "libguestfs" and "qcow2" in result.why
     assert factory.made == 1

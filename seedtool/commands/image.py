@@ -26,22 +26,34 @@ def command() -> None:
               help="debugfs for raw ext4 images, libguestfs for anything else.")
 @click.option("--force", is_flag=True,
               help="Replace an unconsumed seed, or seed a disk that has already booted.")
+@click.option("--allow-readable-image", "allow_readable", is_flag=True,
+              help="Seed DISK even if group or others can read it (they can then read "
+                   "the seed); refused by default: chmod 600 DISK instead.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the seed id, partition and backend (never the seed) as JSON.")
 def seed(disk: str, key_path: str | None, passphrase_file: str | None,
          sources: tuple[str, ...], required: tuple[str, ...], nbytes: int, ttl: str,
-         partition: int | None, backend: str, force: bool, as_json: bool) -> None:
+         partition: int | None, backend: str, force: bool, allow_readable: bool,
+         as_json: bool) -> None:
     """Write a fresh signed seed to /var/lib/seedtool/seed (0600, root) inside DISK,
     for the guest's early-boot unit to credit on its next boot.
 
-    Raw images with ext4 are written directly with debugfs (no root, no mount); other
-    formats and file systems go through libguestfs. Give each VM's disk its own seed:
-    seed the copy, not the base image you clone from.
+    The seed goes where the booted system reads that path: when the image's
+    /etc/fstab mounts /var, /var/lib or /var/lib/seedtool from a file system of its
+    own (by UUID=, LABEL=, PARTUUID=, PARTLABEL= or /dev/vdaN), it is written there,
+    below the mount point; a mount seedtool cannot write (LVM or LUKS on the fast
+    path, network, tmpfs, another disk) is refused, naming it.
+
+    DISK must be readable by its owner only (chmod 600 DISK): anyone who can read the
+    image can read its seed. Raw images with ext4 are written directly with debugfs
+    (no root, no mount); other formats and file systems go through libguestfs. Give
+    each VM's disk its own seed: seed the copy, not the base image you clone from.
     """
     from ..deliver.image import seed_image
 
     with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
-        result = seed_image(disk, f, partition=partition, force=force, backend=backend)
+        result = seed_image(disk, f, partition=partition, force=force, backend=backend,
+                            allow_readable=allow_readable)
         warn_failures(f)
     for w in result.warnings:
         click.echo(f"seedtool: warning: {w}", err=True)
@@ -49,13 +61,13 @@ def seed(disk: str, key_path: str | None, passphrase_file: str | None,
         echo_json({"image": result.image, "seed_id": result.seed_id,
                    "partition": result.partition, "backend": result.backend,
                    "target": result.target, "chosen": result.why,
+                   "root_partition": result.root_partition,
+                   "seed_path": result.seed_path, "mount_point": result.mount_point,
                    "replaced": result.replaced, "key_id": result.summary.get("key_id"),
                    "not_after": result.summary.get("not_after")})
     else:
-        where = (f"partition {result.partition}" if result.partition is not None
-                 else "whole disk")
-        click.echo(f"{disk}: seed {result.seed_id} written to /var/lib/seedtool/seed on "
-                   f"{where} via {result.backend} ({result.why})"
+        click.echo(f"{disk}: seed {result.seed_id} written to {result.seed_path} on "
+                   f"{result.where} via {result.backend} ({result.why})"
                    + (", replacing the earlier state (--force)" if result.replaced else ""))
 
 

@@ -13,8 +13,19 @@ Choosing how (`open_image`):
 * anything else (qcow2, vmdk, vhdx, vdi, vhd by their magic; xfs, btrfs or LVM inside a
   raw image) goes through libguestfs, whose inspection finds the root.
 
+Where the booted system reads it (`fstab.py`): the root's /etc/fstab may mount /var,
+/var/lib or /var/lib/seedtool from a file system of its own; then the seed, and the
+"already booted" checks (ledger, status), go to that file system at the path below its
+mount point, and nothing is written into the root's directory, which that mount hides.
+Sources are matched against the image's own file systems: `UUID=` and `LABEL=` from
+ext superblocks (or `blkid -p` for other types), `PARTUUID=` and `PARTLABEL=` from the
+partition table (`partitions.py`). What does not resolve to a file system of this
+image that the chosen backend writes is refused, naming the mount.
+
 Refusals, each before anything is written: the image is not a regular file, is
-read-only, is mounted or attached to a loop device, is in use (a QEMU or qemu-nbd
+readable by group or others (it would give its seed to every local user, like any
+other seed carrier that is not 0600; `allow_readable` accepts that), is read-only, is
+mounted or attached to a loop device, is in use (a QEMU or qemu-nbd
 holds an OFD lock on it), has no Linux root, its ext4 journal needs recovery, it still
 holds an unconsumed seed (`force` replaces it), or it has booted with seedtool already
 (ledger or status present; `force` seeds it anyway for its own next boot). The seed is
@@ -25,8 +36,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import stat as stat_mod
 import struct
+import subprocess
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +49,16 @@ from typing import Any, Protocol
 from ..errors import DeliveryError
 from .debugfs import DebugfsError, DebugfsTarget
 from .fs import TargetFS
+from .fstab import (
+    FSTAB_MAX,
+    MountEntry,
+    MountRefused,
+    Placement,
+    Volume,
+    check_mounted,
+    parse_fstab,
+    place,
+)
 from .partitions import Partition, PartitionTable, read_partitions
 
 SEED_DIR = "/var/lib/seedtool"
@@ -42,6 +66,7 @@ SEED_PATH = SEED_DIR + "/seed"
 #: the guest writes these once it has booted with seedtool (seedtool.guest.core)
 BOOTED_MARKERS = (SEED_DIR + "/ledger", SEED_DIR + "/status.json")
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
+FSTAB = "/etc/fstab"
 
 PROC_MOUNTINFO = "/proc/self/mountinfo"
 SYS_BLOCK = "/sys/block"
@@ -59,6 +84,9 @@ _FORMAT_MAGIC: tuple[tuple[bytes, str], ...] = (
 _VDI_MAGIC = 0xBEDA107F  # u32 LE at 0x40
 _EXT_MAGIC = 0xEF53  # superblock at 1024, s_magic at +0x38 (ext4 on-disk layout)
 _EXT_INCOMPAT_RECOVER = 0x4  # s_feature_incompat at +0x60: journal needs recovery
+# s_uuid[16] at +0x68, s_volume_name[16] at +0x78 (the kernel's
+# Documentation/filesystems/ext4/super.rst; struct ext4_super_block in fs/ext4/ext4.h)
+_EXT_UUID, _EXT_LABEL = 0x68, 0x78
 
 
 class ImageRefused(DeliveryError):
@@ -94,6 +122,14 @@ class SeedResult:
     replaced: bool  # an earlier seed or a booted state was overridden with force
     summary: Mapping[str, Any]  # the envelope summary: never the seed
     warnings: tuple[str, ...] = ()
+    #: the path written inside the file system that holds it (below its mount point)
+    seed_path: str = SEED_PATH
+    #: the mount point of that file system in the booted system ("/" for the root)
+    mount_point: str = "/"
+    #: where that file system is, for the user: "partition 3 (mounted at /var)"
+    where: str = ""
+    #: the root file system's partition (whose /etc/fstab was read)
+    root_partition: int | None = None
 
 
 class _MakesSeeds(Protocol):
@@ -140,6 +176,54 @@ def filesystem_at(path: str, offset: int) -> str | None:
     return None
 
 
+def ext_identity(path: str, offset: int) -> tuple[str, str]:
+    """(UUID, label) of the ext2/3/4 file system at `offset`, as blkid and fstab's
+    `UUID=` and `LABEL=` spell them (lower-case UUID; label up to its first NUL)."""
+    sb = _read_at(path, offset + 1024, 0x88)
+    if len(sb) < 0x88:
+        return "", ""
+    fs_uuid = str(uuid.UUID(bytes=sb[_EXT_UUID:_EXT_UUID + 16]))
+    label = sb[_EXT_LABEL:_EXT_LABEL + 16].split(b"\x00", 1)[0]
+    return fs_uuid, label.decode("utf-8", "replace")
+
+
+def _blkid_identity(path: str, offset: int, size: int) -> tuple[str, str]:
+    """(UUID, LABEL) of another file system type, from util-linux's `blkid -p` at a
+    byte range of the image; ("", "") if blkid is missing or finds nothing."""
+    exe = shutil.which("blkid")
+    if exe is None:
+        return "", ""
+    try:
+        res = subprocess.run([exe, "-p", "-o", "export", "-O", str(offset), "-S", str(size),
+                              path], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "", ""
+    tags = dict(ln.split("=", 1) for ln in res.stdout.splitlines() if "=" in ln)
+    return tags.get("UUID", "").lower(), tags.get("LABEL", "")
+
+
+def image_volumes(path: str, table: PartitionTable) -> list[Volume]:
+    """Every file system of a raw image with the names an fstab may give it."""
+    spans: list[tuple[int | None, int, int, str, str]]
+    if table.scheme == "none":
+        spans = [(None, 0, os.path.getsize(path), "", "")]
+    else:
+        spans = [(p.number, p.start, p.size, p.uuid, p.name) for p in table.partitions
+                 if p.kind != "extended"]
+    out = []
+    for number, start, size, part_uuid, part_label in spans:
+        kind = filesystem_at(path, start)
+        if kind == "ext":
+            fs_uuid, label = ext_identity(path, start)
+        elif kind in ("lvm", "luks"):
+            fs_uuid, label = "", ""  # what fstab names is inside, not this container
+        else:
+            fs_uuid, label = _blkid_identity(path, start, size)
+        out.append(Volume(number, start, kind, fs_uuid, label, part_uuid.lower(),
+                          part_label))
+    return out
+
+
 def _ext_needs_recovery(path: str, offset: int) -> bool:
     sb = _read_at(path, offset + 1024, 0x64)
     return len(sb) >= 0x64 and bool(struct.unpack_from("<I", sb, 0x60)[0]
@@ -170,6 +254,24 @@ def check_writable(path: str) -> None:
         raise ImageRefused(
             f"{path} is read-only (mode {stat_mod.S_IMODE(st.st_mode):04o}); seed a "
             "writable copy of it, or `chmod u+w` it if it is meant to change"
+        )
+
+
+def check_not_readable(path: str) -> None:
+    """Refuse an image that group or others may read: its seed would be theirs.
+
+    The mode's group bits are also the mask of any POSIX ACL (acl(5)), so 0600 leaves
+    no named user or group an entry that grants reading."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DeliveryError(f"cannot use image {path}: {e.strerror}; check the path") from None
+    if st.st_mode & 0o044:
+        raise ImageRefused(
+            f"{path} is readable by group or others (mode "
+            f"{stat_mod.S_IMODE(st.st_mode):04o}), so its seed would be every local "
+            f"user's; run `chmod 600 {path}` first, or pass --allow-readable-image if "
+            "everyone who can read it may have the seed"
         )
 
 
@@ -470,34 +572,141 @@ def _open_ext(path: str, offset: int, number: int | None, why: str,
 # ---- seeding ----------------------------------------------------------------------------
 
 
-def _refuse_if_used(fs: TargetFS, path: str, force: bool) -> bool:
+@dataclass
+class _SeedHome:
+    """The file system and directory the booted system reads the seed from."""
+
+    fs: _ImageFS
+    dir: str  # SEED_DIR as seen inside `fs` (below its mount point)
+    mount_point: str  # "/" for the root
+    partition: int | None
+    where: str
+    own: bool  # opened here for a separate file system: close it after use
+
+    @property
+    def seed(self) -> str:
+        return self.dir.rstrip("/") + "/seed"
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return tuple(self.dir.rstrip("/") + "/" + m.rsplit("/", 1)[1] for m in BOOTED_MARKERS)
+
+
+def _read_fstab(path: str, fs: TargetFS) -> list[MountEntry]:
+    st = fs.stat(FSTAB)
+    if st is None:
+        return []  # no fstab: everything is on the root
+    if not stat_mod.S_ISREG(st.mode):
+        raise ImageRefused(
+            f"{FSTAB} in {path} is not a regular file (a symlink?), so seedtool cannot "
+            "tell where the booted system reads /var/lib/seedtool; make it a regular file"
+        )
+    if st.size > FSTAB_MAX:
+        raise ImageRefused(
+            f"{FSTAB} in {path} is {st.size} bytes, more than any real fstab "
+            f"({FSTAB_MAX} bytes at most); check the image"
+        )
+    return parse_fstab(fs.read(FSTAB).decode("utf-8", "surrogateescape"))
+
+
+def _backend_mounts(fs: TargetFS) -> set[str]:
+    """The mount points libguestfs made (its `mountpoints` call). TargetFS has no such
+    operation yet; a backend without one is taken to have mounted only the root."""
+    call = getattr(fs, "_call", None)
+    if call is None:
+        return {"/"}
+    points = call("mountpoints")
+    return {"/" + "/".join(q for q in str(mp).split("/") if q) for mp in dict(points).values()}
+
+
+def _seed_home(path: str, opened: OpenedImage) -> _SeedHome:
+    """Where the booted system reads SEED_DIR: the root, or a file system the root's
+    fstab mounts on its path (refused, naming the mount, if seedtool cannot write it)."""
+    entries = _read_fstab(path, opened.fs)
+    if opened.backend != "debugfs":
+        root_where = (f"partition {opened.partition}" if opened.partition is not None
+                      else "the root file system")
+        entry = check_mounted(SEED_DIR, entries, _backend_mounts(opened.fs), path)
+        where = root_where if entry is None else f"{entry.point} ({entry.source}, mounted " \
+            "by libguestfs)"
+        return _SeedHome(opened.fs, SEED_DIR, entry.point if entry else "/",
+                         opened.partition, where, own=False)
+    table = read_partitions(path)
+    volumes = image_volumes(path, table)
+    root = next((v for v in volumes if v.number == opened.partition), None)
+    if root is None:  # cannot happen: the root was opened from this table
+        raise ImageRefused(f"the root file system of {path} is not in its partition table")
+    placement = place(SEED_DIR, entries, volumes, root, path)
+    if placement.volume.number == root.number:
+        return _SeedHome(opened.fs, placement.path, "/", root.number, placement.where,
+                         own=False)
+    return _open_separate(path, opened, placement, table)
+
+
+def _open_separate(path: str, opened: OpenedImage, placement: Placement,
+                   table: PartitionTable) -> _SeedHome:
+    vol, mount = placement.volume, placement.mount
+    assert mount is not None
+    if vol.kind != "ext":
+        raise MountRefused(
+            f"{path}: its /etc/fstab (line {mount.line}) mounts {mount.point} from "
+            f"{mount.source}, which is {vol.name}, holding "
+            f"{vol.kind or 'no file system seedtool recognises'}; the debugfs path writes "
+            "ext2/3/4 only: use --backend libguestfs"
+        )
+    part = table.get(vol.number) if vol.number is not None else None
+    label = _partition_label(table, part) if part is not None else vol.name
+    separate = _open_ext(path, vol.offset, vol.number,
+                         f"{label}, mounted at {mount.point} by /etc/fstab", opened.warnings)
+    # an older seed in the root's own directory is hidden by the mount: never credited,
+    # and carried by every copy of the image
+    try:
+        if opened.fs.stat(SEED_PATH) is not None:
+            opened.warnings.append(
+                f"the root file system of {path} holds {SEED_PATH}, hidden under the "
+                f"{mount.point} mount, so it is never credited and every copy of the image "
+                "carries it: remove it from the root file system")
+    except DeliveryError:
+        pass
+    return _SeedHome(separate.fs, placement.path, mount.point, vol.number, placement.where,
+                     own=True)
+
+
+def _refuse_if_used(home: _SeedHome, path: str, force: bool) -> bool:
     """Raise if the image has booted with seedtool or holds a seed (unless force);
     return True if force overrides either."""
-    booted = [m for m in BOOTED_MARKERS if fs.stat(m) is not None]
-    seeded = fs.stat(SEED_PATH) is not None
+    fs = home.fs
+    booted = [m for m in home.markers if fs.stat(m) is not None]
+    seeded = fs.stat(home.seed) is not None
+    on = "" if home.mount_point == "/" else f" on the file system mounted at " \
+        f"{home.mount_point}"
     if booted and not force:
         raise ImageRefused(
-            f"{path} has already booted with seedtool ({booted[0]} exists): a disk that "
-            "has booted holds per-VM state (host keys, machine-id, the ledger) and must "
-            "not be re-seeded for cloning; use --force to seed it for its own next boot"
+            f"{path} has already booted with seedtool ({booted[0]} exists{on}): a disk "
+            "that has booted holds per-VM state (host keys, machine-id, the ledger) and "
+            "must not be re-seeded for cloning; use --force to seed it for its own next boot"
         )
     if seeded and not force:
         raise ImageRefused(
-            f"{path} already holds an unconsumed seed ({SEED_PATH}); it has not booted "
-            "since it was seeded: use --force to replace that seed"
+            f"{path} already holds an unconsumed seed ({home.seed}{on}); it has not "
+            "booted since it was seeded: use --force to replace that seed"
         )
     return bool(booted or seeded)
 
 
 def seed_image(path: str, factory: _MakesSeeds, partition: int | None = None,
-               force: bool = False, backend: str = "auto") -> SeedResult:
+               force: bool = False, backend: str = "auto",
+               allow_readable: bool = False) -> SeedResult:
     """Write one fresh envelope from `factory.new()` into the image at `path`.
 
     Every refusal happens before the seed is made; on failure nothing is left behind
-    (no seed file, no directory we created).
+    (no seed file, no directory we created). `allow_readable` accepts an image that
+    group or others may read (refused by default: they could read the seed).
     """
     path = os.fspath(path)
     check_writable(path)
+    if not allow_readable:
+        check_not_readable(path)
     check_not_mounted(path)
     fmt = detect_format(path)
     if fmt == "raw" and backend != "libguestfs":
@@ -528,26 +737,50 @@ def seed_image(path: str, factory: _MakesSeeds, partition: int | None = None,
 
 def _seed_opened(path: str, opened: OpenedImage, factory: _MakesSeeds, force: bool
                  ) -> SeedResult:
-    fs = opened.fs
-    replaced = _refuse_if_used(fs, path, force)
-    made_dir = fs.stat(SEED_DIR) is None
-    if not made_dir:
-        st = fs.stat(SEED_DIR)
-        if st is not None and not stat_mod.S_ISDIR(st.mode):
-            raise ImageRefused(
-                f"{SEED_DIR} in {path} exists but is not a directory; the image is not "
-                "laid out as seedtool expects: remove it"
-            )
+    home = _seed_home(path, opened)
+    ok = False
+    try:
+        result = _seed_at(path, opened, home, factory, force)
+        ok = True
+    finally:
+        if home.own:
+            try:
+                home.fs.close()
+            except DeliveryError:
+                if ok:
+                    raise
+    return result
+
+
+def _seed_at(path: str, opened: OpenedImage, home: _SeedHome, factory: _MakesSeeds,
+             force: bool) -> SeedResult:
+    fs = home.fs
+    replaced = _refuse_if_used(home, path, force)
+    # the directories to make, outermost first: parents 0755 (e.g. /lib on a fresh /var
+    # file system), the seed's own directory 0700
+    missing: list[str] = []
+    cur = home.dir.rstrip("/")
+    while cur and fs.stat(cur) is None:
+        missing.insert(0, cur)
+        cur = cur.rsplit("/", 1)[0]
+    st = fs.stat(home.dir)
+    if st is not None and not stat_mod.S_ISDIR(st.mode):
+        raise ImageRefused(
+            f"{home.dir} in {path} ({home.where}) exists but is not a directory; the "
+            "image is not laid out as seedtool expects: remove it"
+        )
     seed = factory.new()
     text = (seed.text + "\n").encode("ascii")
+    made: list[str] = []
     try:
-        if made_dir:
-            fs.mkdir(SEED_DIR, 0o700)
-        fs.write(SEED_PATH, text, mode=0o600, uid=0, gid=0)
+        for d in missing:
+            fs.mkdir(d, 0o700 if d == home.dir.rstrip("/") else 0o755)
+            made.append(d)
+        fs.write(home.seed, text, mode=0o600, uid=0, gid=0)
     except BaseException:
-        if made_dir:
+        for d in reversed(made):
             try:
-                fs.rmdir(SEED_DIR)
+                fs.rmdir(d)
             except (DeliveryError, DebugfsError):
                 pass
         raise
@@ -555,10 +788,14 @@ def _seed_opened(path: str, opened: OpenedImage, factory: _MakesSeeds, force: bo
         image=path,
         seed_id=seed.seed_id,
         backend=opened.backend,
-        partition=opened.partition,
+        partition=home.partition,
         target=fs.description,
         why=opened.why,
         replaced=replaced,
         summary=dict(seed.summary),
         warnings=tuple(opened.warnings),
+        seed_path=home.seed,
+        mount_point=home.mount_point,
+        where=home.where,
+        root_partition=opened.partition,
     )
