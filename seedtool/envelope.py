@@ -48,6 +48,9 @@ MAGIC = b"SDTL"
 VERSION = 1
 SIGNING_CONTEXT = b"seedtool envelope v1\x00"
 SEED_MIN, SEED_MAX, SEED_DEFAULT = 16, 512, 64
+#: the most any seed is credited for: the size of HKDF-SHA512's pseudorandom key
+#: (RFC 5869 section 2.2; HashLen = 64 bytes), through which every seed is derived
+MAX_CREDIT_BITS = 512
 PROVENANCE_MAX = 1024
 SIGNATURE_LEN = 64
 KEY_ID_LEN = 8
@@ -138,7 +141,13 @@ class VerifiedEnvelope(_Fields):
 
     @property
     def creditable_bits(self) -> int:
-        return 8 * len(self.seed)
+        """What the seed can be credited for: 8 bits a byte, never more than it can hold.
+
+        A seed is HKDF-SHA512 output of the mixed sources (seedtool.mix): everything
+        passes through a 64-byte pseudorandom key (RFC 5869, section 2.2), so however
+        many bytes `--bytes` asks for, the seed holds at most 512 bits.
+        """
+        return min(8 * len(self.seed), MAX_CREDIT_BITS)
 
 
 def canonical_json(obj: Mapping[str, Any]) -> bytes:

@@ -55,6 +55,22 @@ def test_round_trip_and_summary_has_no_seed(private_key: Any, keypair: Any) -> N
     assert envelope.verify(text, trusted_pairs([keypair[2]]), now=NOW).seed == env.seed
 
 
+@pytest.mark.parametrize("size, bits", [
+    (envelope.SEED_MIN, 128),  # 16 bytes: 8 bits a byte
+    (48, 384),
+    (64, 512),  # the default: exactly what HKDF-SHA512 carries
+    (65, 512),  # one byte more adds nothing
+    (envelope.SEED_MAX, 512),  # 512 bytes from --bytes 512: still 512 bits, never 4096
+])
+def test_creditable_bits_never_exceed_what_hkdf_sha512_carries(
+        private_key: Any, keypair: Any, size: int, bits: int) -> None:
+    # real seeds from the mixer, verified: the credit follows the construction, not --bytes
+    new = SeedFactory(private_key, nbytes=size).new()
+    env = envelope.verify(new.raw, trusted_pairs([keypair[2]]))
+    assert len(env.seed) == size and env.creditable_bits == bits
+    assert envelope.MAX_CREDIT_BITS == 8 * 64  # the PRK of HKDF-SHA512 (RFC 5869)
+
+
 def test_fits_cloud_init_random_seed(private_key: Any) -> None:
     prov = {"v": 1, "sources": [{"name": n, "bytes": 64, "health": "pass"}
                                 for n in ("os", "hwrng", "tpm", "truerng")]}
