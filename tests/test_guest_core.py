@@ -308,6 +308,42 @@ def test_invalid_policy_credits_nothing_and_says_so(guest: Guest) -> None:
     assert any("clock_skew" in n for n in out.notes)
 
 
+@pytest.mark.parametrize("text, detail", [
+    # says fail_closed: false, but the file is invalid: never read as "false"
+    (json.dumps({"fail_closed": False, "clock_skew": "five minutes"}), "'clock_skew' must be"),
+    ('{"fail_closed": tru', "is not valid JSON"),
+    (json.dumps({"fail_closd": True}), "unknown setting 'fail_closd'"),
+])
+def test_invalid_policy_is_an_error_never_a_quiet_fail_open(guest: Guest, text: str,
+                                                            detail: str) -> None:
+    Path(guest.paths.policy).write_text(text)
+    new = SeedFactory(guest.private_key).new()
+    out = reason_of(guest, new.text)
+    assert out.reason == "policy invalid" and not out.verified and guest.ledger() == ""
+    assert out.fail_closed and detail in out.policy_error
+    failure = out.failure()
+    assert guest.paths.policy in failure and detail in failure
+    assert "rebuild the image with `seedtool bake` or fix the JSON in /etc/seedtool/policy.json" \
+        in failure
+    with pytest.raises(core.PolicyInvalid) as raised:
+        out.raise_if_fail_closed()
+    assert str(raised.value) == failure
+    assert isinstance(raised.value, core.SeedNotCredited)
+    assert core.policy_failure(guest.paths) == failure
+    # a datasource seed from a platform the broken file may have meant to trust: mixed only
+    out = reason_of(guest, None, platform_seed=os.urandom(64), platform="openstack")
+    assert out.reason == "policy invalid" and out.failure() == failure
+
+
+def test_valid_or_absent_policy_is_no_failure(guest: Guest) -> None:
+    assert core.policy_failure(guest.paths) == ""  # absent: the defaults
+    out = credit_seed(None, "user-data", stage="cloud-init", paths=guest.paths)
+    assert out.policy_error == "" and not out.fail_closed and out.failure() == ""
+    out.raise_if_fail_closed()
+    Path(guest.paths.policy).write_text(json.dumps({"fail_closed": False}))
+    assert core.policy_failure(guest.paths) == ""
+
+
 def test_fail_closed_raises_only_when_not_credited(guest: Guest) -> None:
     out = credit_seed(None, "user-data", stage="cloud-init", paths=guest.paths,
                       policy=Policy(fail_closed=True))
@@ -336,16 +372,67 @@ def test_datasource_seed_from_an_untrusted_platform(guest: Guest) -> None:
 
 @needs_root
 def test_datasource_seed_from_a_trusted_platform_is_credited(guest: Guest) -> None:
-    seed = os.urandom(512)
+    seed = os.urandom(512)  # nova's random_seed: 512 bytes, credited for 512 bits only
     pol = Policy(credit_datasource=True, trusted_platforms=("openstack",))
     out = credit_seed(None, "datasource:openstack", stage="cloud-init", paths=guest.paths,
                       platform_seed=seed, platform="OpenStack", policy=pol)
-    assert out.credited_bits == 4096 and out.seed_id is None
+    assert out.credited_bits == 512 and out.seed_id is None
     assert guest.kmsg_text() == (
-        f"<5>seedtool: credited 4096 bits from seed - signed by key - (datasource:openstack, "
+        f"<5>seedtool: credited 512 bits from seed - signed by key - (datasource:openstack, "
         f"crng {out.crng_before}->{out.crng_after})\n"
     )
     assert_no_seed(seed, *all_outputs(guest))
+
+
+def oem0(payload: bytes) -> bytes:
+    from tests.test_guest_platform_seed import oem0_table
+
+    return oem0_table(payload)
+
+
+@needs_root
+def test_azure_seed_is_credited_for_its_payload_only(guest: Guest) -> None:
+    pol = Policy(credit_datasource=True, trusted_platforms=("azure",))
+    table = oem0(os.urandom(32))  # 36-byte header + 32 random bytes
+    out = credit_seed(None, "datasource:azure", stage="cloud-init", paths=guest.paths,
+                      platform_seed=base64.b64encode(table).decode(), platform="azure",
+                      policy=pol)
+    assert out.credited_bits == 256  # 8 x 32, not 8 x 68
+    assert_no_seed(table[36:], *all_outputs(guest))
+
+
+@pytest.mark.parametrize("platform, value, why", [
+    ("openstack", "text of 33 characters, not base64", "text, not strict base64"),
+    ("azure", base64.b64encode(b"\x00" * 100).decode(), "OEM0 table not an OEM0 ACPI table"),
+    ("azure", "zeroed", "text, not strict base64"),
+    ("nocloud", base64.b64encode(b"\x01\x02" * 32).decode(), "format unknown"),
+    ("openstack", b"\x00" * 512, "all its bytes are equal"),
+])
+def test_trusted_platform_seed_that_carries_nothing_is_mixed_only(
+        guest: Guest, platform: str, value: str | bytes, why: str) -> None:
+    pol = Policy(credit_datasource=True, trusted_platforms=(platform,))
+    out = reason_of(guest, None, platform_seed=value, platform=platform, policy=pol)
+    assert out.reason == f"platform {platform} seed not creditable: {why}"
+
+
+@needs_root
+def test_azure_table_the_kernel_already_consumed_credits_nothing(guest: Guest) -> None:
+    # Linux 6.9+ zeroes OEM0's payload after crediting it (drivers/hv/hv_common.c)
+    pol = Policy(credit_datasource=True, trusted_platforms=("azure",))
+    out = reason_of(guest, None, platform_seed=base64.b64encode(oem0(b"\x00" * 64)).decode(),
+                    platform="azure", policy=pol)
+    assert out.reason == "platform azure seed not creditable: all its bytes are equal"
+
+
+@needs_root
+@pytest.mark.parametrize("size, bits", [(16, 128), (64, 512), (512, 512)])
+def test_envelope_credit_is_capped_at_what_the_seed_holds(guest: Guest, size: int,
+                                                          bits: int) -> None:
+    new = SeedFactory(guest.private_key, nbytes=size).new()
+    out = credit_seed(new.text, "user-data", stage="cloud-init", paths=guest.paths)
+    assert out.credited and out.credited_bits == bits
+    assert guest.status()["credited_bits"] == bits
+    assert LINE_CREDITED.match(guest.kmsg_text()[3:-1]).group(1) == str(bits)  # type: ignore[union-attr]
 
 
 @needs_root

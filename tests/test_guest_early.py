@@ -96,6 +96,45 @@ def test_fail_closed_exits_1_when_not_credited(image: tuple[Path, Path, Any],
     assert rc == 1 and "fail_closed" in text
 
 
+@pytest.mark.parametrize("policy", ['{"fail_closed": false, "clock_skew": -1}', "{not json"])
+def test_invalid_policy_fails_the_unit_and_credits_nothing(
+        image: tuple[Path, Path, Any], capsys: pytest.CaptureFixture[str], policy: str) -> None:
+    root, devices, key = image
+    policy_file = root / "etc/seedtool/policy.json"
+    policy_file.write_text(policy)  # even one that says fail_closed: false
+    new = SeedFactory(key).new()
+    seed_file = root / "var/lib/seedtool/seed"
+    seed_file.write_text(new.text)
+    rc, text = run_main(root, devices, capsys)
+    assert rc == 1  # systemd shows the unit failed
+    assert f"{policy_file}" in text and "the image is misbuilt" in text
+    assert "rebuild the image with `seedtool bake` or fix the JSON" in text
+    assert not seed_file.exists()  # wiped whatever the outcome
+    assert (devices / "dev/kmsg").read_text().endswith("uncredited (disk): policy invalid\n")
+    assert not (root / "var/lib/seedtool/ledger").exists()
+    assert_no_seed(seed_of(new.raw), text)
+    # run by hand without a seed file (the unit itself would not start): still an error
+    rc, text = run_main(root, devices, capsys)
+    assert rc == 1 and f"{policy_file}" in text and "seedtool bake" in text
+
+
+def test_internal_error_fails_the_unit_only_when_the_policy_says_so(
+        image: tuple[Path, Path, Any], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    root, devices, _ = image
+    policy_file = root / "etc/seedtool/policy.json"
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(early.core, "credit_seed", broken)
+    for policy, expect in (("{}", 0), ('{"fail_closed": true}', 1), ("{bad", 1)):
+        policy_file.write_text(policy)
+        (root / "var/lib/seedtool/seed").write_text("not an envelope")
+        rc, text = run_main(root, devices, capsys)
+        assert rc == expect and "internal error (RuntimeError)" in text, policy
+
+
 def test_missing_kmsg_prints_the_line_instead(image: tuple[Path, Path, Any],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     root, devices, _ = image

@@ -10,15 +10,19 @@ came from, the image's policy and its paths, it:
    refuses a seed id the ledger already holds;
 3. mixes in local unpredictable inputs (instance id, high-resolution clocks, the
    boot id, a few bytes of /dev/hwrng if it has them ready);
-4. credits `8 x seed bytes` bits with RNDADDENTROPY only when all of that passed,
-   and otherwise writes everything to /dev/urandom uncredited and records why;
+4. credits `8 x seed bytes` bits, at most `envelope.MAX_CREDIT_BITS` (512), with
+   RNDADDENTROPY only when all of that passed, and otherwise writes everything to
+   /dev/urandom uncredited and records why;
 5. records the CRNG state before and after, refreshes systemd's random-seed file
    from the now-seeded pool, writes /var/lib/seedtool/status.json and prints one
    line to /dev/kmsg.
 
 It never raises for an environmental problem (not root, read-only /var, no
-/dev/kmsg): each is recorded in the outcome. It never logs, prints or stores seed
-bytes: the status, the kmsg line, the ledger and every message hold ids only.
+/dev/kmsg): each is recorded in the outcome. What the entry point must report as an
+error (an invalid policy: the image is misbuilt; an uncredited seed under
+fail_closed) is `Outcome.failure()`, raised by `Outcome.raise_if_fail_closed()`.
+It never logs, prints or stores seed bytes: the status, the kmsg line, the ledger
+and every message hold ids only.
 Standard library only; signatures are checked by `seedtool.ed25519` (pure Python).
 """
 
@@ -45,6 +49,8 @@ from ..mix import mix
 from ..record import Record
 from . import kernel
 from .ledger import Ledger, LedgerError
+from .platform_seed import DatasourceSeed
+from .platform_seed import decode as decode_platform_seed
 from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
 
 # This module runs at boot, before the seed is credited, so it imports little: no
@@ -60,12 +66,14 @@ STAGE_EARLY = "early-boot"
 #: bytes of the local-inputs digest appended to what goes into the pool
 LOCAL_DIGEST_LEN = 64
 HWRNG_BYTES = 32
-#: the largest datasource seed we mix (OpenStack sends 512 bytes); credit is capped too
-PLATFORM_SEED_MAX = 4096
 
 
 class SeedNotCredited(EnvelopeError):
     """The policy says fail closed and the seed was not credited."""
+
+
+class PolicyInvalid(SeedNotCredited):
+    """The image's seed policy is invalid: the image is misbuilt and nothing was credited."""
 
 
 class Paths(Record):
@@ -131,6 +139,9 @@ class Outcome:
         self.status_written = False
         self.kmsg_written = False
         self.fail_closed = False
+        #: why the image's policy file is invalid ('' when it is valid or absent); then
+        #: nothing is credited and `failure()` is an error whatever fail_closed says
+        self.policy_error = ""
         #: seconds spent in each phase, for the boot-time log line (docs/guest.md)
         self.timings: dict[str, float] = {}
         for name, value in facts.items():
@@ -176,13 +187,39 @@ class Outcome:
             "notes": list(self.notes),
         }
 
-    def raise_if_fail_closed(self) -> None:
+    def failure(self) -> str:
+        """The error the entry point must report (cloud-init error, failed unit), or ''."""
+        if self.policy_error:
+            return _misbuilt(self.policy_error)
         if self.fail_closed and not self.credited:
-            raise SeedNotCredited(
+            return (
                 f"the seed was not credited ({self.reason}) and the image's seed policy sets "
                 "fail_closed; deliver a valid seed signed by a trusted key, or set fail_closed "
-                "to false in /etc/seedtool/policy.json"
+                f"to false in {DEFAULT_POLICY_PATH}"
             )
+        return ""
+
+    def raise_if_fail_closed(self) -> None:
+        """Raise PolicyInvalid or SeedNotCredited when `failure()` says so."""
+        message = self.failure()
+        if message:
+            raise (PolicyInvalid if self.policy_error else SeedNotCredited)(message)
+
+
+def _misbuilt(policy_error: str) -> str:
+    return (
+        f"{policy_error}, so the image is misbuilt and no seed was credited; "
+        f"rebuild the image with `seedtool bake` or fix the JSON in {DEFAULT_POLICY_PATH}"
+    )
+
+
+def policy_failure(paths: Paths) -> str:
+    """The error the image's policy file is when it is invalid, '' when valid or absent."""
+    try:
+        load_policy(paths.policy)
+    except PolicyError as e:
+        return _misbuilt(_short(e, 400))
+    return ""
 
 
 def _short(err: BaseException, limit: int = 120) -> str:
@@ -334,16 +371,18 @@ def credit_seed(
     instance_id: str = "",
     paths: Paths | None = None,
     policy: Policy | None = None,
-    platform_seed: bytes | None = None,
+    platform_seed: bytes | str | None = None,
     platform: str = "",
     now: float | None = None,
     uncreditable: str = "",
 ) -> Outcome:
     """Verify `data` (an envelope, raw or base64) and credit or mix it; see the module doc.
 
-    `platform_seed` is a datasource's own unsigned `random_seed` (from `platform`):
-    always mixed, credited only when no envelope was offered and the policy trusts
-    that platform. `now` overrides the clock for the validity check (tests).
+    `platform_seed` is a datasource's own unsigned `random_seed` (from `platform`),
+    as a `platform_seed.DatasourceSeed` or as the datasource holds it (decoded here):
+    always mixed, credited for at most what its bytes can carry
+    (`DatasourceSeed.creditable_bits`) only when no envelope was offered and the
+    policy trusts that platform. `now` overrides the clock for the validity check (tests).
     A non-empty `uncreditable` is the reason the envelope may not be credited
     whatever its signature (e.g. it arrived in a form seedtool does not write): it
     is mixed, never verified for credit nor recorded in the ledger.
@@ -364,9 +403,12 @@ def credit_seed(
         try:
             policy = load_policy(paths.policy)
         except PolicyError as e:
+            # Policy() only to go on mixing: nothing is credited, and the entry points
+            # report `failure()` as an error (never as if fail_closed were false)
             policy, policy_ok = Policy(), False
-            out.notes.append(_short(e, 400))
-    out.fail_closed = policy.fail_closed
+            out.policy_error = _short(e, 400)
+            out.notes.append(out.policy_error)
+    out.fail_closed = policy.fail_closed or not policy_ok
     mark("policy")
 
     to_credit: tuple[bytes, int] | None = None
@@ -400,18 +442,30 @@ def credit_seed(
                             to_credit = (verified.seed, verified.creditable_bits)
                         else:
                             out.reason = "already consumed"
-    if platform_seed:
-        pseed = bytes(platform_seed[:PLATFORM_SEED_MAX])
-        to_mix.append(pseed)
+    # decided from what the guest observes: the platform's name and the bytes
+    pseed = (platform_seed if isinstance(platform_seed, DatasourceSeed)
+             and platform_seed.platform == platform.lower()
+             else decode_platform_seed(platform, platform_seed))
+    if pseed:
+        to_mix.append(bytes(pseed))
         if data is None and policy_ok:
             if policy.trusts_platform(platform):
-                to_credit = (pseed, 8 * len(pseed))
+                if pseed.creditable_bits:
+                    # the whole decoded seed goes in; only what its carrying bytes can
+                    # hold is credited (an OEM0 header is mixed, never counted)
+                    to_credit = (bytes(pseed), pseed.creditable_bits)
+                else:
+                    out.reason = (f"platform {platform.lower() or '-'} seed not creditable: "
+                                  f"{pseed.reason}")
             elif not policy.credit_datasource:
                 out.reason = "datasource seeds are not credited by policy"
             else:
                 out.reason = f"platform {platform or '-'} not trusted"
-    if data is None and not platform_seed and not out.reason:
+    if data is None and not pseed and not out.reason:
         out.reason = "no seed offered"
+    if to_credit is not None and data is not None and pseed:
+        # the envelope is credited; the datasource seed still goes in, uncounted
+        to_credit = (to_credit[0] + bytes(pseed), to_credit[1])
     mark("ledger")
 
     out.boot_id = _read_small(paths.boot_id, 64).decode("ascii", "replace").strip()

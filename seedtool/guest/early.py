@@ -5,8 +5,9 @@ as soon as the root file system is writable, before anything can make a host key
 or read the kernel CRNG for a long-lived secret. It reads `/var/lib/seedtool/seed`,
 hands it to `core.credit_seed`, then wipes and deletes the file whatever the
 outcome (the ledger already holds the seed id, so a crash before the delete can
-never lead to a second credit). Exit status 0, unless the policy says fail closed
-and nothing was credited (1). Standard library only.
+never lead to a second credit). Exit status 0, unless the image's policy is invalid
+(a misbuilt image: nothing is credited) or says fail closed and nothing was credited
+(1, so systemd shows the unit failed). Standard library only.
 
 Every import here is paid before the seed is credited, under emulation at several
 hundred times the native cost: argparse only for explicit arguments (tests), no
@@ -126,6 +127,17 @@ def run(paths: core.Paths, sys_root: str | os.PathLike[str]) -> core.Outcome | N
     return outcome
 
 
+def _fails_closed(paths: core.Paths) -> bool:
+    """After an internal error: does the policy say fail closed, or is it unreadable
+    (a misbuilt image, never a quiet ``fail_closed: false``)?"""
+    from .policy import load_policy
+
+    try:
+        return load_policy(paths.policy).fail_closed
+    except Exception:
+        return True
+
+
 def _arguments(argv: Sequence[str]) -> tuple[str, str | None]:
     import argparse  # only for explicit arguments (tests): the unit passes none
 
@@ -148,17 +160,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # never break the boot over a bug; say what happened
         print(f"seedtool-early: internal error ({type(e).__name__}); seed not credited",
               file=sys.stderr)
-        return 0
+        return 1 if _fails_closed(paths) else 0
     if outcome is None:
+        # the unit does not start without a seed file (ConditionPathExists); run by
+        # hand, an invalid policy is still an error
+        failure = core.policy_failure(paths)
+        if failure:
+            print(f"seedtool-early: {failure}", file=sys.stderr)
+            return 1
         print("seedtool-early: no seed file; nothing to do", file=sys.stderr)
         return 0
     if not outcome.kmsg_written:
         print(outcome.line(), file=sys.stderr)
     for note in outcome.notes:
         print(f"seedtool-early: {note}", file=sys.stderr)
-    if outcome.fail_closed and not outcome.credited:
-        print("seedtool-early: seed not credited and the policy says fail_closed",
-              file=sys.stderr)
+    failure = outcome.failure()
+    if failure:
+        print(f"seedtool-early: {failure}", file=sys.stderr)
         return 1
     return 0
 
