@@ -103,18 +103,21 @@ def _platform(cloud: Any) -> str:
 
 def _datasource_seed(cloud: Any) -> tuple[bytes | None, Any]:
     """The datasource's own ``random_seed`` (OpenStack meta_data.json, Azure OEM0),
-    decoded, and the value as the datasource holds it."""
+    and the value as the datasource holds it.
+
+    The seed is decoded the way its platform sends it (strict base64; Azure's OEM0
+    table header checked) into a ``platform_seed.DatasourceSeed``: bytes that know
+    how many bits of them may be credited (none for text, a header, or a platform
+    whose format is unknown). Core credits no more than that.
+    """
+    from seedtool.guest.platform_seed import decode  # already imported by core
+
     md = getattr(getattr(cloud, "datasource", None), "metadata", None)
     if not isinstance(md, dict):
         return None, None
     value = md.get("random_seed")
-    if not value or not isinstance(value, (str, bytes)):
-        return None, None
-    raw = _as_bytes(value)
-    try:
-        return base64.b64decode(raw, validate=True) or raw, value
-    except (binascii.Error, ValueError):
-        return raw, value
+    seed = decode(_platform(cloud), value)
+    return seed, (value if seed is not None else None)
 
 
 def _instance_id(cloud: Any) -> str:
@@ -209,10 +212,12 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
 
 
 def _fail_closed() -> bool:
+    """Must an internal error fail? When the policy says so, or cannot be read: an
+    invalid policy is a misbuilt image, never a quiet ``fail_closed: false``."""
     try:
         return load_policy(core.Paths.under("/").policy).fail_closed
     except Exception:
-        return False
+        return True
 
 
 def handle(name: str, cfg: dict, cloud: Any, args: Any = None, *extra: Any, **kwargs: Any) -> None:
@@ -222,11 +227,14 @@ def handle(name: str, cfg: dict, cloud: Any, args: Any = None, *extra: Any, **kw
         LOG.warning("%s: seed not credited: internal error (%s)", name, type(e).__name__)
         if _fail_closed():
             raise core.SeedNotCredited(
-                "seedtool failed internally and the image's seed policy sets fail_closed; "
-                "see /var/log/cloud-init.log"
+                "seedtool failed internally and the image's seed policy sets fail_closed "
+                "(or is invalid); see /var/log/cloud-init.log"
             ) from None
         return
     LOG.info("%s", outcome.line())
     for note in outcome.notes:
         LOG.info("%s: %s", name, note)
+    # after the credit (or the uncredited mix) and the scrub: an invalid policy or an
+    # uncredited seed under fail_closed is an error cloud-init records in its status
+    # (result.json, `cloud-init status`), and its later modules still run
     outcome.raise_if_fail_closed()
