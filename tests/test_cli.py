@@ -122,6 +122,53 @@ def test_failing_optional_source_contributes_nothing(tmp_path: Path,
     assert by_name["os"]["bytes"] == 64
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("hwrng:devcie=/dev/hwrng",
+         "unknown hwrng option 'devcie' (did you mean 'device'?); "
+         "known options are: device, sysfs, timeout, min_entropy"),
+        ("os:min_entropy=3", "unknown os option 'min_entropy'; the os source takes no options"),
+        ("hwrng:min_entropy=abc", "hwrng option min_entropy= must be a number of bits per sample"),
+        ("egd:timeout=nan", "egd option timeout= must be a positive number of seconds, not 'nan'"),
+    ],
+)
+def test_generate_refuses_a_bad_source_option_and_writes_nothing(
+        tmp_path: Path, keys: tuple[Path, Path], spec: str, message: str) -> None:
+    out = tmp_path / "out.env"
+    err = one_line_error(run("generate", "--key", str(keys[0]), "--source", spec, "-o", str(out)))
+    assert err.startswith(f"seedtool: error: {message}")
+    assert not out.exists() and not list(tmp_path.glob(".seedtool-*"))
+
+
+def test_a_misspelt_source_option_is_refused_before_the_key_is_read(tmp_path: Path) -> None:
+    out = tmp_path / "out.env"
+    err = one_line_error(run("generate", "--key", str(tmp_path / "missing.key"),
+                             "--source", "hwrng:devcie=/dev/hwrng", "-o", str(out)))
+    assert "unknown hwrng option 'devcie'" in err and "device" in err
+    assert not out.exists()
+
+
+def test_sources_lists_each_sources_options() -> None:
+    from seedtool.sources import REGISTRY, source_class
+
+    p = run("sources", "--no-sample", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert list(rows) == list(REGISTRY)
+    for name, row in rows.items():
+        assert row["options"] == dict(source_class(name).known_options), name
+    assert rows["hwrng"]["options"]["device"].startswith("the hardware RNG character device")
+    assert rows["os"]["options"] == {}
+    text = run("sources", "--no-sample", "--source", "hwrng", "--source", "os")
+    assert text.returncode == 0, text.stderr
+    lines = [line.strip() for line in text.stdout.decode().splitlines()]
+    assert "options: device, sysfs, timeout, min_entropy" in lines
+    assert "options: none" in lines
+    assert "unknown hwrng option 'devcie'" in one_line_error(
+        run("sources", "--source", "hwrng:devcie=/dev/hwrng"))
+
+
 def test_key_problems(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     priv, _ = keys
     out = tmp_path / "s.env"

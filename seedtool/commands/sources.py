@@ -8,7 +8,7 @@ import click
 
 from ..errors import SeedtoolError
 from ..health import HealthMonitor
-from ..sources import REGISTRY, make_source, parse_source_spec
+from ..sources import REGISTRY, make_source, parse_source_spec, source_class
 from ._options import echo_json
 
 SAMPLE_BYTES = 1024
@@ -16,7 +16,7 @@ SAMPLE_BYTES = 1024
 
 def describe(spec: str, sample: bool) -> dict[str, Any]:
     name, options = parse_source_spec(spec)
-    row: dict[str, Any] = {"name": name}
+    row: dict[str, Any] = {"name": name, "options": dict(source_class(name).known_options)}
     try:
         src = make_source(name, **options)
     except SeedtoolError as e:
@@ -53,7 +53,9 @@ def command(specs: tuple[str, ...], no_sample: bool, as_json: bool) -> None:
     """List entropy sources: available or not (and why), with a short health sample.
 
     The sample reads about 2 KB from each available source (a 1024-sample start-up
-    test plus 1 KB) through the SP 800-90B health tests; no bytes are shown.
+    test plus 1 KB) through the SP 800-90B health tests; no bytes are shown. Each
+    source's options (`--source NAME:key=value`) are listed under it; --json gives
+    each one's help.
     """
     rows = [describe(s, not no_sample) for s in (specs or tuple(REGISTRY))]
     if as_json:
@@ -72,3 +74,4 @@ def command(specs: tuple[str, ...], no_sample: bool, as_json: bool) -> None:
                 click.echo(f"{'':<{width}}  {health['reason']}")
         else:
             click.echo(f"{r['name']:<{width}}  unavailable  {r.get('reason', '')}")
+        click.echo(f"{'':<{width}}  options: {', '.join(r['options']) or 'none'}")

@@ -187,9 +187,9 @@ class GcpKmsSource(Source):
             raise SourceError(
                 "no Google Cloud project is set; pass project= or set GOOGLE_CLOUD_PROJECT"
             )
-        options = {"api_endpoint": self.endpoint} if self.endpoint else None
+        client_options = {"api_endpoint": self.endpoint} if self.endpoint else None
         self._client = kms_v1.KeyManagementServiceClient(
-            credentials=creds, transport="rest", client_options=options
+            credentials=creds, transport="rest", client_options=client_options
         )
         self._retry = self._make_retry()
         return self._client
