@@ -20,6 +20,7 @@ import pytest
 
 from seedtool import envelope
 from seedtool.deliver.debugfs import DebugfsError, DebugfsTarget, FileSystemFull
+from seedtool.deliver.fstab import MountRefused
 from seedtool.deliver.image import (
     ImageRefused,
     NoLinuxRoot,
@@ -70,6 +71,7 @@ def mkfs(path: Path, size: int, root: Path | None, *extra: str) -> None:
 
 def partitioned(tmp: Path, label: str, parts: list[tuple[int, str, Path | None]],
                 extra: str = "", mkfs_args: dict[int, tuple[str, ...]] | None = None,
+                header: str = "",
                 name: str | None = None) -> tuple[Path, dict[int, int]]:
     """A disk image (0600): sfdisk writes the table, each ext4 is built apart and copied in.
 
@@ -82,7 +84,7 @@ def partitioned(tmp: Path, label: str, parts: list[tuple[int, str, Path | None]]
     with open(img, "wb") as f:
         f.truncate(total * MiB)
     img.chmod(0o600)
-    script = f"label: {label}\n" + "".join(f"size={s}M, type={t}\n" for s, t, _ in parts)
+    script = f"label: {label}\n{header}" + "".join(f"size={s}M, type={t}\n" for s, t, _ in parts)
     script += extra
     subprocess.run(["sfdisk", "-q", str(img)], input=script.encode(), check=True,
                    capture_output=True)
@@ -626,10 +628,337 @@ def test_guestfs_target_operations_through_the_system_python(tmp_path: Path) -> 
     fsck_clean(img, 0, 32 * MiB)
 
 
-def _dir_mode(img: Path, path: str) -> int:
-    out = subprocess.run(["debugfs", "-R", f"stat {path}", str(img)], check=True,
+def _dir_mode(img: Path, path: str, offset: int = 0) -> int:
+    out = subprocess.run(["debugfs", "-R", f"stat {path}", debugfs_dev(img, offset)], check=True,
                          capture_output=True, text=True).stdout
     m = re.search(r"Mode:\s+(\d+)", out)
     assert m
     return int(m.group(1), 8)
 
+
+
+# ---- where the booted system reads: the image's /etc/fstab ------------------------------
+
+ROOT_UUID = "0b5e7d1c-5eed-4d00-8a11-000000000001"
+VAR_UUID = "0b5e7d1c-5eed-4d00-8a11-0000000000a2"
+LIB_UUID = "0b5e7d1c-5eed-4d00-8a11-0000000000b3"
+VAR_PARTUUID = "6a9e1c1f-2b33-4c44-9d55-e66f77a88b99"
+MBR_ID = "0x5eed0a1b"
+# what a real fstab holds besides the mounts on the seed's path
+NOISE = ("# /etc/fstab: static file system information.\n"
+         "#\n"
+         "# <file system> <mount point> <type> <options> <dump> <pass>\n"
+         "/dev/vda9\tnone\tswap\tsw\t0\t0\n"
+         "tmpfs /tmp tmpfs nosuid,nodev,size=64m 0 0\n"
+         "proc /proc proc defaults 0 0\n"
+         "/srv/data /mnt/data none bind 0 0\n")
+
+
+def fstab_image(tmp: Path, label: str, fstab: str, var_root: Path | None = None,
+                with_lib: bool = False, root_files: dict[str, bytes] | None = None,
+                name: str | None = None) -> tuple[Path, dict[int, int]]:
+    """Root on partition 1 (with `fstab`), a /var file system on 2 (UUID VAR_UUID,
+    label "var"; GPT: PARTUUID VAR_PARTUUID, PARTLABEL "varpart"), another on 3
+    (UUID LIB_UUID, label "varlib"). MBR partition ids are MBR_ID-NN."""
+    root = make_root(tmp, f"root-{name or label}", files={"etc/fstab": fstab.encode(),
+                                                          **(root_files or {})})
+    var = var_root or tmp / f"var-{name or label}"
+    var.mkdir(exist_ok=True)
+    if with_lib:
+        (var / "lib").mkdir(exist_ok=True)
+    lib = tmp / f"varlib-{name or label}"
+    lib.mkdir(exist_ok=True)
+    if label == "gpt":
+        types = ["L", f"L, name=varpart, uuid={VAR_PARTUUID}", "L"]
+        header = ""
+    else:
+        types, header = ["83", "83", "83"], f"label-id: {MBR_ID}\n"
+    return partitioned(tmp, label, [(16, types[0], root), (8, types[1], var),
+                                    (8, types[2], lib)], header=header, name=name,
+                       mkfs_args={1: ("-U", ROOT_UUID), 2: ("-U", VAR_UUID, "-L", "var"),
+                                  3: ("-U", LIB_UUID, "-L", "varlib")})
+
+
+def _var(spec: str, options: str = "defaults") -> str:
+    return f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n{spec} /var ext4 {options} 0 2\n"
+
+
+@pytest.mark.parametrize("label,spec,options", [
+    ("gpt", f"UUID={VAR_UUID}", "defaults"),
+    ("gpt", f'UUID="{VAR_UUID.upper()}"', "defaults"),
+    ("gpt", "LABEL=var", "defaults,noatime"),
+    ("gpt", f"PARTUUID={VAR_PARTUUID}", "defaults"),
+    ("gpt", "PARTLABEL=varpart", "defaults"),
+    ("gpt", f"/dev/disk/by-uuid/{VAR_UUID}", "defaults"),
+    ("gpt", f"/dev/disk/by-partuuid/{VAR_PARTUUID}", "defaults"),
+    ("dos", f"PARTUUID={MBR_ID[2:]}-02", "defaults"),
+    ("dos", "/dev/vda2", "defaults"),
+    ("dos", "/dev/sda2", "defaults"),
+    ("gpt", "/dev/nvme0n1p2", "defaults"),
+    # noauto still counts: the early unit's RequiresMountsFor= pulls it in
+    ("gpt", "LABEL=var", "noauto,x-systemd.automount"),
+], ids=["uuid", "uuid-quoted-upper", "label", "partuuid-gpt", "partlabel",
+        "by-uuid", "by-partuuid", "partuuid-mbr", "vda2", "sda2", "nvme", "noauto"])
+def test_separate_var_gets_the_seed_below_its_mount_point(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]],
+        label: str, spec: str, options: str) -> None:
+    img, offsets = fstab_image(tmp_path, label, NOISE + _var(spec, options))
+    result = seed_image(str(img), factory)
+    assert (result.partition, result.root_partition) == (2, 1)
+    assert (result.mount_point, result.seed_path) == ("/var", "/lib/seedtool/seed")
+    assert result.where == "partition 2 (mounted at /var)"
+    mode, uid, gid, data = read_back(img, offsets[2], "/lib/seedtool/seed")
+    assert (mode, uid, gid) == (0o600, 0, 0)
+    assert envelope.verify(data, trusted).seed_id_hex == result.seed_id
+    # the directories made on the fresh /var: lib like any /var/lib, seedtool 0700
+    assert _dir_mode(img, "/lib", offsets[2]) == 0o755
+    assert _dir_mode(img, "/lib/seedtool", offsets[2]) == 0o700
+    # no path to a hidden copy: nothing under the root's own /var, nor elsewhere
+    assert not exists(img, offsets[1], "/var/lib/seedtool")
+    assert not exists(img, offsets[3], "/seedtool")
+    for n, size in ((1, 16), (2, 8)):
+        fsck_clean(img, offsets[n], size * MiB)
+
+
+def test_separate_var_lib_wins_over_var(tmp_path: Path, factory: Counting,
+                                        trusted: list[tuple[bytes, bytes]]) -> None:
+    fstab = _var(f"UUID={VAR_UUID}") + "LABEL=varlib\t/var/lib/\text4\tdefaults\t0\t2\n"
+    img, offsets = fstab_image(tmp_path, "gpt", NOISE + fstab, with_lib=True)
+    result = seed_image(str(img), factory)
+    assert (result.partition, result.mount_point, result.seed_path) == (
+        3, "/var/lib", "/seedtool/seed")
+    data = read_back(img, offsets[3], "/seedtool/seed")[3]
+    assert envelope.verify(data, trusted).seed_id_hex == result.seed_id
+    assert not exists(img, offsets[2], "/lib/seedtool")
+    assert not exists(img, offsets[1], "/var/lib/seedtool")
+
+
+def test_var_lib_seedtool_bind_mounted_from_another_file_system(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    # /srv on partition 2; /var/lib/seedtool is bound from /srv/state (fstab(5) "bind")
+    var = tmp_path / "srv"
+    (var / "state").mkdir(parents=True)
+    fstab = (f"UUID={ROOT_UUID} / ext4 defaults 0 1\nUUID={VAR_UUID} /srv ext4 defaults 0 2\n"
+             "/srv/state /var/lib/seedtool none bind 0 0\n")
+    img, offsets = fstab_image(tmp_path, "gpt", fstab, var_root=var)
+    result = seed_image(str(img), factory)
+    assert (result.partition, result.seed_path) == (2, "/state/seed")
+    data = read_back(img, offsets[2], "/state/seed")[3]
+    assert envelope.verify(data, trusted).seed_id_hex == result.seed_id
+    assert not exists(img, offsets[1], "/var/lib/seedtool/seed")
+
+
+def test_without_separate_var_the_root_gets_it(tmp_path: Path, factory: Counting,
+                                               trusted: list[tuple[bytes, bytes]]) -> None:
+    # /var/lib2 and /varx are not on the seed's path; the root's own entry is not a mount
+    fstab = (f"UUID={ROOT_UUID} / ext4 defaults 0 1\nUUID={VAR_UUID} /varx ext4 defaults 0 2\n"
+             f"UUID={LIB_UUID} /var/lib2 ext4 defaults 0 2\n")
+    img, offsets = fstab_image(tmp_path, "gpt", NOISE + fstab)
+    result = seed_image(str(img), factory)
+    assert (result.partition, result.seed_path, result.mount_point) == (1, SEED, "/")
+    check_seed(img, offsets[1], result, trusted)
+    assert not exists(img, offsets[2], "/lib")
+
+
+@pytest.mark.parametrize("marker", ["ledger", "status.json"])
+def test_booted_check_reads_the_var_file_system(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]],
+        marker: str) -> None:
+    var = tmp_path / "var-booted"
+    (var / "lib/seedtool").mkdir(parents=True)
+    (var / f"lib/seedtool/{marker}").write_bytes(b"x\n")
+    img, offsets = fstab_image(tmp_path, "gpt", _var(f"UUID={VAR_UUID}"), var_root=var)
+    before = digest(img)
+    with pytest.raises(ImageRefused,
+                       match=f"already booted.*/lib/seedtool/{marker} exists on the file "
+                             "system mounted at /var"):
+        seed_image(str(img), factory)
+    assert factory.made == 0 and digest(img) == before
+    result = seed_image(str(img), factory, force=True)
+    assert result.replaced and result.partition == 2
+    assert read_back(img, offsets[2], f"/lib/seedtool/{marker}")[3] == b"x\n"
+
+
+def test_unconsumed_seed_on_the_var_file_system_is_found(
+        tmp_path: Path, factory: Counting) -> None:
+    img, _ = fstab_image(tmp_path, "gpt", _var("LABEL=var"))
+    seed_image(str(img), factory)
+    before = digest(img)
+    with pytest.raises(ImageRefused, match="unconsumed seed.*/lib/seedtool/seed"):
+        seed_image(str(img), factory)
+    assert digest(img) == before
+
+
+def test_a_seed_hidden_under_the_var_mount_is_reported(
+        tmp_path: Path, factory: Counting) -> None:
+    img, offsets = fstab_image(tmp_path, "gpt", _var("LABEL=var"),
+                               root_files={"var/lib/seedtool/seed": b"old\n"})
+    result = seed_image(str(img), factory)
+    assert result.partition == 2
+    assert any("hidden under the /var mount" in w for w in result.warnings)
+    assert read_back(img, offsets[1], SEED)[3] == b"old\n"  # not ours to remove
+
+
+def _luks_partition(tmp: Path) -> Path:
+    part = tmp / "luks.part"
+    with open(part, "wb") as f:
+        f.truncate(8 * MiB)
+    key = tmp / "luks.key"
+    key.write_bytes(b"test passphrase, not a secret")
+    subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf",
+                    "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", str(key),
+                    str(part)], check=True, capture_output=True)
+    return part
+
+
+REFUSED = [
+    ("lvm-mapper", "/dev/mapper/vg0-var /var ext4 defaults 0 2",
+     r"mounts /var from /dev/mapper/vg0-var .*device-mapper.*--backend libguestfs"),
+    ("lvm-vg-lv", "/dev/vg0/var /var ext4 defaults 0 2",
+     r"mounts /var from /dev/vg0/var .*LVM, LUKS"),
+    ("crypt", "/dev/mapper/var_crypt /var/lib ext4 defaults 0 2",
+     r"mounts /var/lib from /dev/mapper/var_crypt .*LUKS"),
+    ("luks-inner-uuid", f"UUID={LIB_UUID[:-1]}f /var ext4 defaults 0 2",
+     r"mounts /var from UUID=.*no file system of this image has UUID=.*inside partition 2 "
+     r"\(LUKS\)"),
+    ("nfs", "fileserver:/export/var /var nfs4 defaults,_netdev 0 0",
+     r"mounts /var from fileserver:/export/var \(nfs4\).*network file system"),
+    ("cifs", "//fs/share /var/lib/seedtool cifs credentials=/etc/c 0 0",
+     r"mounts /var/lib/seedtool from //fs/share.*network"),
+    ("tmpfs-var", "tmpfs /var tmpfs size=64m 0 0", r"mounts /var from tmpfs.*vanish"),
+    ("tmpfs-var-lib", "tmpfs /var/lib tmpfs defaults 0 0", r"mounts /var/lib from.*vanish"),
+    ("missing-uuid", "UUID=11111111-2222-3333-4444-555555555555 /var ext4 defaults 0 2",
+     r"mounts /var from UUID=11111111-.*no file system of this image has"),
+    ("missing-label", "LABEL=nosuch /var ext4 defaults 0 2", r"no file system .*LABEL=nosuch"),
+    ("other-disk", "/dev/vdb1 /var ext4 defaults 0 2",
+     r"mounts /var from /dev/vdb1 .*another disk"),
+    ("no-partition", "/dev/vda7 /var ext4 defaults 0 2", r"has no partition 7"),
+    ("by-id", "/dev/disk/by-id/virtio-abc-part2 /var ext4 defaults 0 2",
+     r"by-id.*UUID="),
+    ("not-ext", "PARTUUID={blank} /var ext4 defaults 0 2",
+     r"mounts /var from PARTUUID=.*partition 3.*debugfs path writes ext2/3/4 only.*"
+     r"--backend libguestfs"),
+    ("vfat", "UUID={vfat} /var vfat defaults 0 2",
+     r"mounts /var from UUID=.*partition 3.*--backend libguestfs"),
+    ("overlay", "overlay /var overlay lowerdir=/a,upperdir=/b 0 0", r"overlay is not"),
+    ("duplicate", f"UUID={VAR_UUID} /var ext4 defaults 0 2\nLABEL=varlib /var ext4 "
+     "defaults 0 2", r"line 3 mounts /var too"),
+]
+
+
+@pytest.mark.parametrize("case,fstab_line,pattern", REFUSED, ids=[r[0] for r in REFUSED])
+def test_mounts_seedtool_cannot_write_are_refused_naming_them(
+        tmp_path: Path, factory: Counting, case: str, fstab_line: str, pattern: str) -> None:
+    img, offsets = fstab_image(tmp_path, "gpt", "")
+    if case == "luks-inner-uuid":  # partition 2 is a real LUKS2 container
+        if not shutil.which("cryptsetup"):
+            pytest.skip("cryptsetup missing")
+        with open(img, "r+b") as out, open(_luks_partition(tmp_path), "rb") as src:
+            out.seek(offsets[2])
+            shutil.copyfileobj(src, out)
+    elif case == "not-ext":  # partition 3 holds no file system at all
+        with open(img, "r+b") as out:
+            out.seek(offsets[3])
+            out.write(bytes(MiB))
+        fstab_line = fstab_line.replace("{blank}", read_partitions_json(img)[3]["uuid"])
+    elif case == "vfat":  # partition 3 is FAT, found by blkid
+        if not (shutil.which("mkfs.vfat") and shutil.which("blkid")):
+            pytest.skip("dosfstools or blkid missing")
+        vfat = tmp_path / "vfat.part"
+        with open(vfat, "wb") as f:
+            f.truncate(8 * MiB)
+        subprocess.run(["mkfs.vfat", "-i", "5eed0a1b", str(vfat)], check=True,
+                       capture_output=True)
+        with open(img, "r+b") as out, open(vfat, "rb") as src:
+            out.seek(offsets[3])
+            shutil.copyfileobj(src, out)
+        fstab_line = fstab_line.replace("{vfat}", "5EED-0A1B")
+    _set_fstab(img, offsets[1], f"UUID={ROOT_UUID} / ext4 defaults 0 1\n{fstab_line}\n")
+    before = digest(img)
+    with pytest.raises(MountRefused, match=pattern) as err:
+        seed_image(str(img), factory)
+    assert "/etc/fstab (line" in str(err.value)
+    assert factory.made == 0 and digest(img) == before
+
+
+def read_partitions_json(img: Path) -> dict[int, dict[str, str]]:
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(img)], check=True,
+                                      capture_output=True).stdout)["partitiontable"]
+    return {int(p["node"].rsplit("img", 1)[1]): p for p in table["partitions"]}
+
+
+def _set_fstab(img: Path, offset: int, text: str) -> None:
+    fs = DebugfsTarget(img, offset)
+    fs.write("/etc/fstab", text.encode())
+    fs.close()
+
+
+def test_whole_disk_image_with_var_elsewhere_is_refused(tmp_path: Path,
+                                                        factory: Counting) -> None:
+    img = tmp_path / "disk.raw"
+    mkfs(img, 16 * MiB, make_root(tmp_path, "root", files={
+        "etc/fstab": f"/dev/vda / ext4 defaults 0 1\nUUID={VAR_UUID} /var ext4 defaults 0 2\n"
+        .encode()}))
+    before = digest(img)
+    with pytest.raises(MountRefused, match=r"mounts /var from UUID=.*no file system of this "
+                                           r"image"):
+        seed_image(str(img), factory)
+    assert factory.made == 0 and digest(img) == before
+
+
+def test_cli_reports_the_var_file_system(tmp_path: Path, keypair: tuple[Path, Path, PublicKey],
+                                         trusted: list[tuple[bytes, bytes]]) -> None:
+    img, offsets = fstab_image(tmp_path, "dos", NOISE + _var(f"PARTUUID={MBR_ID[2:]}-02"))
+    env = {**os.environ, "SEEDTOOL_KEY": str(keypair[0])}
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(img),
+                          "--json"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (out["partition"], out["root_partition"], out["mount_point"], out["seed_path"]) \
+        == (2, 1, "/var", "/lib/seedtool/seed")
+    data = read_back(img, offsets[2], "/lib/seedtool/seed")[3]
+    assert envelope.verify(data, trusted).seed_id_hex == out["seed_id"]
+    assert data.decode().strip() not in res.stdout + res.stderr
+    tmpfs = fstab_image(tmp_path, "gpt", "tmpfs /var/lib tmpfs defaults 0 0\n",
+                        name="tmpfs")[0]
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(tmpfs)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode != 0
+    assert "mounts /var/lib from tmpfs" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---- a readable image gives its seed away -----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_group_or_world_readable_image_is_refused_unless_allowed(
+        plain: Path, factory: Counting, trusted: list[tuple[bytes, bytes]], mode: int) -> None:
+    plain.chmod(mode)
+    before = digest(plain)
+    with pytest.raises(ImageRefused, match=rf"readable by group or others \(mode 0{mode:o}\)"
+                                           rf".*chmod 600 {re.escape(str(plain))}.*"
+                                           "--allow-readable-image"):
+        seed_image(str(plain), factory)
+    assert factory.made == 0 and digest(plain) == before
+    result = seed_image(str(plain), factory, allow_readable=True)
+    check_seed(plain, 0, result, trusted)
+    assert stat.S_IMODE(plain.stat().st_mode) == mode  # the image's mode is the user's
+
+
+def test_cli_refuses_a_readable_image_and_takes_the_flag(
+        plain: Path, keypair: tuple[Path, Path, PublicKey],
+        trusted: list[tuple[bytes, bytes]]) -> None:
+    env = {**os.environ, "SEEDTOOL_KEY": str(keypair[0])}
+    cmd = [sys.executable, "-m", "seedtool", "image", "seed", str(plain)]
+    help_text = subprocess.run([*cmd[:5], "--help"], capture_output=True, text=True).stdout
+    assert "--allow-readable-image" in help_text and "chmod 600" in help_text
+    plain.chmod(0o644)
+    before = digest(plain)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode != 0 and f"chmod 600 {plain}" in res.stderr
+    assert "Traceback" not in res.stderr and digest(plain) == before
+    res = subprocess.run([*cmd, "--allow-readable-image", "--json"], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    data = read_back(plain, 0)[3]
+    assert envelope.verify(data, trusted).seed_id_hex == json.loads(res.stdout)["seed_id"]
