@@ -77,7 +77,8 @@ class EgdSource(Source):
         "path": f"the daemon's UNIX socket (default {DEFAULT_PATH} if it exists)",
         "tcp": f"HOST:PORT of the daemon's TCP socket (default {DEFAULT_TCP[0]}:{DEFAULT_TCP[1]})",
         "mode": "blocking (default) or nonblocking EGD reads",
-        "timeout": "seconds one read may take (default 10 + 1 s per 500 bytes)",
+        "timeout": f"seconds one read may take "
+        f"(default {BASE_TIMEOUT:g} + 1 s per {MIN_RATE:g} bytes)",
     }
 
     def __init__(self, **options: Any) -> None:

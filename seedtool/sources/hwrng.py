@@ -71,7 +71,8 @@ class HwrngSource(Source):
     known_options = {
         "device": f"the hardware RNG character device (default {DEFAULT_DEVICE})",
         "sysfs": f"the hw_random sysfs directory (default {DEFAULT_SYSFS} for {DEFAULT_DEVICE})",
-        "timeout": "seconds one read may take (default 10 + 1 s per 1000 bytes)",
+        "timeout": f"seconds one read may take "
+        f"(default {BASE_TIMEOUT:g} + 1 s per {MIN_RATE:g} bytes)",
     }
 
     def __init__(self, **options: Any) -> None:

@@ -329,7 +329,8 @@ class TpmSource(Source):
         "tcp": "HOST:PORT of a swtpm or MS TPM simulator command socket",
         "protocol": "swtpm (default) or mssim, the simulator's framing on tcp=",
         "locality": "TPM locality 0..4 sent with protocol=mssim (default 0)",
-        "timeout": "seconds one read may take (default 10 + 1 s per 500 bytes)",
+        "timeout": f"seconds one read may take "
+        f"(default {BASE_TIMEOUT:g} + 1 s per {MIN_RATE:g} bytes)",
     }
 
     def __init__(self, **options: Any) -> None:
