@@ -68,6 +68,7 @@ def main() -> None:
         img = d / "disk.raw"
         with open(img, "wb") as f:
             f.truncate(args.size_gib << 30)  # sparse
+        img.chmod(0o600)  # image seed refuses an image others can read
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E",
                         "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
                         "-d", str(make_root(d)), str(img)], check=True)
