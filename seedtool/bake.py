@@ -34,9 +34,6 @@ kinds only. Never prints (the CLI does).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import os
 import re
 import stat
@@ -49,12 +46,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .deliver.fs import FileStat, TargetFS
-from .errors import DeliveryError, SeedtoolError
+from .deliver.fs import FileStat, SymlinkLoop, TargetFS, resolve
+from .errors import DeliveryError
 from .guest import install
 from .guest.install import _canonical as canonical_module_name
 from .guest.install import install_guest
-from .guest.policy import DEFAULT_TRUSTED_KEYS, PolicyError, policy_from_mapping
+from .guest.policy import DEFAULT_TRUSTED_KEYS, MAX_POLICY_SIZE, Policy, PolicyError, load_policy
+from .imagescan import Hit, ScanBounds, ScanReport, scan
 from .keys import SigningKeyError, parse_public_keys
 
 # --- what is shared state ---------------------------------------------------------------
@@ -97,26 +95,16 @@ CLOUD_CFG = "/" + install.CLOUD_CFG
 CLOUD_CFG_D = "/" + install.CLOUD_CFG_D
 PYTHON = "/usr/bin/python3"
 
-# --- the private-key scan ------------------------------------------------------------------
+# --- secrets bake does not own: found by the whole-image scan (imagescan) ---------------------
 
-SCAN_DIRS = ("/etc", "/root", "/home", "/tmp", "/var/tmp", "/opt", "/srv")
-#: a PEM private key (even RSA-16384) is far below this; bigger files are not read
-SCAN_MAX_FILE = 64 * 1024
-#: bounds the scan of each of SCAN_DIRS; reaching it is reported as a warning
-SCAN_MAX_FILES = 100_000
-#: a header followed by a body (optional RFC 1421 headers, then base64): a bare header
-#: string, as in a library's source code, is not a key
-#: (the label is assembled so that this source file holds no PEM header line itself)
-_KEY_LABEL = rb"PRIVATE" + rb" KEY-----"
-_PEM_PRIVATE = re.compile(
-    rb"-----BEGIN ((?:[A-Z0-9]+ )*)" + _KEY_LABEL + rb"\r?\n"
-    rb"(?:[A-Za-z-]+:[^\n]*\n)*\s*[A-Za-z0-9+/=]{16}"
-)
-_PEM_BODY = re.compile(
-    rb"-----BEGIN " + _KEY_LABEL + rb"\s+([A-Za-z0-9+/=\s]+?)-----END " + _KEY_LABEL
-)
-#: DER of the Ed25519 algorithm identifier (OID 1.3.101.112, RFC 8410): seedtool's keys
-_ED25519_ALG = bytes.fromhex("300506032b6570")
+#: dropbear's host keys (Debian's dropbear: /etc/dropbear/dropbear_TYPE_host_key) and
+#: dropbear-initramfs's, which Debian moved from /etc/dropbear-initramfs (bullseye) to
+#: /etc/dropbear/initramfs (bookworm, dropbear 2022.82-1); both are dropbear's binary format
+DROPBEAR_DIR = "/etc/dropbear"
+DROPBEAR_INITRAMFS_DIRS = ("/etc/dropbear/initramfs", "/etc/dropbear-initramfs")
+CLOUD_SEED = "/var/lib/cloud/seed"
+#: bound on the scan; `check(bounds=...)` and the CLI's --scan-max-* options change it
+SCAN_BOUNDS = ScanBounds()
 
 
 ERROR = "error"
@@ -156,10 +144,15 @@ class BakeResult:
     target: str
     dry_run: bool
     changes: list[Change] = field(default_factory=list)
+    #: secrets the scan found that bake does not own, so left in place (and reported)
+    left: list[Finding] = field(default_factory=list)
+    #: False on the running system, where bake does not run the whole-image scan
+    scanned: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "dry_run": self.dry_run,
-                "changes": [c.to_json() for c in self.changes]}
+                "changes": [c.to_json() for c in self.changes],
+                "left": [f.to_json() for f in self.left], "scanned": self.scanned}
 
 
 class BakeError(DeliveryError):
@@ -177,9 +170,12 @@ class CloudConfigError(BakeError):
 # --- small helpers over TargetFS ---------------------------------------------------------------
 
 
-def _readlink(fs: TargetFS) -> Callable[[str], str] | None:
-    fn = getattr(fs, "readlink", None)
-    return fn if callable(fn) else None
+def _real(fs: TargetFS, path: str, follow_final: bool = True) -> str | None:
+    """`path` with symlinks resolved inside the target (`fs.resolve`); None for a loop."""
+    try:
+        return resolve(fs, path, follow_final)
+    except SymlinkLoop:
+        return None
 
 
 def _is_dir(fs: TargetFS, path: str) -> bool:
@@ -197,11 +193,8 @@ def _walk(fs: TargetFS, top: str) -> Iterator[tuple[str, FileStat]]:
 
     Symlinks are listed, never followed, so a walk stays inside the tree it was given.
     """
-    for name in fs.listdir(top):
+    for name, st in fs.scandir(top):
         path = f"{top.rstrip('/')}/{name}"
-        st = fs.stat(path)
-        if st is None:
-            continue
         if stat.S_ISDIR(st.mode):
             yield from _walk(fs, path)
         yield path, st
@@ -210,11 +203,8 @@ def _walk(fs: TargetFS, top: str) -> Iterator[tuple[str, FileStat]]:
 def uses_systemd(fs: TargetFS) -> bool:
     """True if the target boots systemd as its init (/sbin/init is systemd)."""
     init = fs.stat("/sbin/init")
-    readlink = _readlink(fs)
     if init is not None and stat.S_ISLNK(init.mode):
-        if readlink is not None:
-            return os.path.basename(readlink("/sbin/init")) == "systemd"
-        return _is_file(fs, "/usr/lib/systemd/systemd")
+        return os.path.basename(fs.readlink("/sbin/init")) == "systemd"
     if init is not None:
         return False  # a real /sbin/init binary: sysvinit, busybox, runit ...
     return _is_file(fs, "/usr/lib/systemd/systemd") or _is_file(fs, "/lib/systemd/systemd")
@@ -279,13 +269,15 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
         steps.append(_Step(Change(path, "remove", what), Finding(path, problem, fix),
                            partial(fs.remove, path)))
 
-    # SSH host keys (and their certificates)
-    if _is_dir(fs, SSH_DIR):
-        for name in fs.listdir(SSH_DIR):
-            path = f"{SSH_DIR}/{name}"
-            st = fs.stat(path)
-            if name.startswith(SSH_HOST_PREFIX) and st is not None and not stat.S_ISDIR(st.mode):
-                remove(path, "SSH host key",
+    # SSH host keys (and their certificates), also behind a symlinked /etc/ssh: the
+    # directory as the booted image resolves it, never outside the image
+    ssh_dir = _real(fs, SSH_DIR)
+    if ssh_dir is not None and _is_dir(fs, ssh_dir):
+        via = "" if ssh_dir == SSH_DIR else f" (in {SSH_DIR} -> {ssh_dir})"
+        for name, est in fs.scandir(ssh_dir):
+            path = f"{ssh_dir.rstrip('/')}/{name}"
+            if name.startswith(SSH_HOST_PREFIX) and not stat.S_ISDIR(est.mode):
+                remove(path, "SSH host key" + via,
                        "SSH host key every VM made from this image would share",
                        "remove it (seedtool bake does); each VM makes its own at first boot "
                        "(cloud-init's ssh module or sshd-keygen)")
@@ -311,8 +303,7 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
     # /var/lib/dbus/machine-id: a copy, or a symlink to /etc/machine-id (kept as one)
     st = fs.stat(DBUS_MACHINE_ID)
     if st is not None and stat.S_ISLNK(st.mode):
-        readlink = _readlink(fs)
-        if readlink is not None and readlink(DBUS_MACHINE_ID) != MACHINE_ID:
+        if fs.readlink(DBUS_MACHINE_ID) != MACHINE_ID:
             steps.append(_Step(
                 Change(DBUS_MACHINE_ID, "symlink", f"D-Bus machine id (now -> {MACHINE_ID})"),
                 Finding(DBUS_MACHINE_ID, "is a symlink to something other than /etc/machine-id",
@@ -324,34 +315,38 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
                "remove it (seedtool bake does); dbus or systemd recreates it at boot")
 
     # random seeds and systemd's credential key
-    for path in RANDOM_SEEDS:
+    for known in RANDOM_SEEDS:
+        path = _real(fs, known, follow_final=False) or known
         st = fs.stat(path)
         if st is not None and not stat.S_ISDIR(st.mode):
             remove(path, "random seed",
                    "random seed every VM made from this image would load at boot",
                    "remove it (seedtool bake does; on a running system stop "
                    f"{RANDOM_SEED_SERVICE} first, or shutdown writes a new one)")
-    st = fs.stat(CREDENTIAL_SECRET)
+    secret = _real(fs, CREDENTIAL_SECRET, follow_final=False) or CREDENTIAL_SECRET
+    st = fs.stat(secret)
     if st is not None and not stat.S_ISDIR(st.mode):
-        remove(CREDENTIAL_SECRET, "systemd credential key",
+        remove(secret, "systemd credential key",
                "systemd-creds host key every VM made from this image would share",
                "remove it (seedtool bake does); systemd makes a new one when first needed")
 
     # seedtool's own per-boot state: a seed, the ledger, status files
-    if _is_dir(fs, SEEDTOOL_STATE):
-        for path, st in _walk(fs, SEEDTOOL_STATE):
+    state = _real(fs, SEEDTOOL_STATE)
+    if state is not None and _is_dir(fs, state):
+        for path, st in _walk(fs, state):
             if not stat.S_ISDIR(st.mode):
                 remove(path, "seedtool state",
                        "seedtool seed, ledger or status left from a boot or seeding of this "
                        "image", "remove it (seedtool bake does)")
 
     # cloud-init's instance state (all but seed/) and logs, as `cloud-init clean --logs`
-    if _is_dir(fs, CLOUD_STATE):
+    cloud = _real(fs, CLOUD_STATE)
+    if cloud is not None and _is_dir(fs, cloud):
         rmdir = getattr(fs, "rmdir", None)
-        for name in fs.listdir(CLOUD_STATE):
+        for name in fs.listdir(cloud):
             if name in CLOUD_KEEP:
                 continue
-            top = f"{CLOUD_STATE}/{name}"
+            top = f"{cloud.rstrip('/')}/{name}"
             st = fs.stat(top)
             if st is None:
                 continue
@@ -367,12 +362,11 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
                 elif callable(rmdir):
                     steps.append(_Step(Change(path, "rmdir", "cloud-init state directory"),
                                        None, partial(rmdir, path)))
-    if _is_dir(fs, LOG_DIR):
-        for name in fs.listdir(LOG_DIR):
-            path = f"{LOG_DIR}/{name}"
-            st = fs.stat(path)
-            if (name.startswith("cloud-init") and ".log" in name and st is not None
-                    and not stat.S_ISDIR(st.mode)):
+    logs = _real(fs, LOG_DIR)
+    if logs is not None and _is_dir(fs, logs):
+        for name, lst in fs.scandir(logs):
+            path = f"{logs.rstrip('/')}/{name}"
+            if name.startswith("cloud-init") and ".log" in name and not stat.S_ISDIR(lst.mode):
                 remove(path, "cloud-init log",
                        "cloud-init log from a boot of this image",
                        "run 'cloud-init clean --logs' before capturing the image, or "
@@ -441,7 +435,6 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
         _stage(fs, staging)
         written = install_guest(staging, trusted_keys, policy, bytecode=False)
         written += _stage_bytecode(fs, staging)
-        readlink = _readlink(fs)
         what = {
             CC_MODULE: "cloud-init module",
             LAUNCHER: "early-boot launcher",
@@ -470,10 +463,7 @@ def _install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
             if local.is_symlink():
                 target = os.readlink(local)
                 st = fs.stat(path)
-                # a backend that cannot read links (debugfs) cannot tell one symlink from
-                # another: the only link install_guest makes is the unit's enablement
-                if (st is not None and stat.S_ISLNK(st.mode)
-                        and (readlink is None or readlink(path) == target)):
+                if st is not None and stat.S_ISLNK(st.mode) and fs.readlink(path) == target:
                     continue
                 parents(path)
                 steps.append(_Step(Change(path, "symlink", f"{label} (-> {target})"), None,
@@ -517,12 +507,16 @@ def bake(
     machine_id: str = "uninitialized",
     live: bool = False,
     stop_service: Callable[[], None] = stop_random_seed_service,
+    bounds: ScanBounds | None = None,
 ) -> BakeResult:
     """Install the guest into `fs` and remove its shared state; the changes made.
 
     `live` means `fs` is the running system's own root: systemd-random-seed.service
     is stopped first (when systemd runs), or shutdown would save a new seed. With
-    `dry_run` the changes are planned and returned, nothing is touched.
+    `dry_run` the changes are planned and returned, nothing is touched. Secrets bake
+    does not own (keys elsewhere, dropbear's keys, envelopes) are never touched: the
+    whole-image scan reports them in `left` (not on a live root).
+    Without `policy`, the image's valid policy is kept and an invalid one refused.
     """
     if machine_id not in MACHINE_ID_FORMS:
         raise BakeError(
@@ -534,6 +528,15 @@ def bake(
                                      "so shutdown cannot save a new random seed into the image"))
         if not dry_run:
             stop_service()
+    if policy is None:
+        # no --policy: keep the image's own, and never replace an invalid one with the
+        # defaults, which could quietly turn its fail_closed off
+        existing, invalid = read_policy(fs)
+        if invalid is not None:
+            raise BakeError(f"the image's {POLICY} is invalid ({invalid}); give the policy "
+                            "it should have with --policy FILE, or fix the file")
+        if existing is not None:
+            policy = existing.to_json()
     # plan everything before changing anything: bad keys or policy leave the target as it was
     steps = _install_steps(fs, trusted_keys, policy)
     form = machine_id if uses_systemd(fs) else "empty"
@@ -542,6 +545,13 @@ def bake(
         result.changes.append(step.change)
         if not dry_run:
             step.apply()
+    if live:
+        # the running system's whole tree (build caches, mounts) is not the image's;
+        # `bake --check --root /` runs the scan when asked
+        result.scanned = False
+    else:
+        gone = frozenset(c.path for c in result.changes if c.action == "remove")
+        result.left = [f for f in scan_findings(fs, bounds, gone) if f.severity == ERROR]
     return result
 
 
@@ -586,73 +596,140 @@ def effective_modules(fs: TargetFS) -> tuple[str, list[str]] | None:
     return found
 
 
-def _private_key_kind(data: bytes) -> str | None:
-    """'seedtool' for an Ed25519 PKCS#8 key (seedtool keygen's format), 'pem' for any
-    other PEM private key, None if there is none. Looks at structure, never keeps bytes."""
-    m = _PEM_PRIVATE.search(data)
-    if m is None:
-        return None
-    body = _PEM_BODY.search(data)
-    if body is not None:
+def read_policy(fs: TargetFS) -> tuple[Policy | None, str | None]:
+    """(the image's policy, None), (None, None) if there is none, or (None, the reason it
+    is invalid) as the guest itself would give it.
+
+    The guest loads the policy with `load_policy(path)`; so does this, on a copy of the
+    image's file at the same path under a temporary directory, so the reason (size, JSON,
+    each setting) comes from the guest's own validator, never from a second one here."""
+    real = _real(fs, POLICY)
+    if real is None:
+        return None, f"seed policy {POLICY} goes through a symlink loop; fix it or remove it"
+    st = fs.stat(real)
+    if st is None:
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="seedtool-policy-") as tmp:
+        local = Path(tmp) / POLICY.lstrip("/")
+        local.parent.mkdir(parents=True)
+        if stat.S_ISDIR(st.mode):
+            local.mkdir()
+        elif stat.S_ISREG(st.mode):
+            data = b""
+            for _, piece in fs.read_chunks([real], MAX_POLICY_SIZE + 1):
+                if piece is None:
+                    return None, (f"cannot read seed policy {POLICY}: permission denied; "
+                                  "run the check as root")
+                data += piece
+                if len(data) > MAX_POLICY_SIZE:
+                    break
+            local.write_bytes(data)
+        else:
+            return None, f"seed policy {POLICY} is not a regular file; replace it with one"
         try:
-            der = base64.b64decode(b"".join(body.group(1).split()), validate=True)
-        except (binascii.Error, ValueError):
-            der = b""
-        if _ED25519_ALG in der[:16]:
-            return "seedtool"
-    if m.group(1) == b"ENCRYPTED ":
-        return "encrypted"
-    return "pem"
+            return load_policy(local), None
+        except PolicyError as e:
+            return None, str(e).replace(tmp, "")
 
 
-def _scan_private_keys(fs: TargetFS, findings: list[Finding]) -> None:
-    for top in SCAN_DIRS:
-        if _is_dir(fs, top):
-            _scan_tree(fs, top, findings)
+_ELSEWHERE = ("remove it from the image and rotate it if it was ever secret; a VM needs "
+              "only the public key (--trusted-key) and makes its own keys at first boot")
+_KIND = {
+    "seedtool-key": "an Ed25519 private key (the format of seedtool's signing key) in the "
+                    "image: anyone with the image could sign seeds",
+    "encrypted": "an encrypted PEM private key in the image, shared by every VM (if it is "
+                 "seedtool's signing key, anyone could try to crack it)",
+    "openssh": "an OpenSSH private key in the image (a host key under another name or a "
+               "user's key), shared by every VM made from it",
+    "pem": "a PEM private key in the image, shared by every VM made from it",
+    "putty": "a PuTTY private key in the image, shared by every VM made from it",
+    "dropbear": "a dropbear private key in the image, shared by every VM made from it",
+    "envelope": "a seedtool envelope in the image: every VM made from it would find the "
+                "same seed",
+}
 
 
-def _scan_tree(fs: TargetFS, top: str, findings: list[Finding]) -> None:
-    seen = unreadable = 0
-    for path, st in _walk(fs, top):
-        if not stat.S_ISREG(st.mode):
+def _hit_finding(hit: Hit) -> Finding:
+    problem = _KIND[hit.kind] + (" (inside gzip data)" if hit.inside else "")
+    fix = _ELSEWHERE
+    parent = hit.path.rpartition("/")[0]
+    if hit.kind == "envelope":
+        fix = ("remove it; seeds go to each VM when it is launched (seedtool userdata, or "
+               "seedtool image seed on each VM's own disk), never into a base image")
+    if hit.kind == "dropbear" and parent == DROPBEAR_DIR:
+        problem = "dropbear SSH host key every VM made from this image would share"
+        fix = ("remove it and let each VM make its own: add -R to DROPBEAR_EXTRA_ARGS in "
+               "/etc/default/dropbear (dropbear then creates missing host keys); seedtool bake "
+               "leaves it, as Debian's dropbear.service starts without -R and would fail")
+    elif hit.kind == "dropbear" and parent in DROPBEAR_INITRAMFS_DIRS:
+        problem = ("dropbear-initramfs host key every VM made from this image would share "
+                   "(the initramfs images in /boot hold a copy too)")
+        fix = ("remove it, and on each VM's first boot make new keys (dropbearkey -t ed25519 "
+               "-f THIS-PATH) and rebuild the initramfs (update-initramfs -u); seedtool bake "
+               "leaves it, as the initramfs already built would keep the old key")
+    elif hit.path.startswith(CLOUD_SEED + "/"):
+        problem += (f"; {CLOUD_SEED} is kept on purpose by bake and cloud-init clean, so "
+                    "every instance reads it")
+        fix = ("take it out of this seed directory (a NoCloud seed in a base image is the "
+               "same for every VM) and give each VM its own at launch")
+    elif hit.path.startswith("/etc/cloud/"):
+        problem += "; system cloud config is the same in every VM"
+        fix = ("remove it from the system cloud config (e.g. a random_seed.data there) and "
+               "give each VM its seed in its own user-data (seedtool userdata)")
+    return Finding(hit.path, problem, fix)
+
+
+def _dropbear_named(fs: TargetFS) -> list[str]:
+    """Host key files by dropbear's naming (dropbear_TYPE_host_key), behind symlinks too."""
+    found = []
+    for known in (DROPBEAR_DIR, *DROPBEAR_INITRAMFS_DIRS):
+        d = _real(fs, known)
+        if d is None or not _is_dir(fs, d):
             continue
-        if path.startswith(f"{SSH_DIR}/{SSH_HOST_PREFIX}"):
-            continue  # reported as a host key already
-        seen += 1
-        if seen > SCAN_MAX_FILES:
-            findings.append(Finding(
-                top, f"private-key scan stopped after {SCAN_MAX_FILES} files here",
-                "remove build leftovers from the image, or check the rest by hand",
-                WARNING))
-            return
-        if st.size > SCAN_MAX_FILE or st.size == 0:
-            continue
-        try:
-            kind = _private_key_kind(fs.read(path))
-        except SeedtoolError:
-            unreadable += 1  # e.g. /etc/ssl/private when not run as root
-            continue
-        if kind is None:
-            continue
-        problem = {
-            "seedtool": "an Ed25519 private key (the format of seedtool's signing key) "
-                        "in the image: anyone with the image could sign seeds",
-            "encrypted": "an encrypted PEM private key in the image, shared by every VM "
-                         "(if it is seedtool's signing key, anyone could try to crack it)",
-            "pem": "a PEM private key in the image, shared by every VM made from it",
-        }[kind]
+        for name, st in fs.scandir(d):
+            if (name.startswith("dropbear_") and name.endswith("_host_key")
+                    and stat.S_ISREG(st.mode) and st.size > 0):
+                found.append(f"{d.rstrip('/')}/{name}")
+    return found
+
+
+def scan_findings(fs: TargetFS, bounds: ScanBounds | None = None,
+                  skip: frozenset[str] = frozenset()) -> list[Finding]:
+    """The whole-image secret scan as findings: one per secret, plus a warning when the
+    scan met a bound (naming where it stopped) or could not read or list something."""
+    report: ScanReport = scan(fs, bounds or SCAN_BOUNDS, lambda p: p in skip)
+    findings = [_hit_finding(h) for h in report.hits]
+    hit_paths = {h.path for h in report.hits}
+    for path in _dropbear_named(fs):
+        if path not in hit_paths and path not in skip:
+            parent = path.rpartition("/")[0]
+            findings.append(_hit_finding(Hit(path, "dropbear")) if parent in (
+                DROPBEAR_DIR, *DROPBEAR_INITRAMFS_DIRS) else Finding(
+                path, _KIND["dropbear"], _ELSEWHERE))
+    for known in (SSH_DIR, DROPBEAR_DIR, *DROPBEAR_INITRAMFS_DIRS, CLOUD_STATE, LOG_DIR,
+                  SEEDTOOL_STATE):
+        if _real(fs, known) is None:
+            findings.append(Finding(known, "goes through a symlink loop, so what it should "
+                                    "hold could not be checked", "fix the links in the image"))
+    if report.stopped is not None:
+        path, bound = report.stopped
         findings.append(Finding(
-            path, problem,
-            "remove it from the image and rotate it if it was ever secret; a VM needs "
-            "only the public key (--trusted-key) and makes its own keys at first boot"))
-    if unreadable:
+            path, f"the secret scan stopped here at {bound} ({report.files} files, "
+            f"{report.bytes} bytes searched): this file and the rest were not searched",
+            "remove build leftovers from the image, or raise the bound "
+            "(--scan-max-files, --scan-max-bytes, --scan-max-seconds)", WARNING))
+    for top, n in sorted(report.unreadable.items()):
         findings.append(Finding(
-            top, f"{unreadable} file(s) here could not be read, so they were not scanned for "
-            "private keys", "run the check as root", WARNING))
+            top, f"{n} file(s) here could not be read, so they were not scanned for "
+            "private keys or seeds", "run the check as root", WARNING))
+    for d, why in report.unlisted:
+        findings.append(Finding(d, f"could not be listed, so it was not scanned ({why})",
+                                "run the check as root, or fix the directory", WARNING))
+    return findings
 
 
-def check(fs: TargetFS) -> list[Finding]:
-    """Lint a baked target; an empty list means clean."""
+def check(fs: TargetFS, bounds: ScanBounds | None = None) -> list[Finding]:
+    """Lint a baked target; an empty list means clean. `bounds` limits the secret scan."""
     findings: list[Finding] = [s.finding for s in _scrub_steps(fs, None) if s.finding]
 
     # the guest, exactly as install_guest lays it out
@@ -670,9 +747,7 @@ def check(fs: TargetFS) -> list[Finding]:
                                 "run seedtool bake (or systemctl enable seedtool-early.service "
                                 "in the image)"))
     mask = fs.stat(MASK)
-    readlink = _readlink(fs)
-    if (mask is not None and stat.S_ISLNK(mask.mode) and readlink is not None
-            and readlink(MASK) == "/dev/null"):
+    if mask is not None and stat.S_ISLNK(mask.mode) and fs.readlink(MASK) == "/dev/null":
         findings.append(Finding(MASK, "the early-boot unit is masked",
                                 "remove the mask (systemctl unmask seedtool-early.service)"))
     elif mask is not None and not stat.S_ISDIR(mask.mode):
@@ -719,15 +794,16 @@ def check(fs: TargetFS) -> list[Finding]:
                         "are made before the seed is credited",
                         "move seedtool right after seed_random (seedtool bake does)"))
 
-    # the policy and the keys it names
+    # the policy and the keys it names: an invalid policy is a misbuilt image (the guest
+    # credits nothing and, as docs/guest.md says, reports the error)
     trusted = DEFAULT_TRUSTED_KEYS
-    if fs.stat(POLICY) is not None:
-        try:
-            pol = policy_from_mapping(json.loads(fs.read(POLICY).decode("utf-8")), POLICY)
-            trusted = pol.trusted_keys
-        except (PolicyError, ValueError, UnicodeDecodeError):
-            findings.append(Finding(POLICY, "is not a valid seed policy, so the guest credits "
-                                    "nothing", "rerun seedtool bake with a valid --policy"))
+    pol, invalid = read_policy(fs)
+    if invalid is not None:
+        findings.append(Finding(POLICY, f"the guest refuses this policy ({invalid}), so it "
+                                "credits no seed at all",
+                                "rerun seedtool bake with a valid --policy FILE, or fix the file"))
+    elif pol is not None:
+        trusted = pol.trusted_keys
     nkeys = 0
     key_files = ([f"{trusted}/{n}" for n in fs.listdir(trusted) if n.endswith(".pub")]
                  if _is_dir(fs, trusted) else [trusted] if _is_file(fs, trusted) else [])
@@ -747,7 +823,7 @@ def check(fs: TargetFS) -> list[Finding]:
         findings.append(Finding(PYTHON, "there is no python3, which the guest needs",
                                 "install python3 in the image"))
 
-    _scan_private_keys(fs, findings)
+    findings += scan_findings(fs, bounds, frozenset(f.path for f in findings))
     return findings
 
 

@@ -103,9 +103,18 @@ def _print_findings(target: str, findings: list[Any], as_json: bool, strict: boo
               help="Only lint the target: exit 1 listing each finding, or print 'clean'.")
 @click.option("--strict", is_flag=True, help="With --check: warnings fail too.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--scan-max-files", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Bound on the files the secret scan reads (default 1,000,000); reaching "
+                   "it is a warning naming where the scan stopped.")
+@click.option("--scan-max-bytes", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Bound on the bytes the secret scan reads (default 64 GiB).")
+@click.option("--scan-max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Bound on the secret scan's time (default 1800 s).")
 def command(root: str | None, image: str | None, partition: int | None, backend: str,
             trusted_keys: tuple[str, ...], policy_path: str | None, machine_id: str,
-            dry_run: bool, check_only: bool, strict: bool, as_json: bool) -> None:
+            dry_run: bool, check_only: bool, strict: bool, as_json: bool,
+            scan_max_files: int | None, scan_max_bytes: int | None,
+            scan_max_seconds: float | None) -> None:
     """Prepare a base image: install the guest side, remove what VMs must not share.
 
     Installs seedtool's cloud-init module (into the distribution's own module list),
@@ -117,14 +126,21 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
     With --check, changes nothing and exits 1 if anything shared is left or the guest
     would not credit a seed before SSH host keys are made: the gate after an image build.
     """
+    import dataclasses
+
     from .. import bake as lib
 
+    d = lib.SCAN_BOUNDS
+    bounds = dataclasses.replace(
+        d, max_files=d.max_files if scan_max_files is None else scan_max_files,
+        max_bytes=d.max_bytes if scan_max_bytes is None else scan_max_bytes,
+        max_seconds=d.max_seconds if scan_max_seconds is None else scan_max_seconds)
     if check_only:
         if trusted_keys or policy_path or dry_run:
             raise UsageError("--check only reads the target; drop --trusted-key, --policy "
                              "and --dry-run")
         with _open_target(root, image, False, partition, backend) as fs:
-            findings = lib.check(fs)
+            findings = lib.check(fs, bounds)
             target = fs.description
         code = _print_findings(target, findings, as_json, strict)
         if code:
@@ -145,7 +161,7 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
         raise UsageError("baking the running system (--root /) needs root; run it with sudo")
     with _open_target(root, image, not dry_run, partition, backend) as fs:
         result = lib.bake(fs, list(trusted_keys), policy, dry_run=dry_run,
-                          machine_id=machine_id, live=live)
+                          machine_id=machine_id, live=live, bounds=bounds)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return
@@ -154,5 +170,11 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
         click.echo(f"{c.action:8} {c.path}  ({c.what})")
     if live and not any(c.action == "stop" for c in result.changes):
         click.echo("systemd is not running here: no systemd-random-seed.service to stop")
+    for f in result.left:
+        click.echo(f"left     {f.path}  (not seedtool's to remove: {f.problem})\n"
+                   f"    fix: {f.fix}")
+    if not result.scanned:
+        click.echo("the running system's tree was not scanned for other secrets: run "
+                   "seedtool bake --check --root / on the finished image")
     note = " (dry run: nothing was changed)" if dry_run else ""
     click.echo(f"{result.target}: {verb} {len(result.changes)} path(s){note}")
