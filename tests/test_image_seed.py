@@ -962,3 +962,48 @@ def test_cli_refuses_a_readable_image_and_takes_the_flag(
     assert res.returncode == 0, res.stderr
     data = read_back(plain, 0)[3]
     assert envelope.verify(data, trusted).seed_id_hex == json.loads(res.stdout)["seed_id"]
+
+
+def _guestfs_var_qcow2(tmp_path: Path) -> tuple[Path, dict[int, int]]:
+    """A qcow2 disk: a distribution-like root on 1, /var on 2 by UUID (fstab)."""
+    fstab = (f"UUID={ROOT_UUID} / ext4 defaults 0 1\nUUID={VAR_UUID} /var ext4 defaults 0 2\n"
+             "tmpfs /tmp tmpfs defaults 0 0\n")
+    raw, offsets = fstab_image(tmp_path, "gpt", fstab, root_files={
+        "etc/hosts": b"127.0.0.1 localhost\n", "usr/bin/.keep": b"", "usr/sbin/.keep": b""})
+    # the /bin link libguestfs's inspection looks for
+    fs = DebugfsTarget(raw, offsets[1])
+    fs.symlink("usr/bin", "/bin")
+    fs.close()
+    qcow = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow)], check=True)
+    qcow.chmod(0o600)
+    return qcow, offsets
+
+
+@needs_guestfs
+def test_libguestfs_writes_to_the_var_file_system_it_mounted(
+        tmp_path: Path, factory: Counting, trusted: list[tuple[bytes, bytes]]) -> None:
+    qcow, offsets = _guestfs_var_qcow2(tmp_path)
+    result = seed_image(str(qcow), factory)
+    assert result.backend == "libguestfs" and result.mount_point == "/var"
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(back)], check=True)
+    data = read_back(back, offsets[2], "/lib/seedtool/seed")[3]
+    assert envelope.verify(data, trusted).seed_id_hex == result.seed_id
+    assert not exists(back, offsets[1], "/var/lib/seedtool")
+
+
+@needs_guestfs
+def test_libguestfs_refuses_a_var_it_did_not_mount(tmp_path: Path, factory: Counting) -> None:
+    qcow, offsets = _guestfs_var_qcow2(tmp_path)
+    # with --partition libguestfs mounts only that root, so /var would be the root's
+    with pytest.raises(MountRefused, match=r"mounts /var from UUID=.*libguestfs did not "
+                                           r"mount it.*--partition"):
+        seed_image(str(qcow), factory, partition=1)
+    assert factory.made == 0
+    # (libguestfs mounted the root read-write, which updates its superblock's mount
+    # time, so the image's bytes are not compared: no file was written)
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(back)], check=True)
+    assert not exists(back, offsets[1], "/var/lib/seedtool")
+    assert not exists(back, offsets[2], "/lib/seedtool")
