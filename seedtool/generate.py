@@ -18,7 +18,7 @@ from .errors import HealthTestFailure, SourceError, UsageError
 from .health import HealthMonitor, HealthReport
 from .keys import key_id, public_of
 from .mix import mix
-from .sources import make_source
+from .sources import make_source, source_class
 from .sources.base import Source
 
 DEFAULT_TTL = 3600
@@ -92,6 +92,7 @@ class SeedFactory:
         ]
         for name, opts in sources:
             if name == "os":
+                source_class("os").check_options(opts)  # always mixed, once, as above
                 continue
             src = make_source(name, **opts)
             mon = HealthMonitor(name, src.min_entropy, src.sample_bits)

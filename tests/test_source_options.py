@@ -318,3 +318,11 @@ def test_good_values_still_reach_the_source(
         assert getattr(src, attr) == value
     finally:
         src.close()
+
+
+def test_seed_factory_checks_the_options_of_os_too(private_key: object) -> None:
+    """A library caller's `("os", {...})` is refused like the CLI's, not silently dropped."""
+    from seedtool.generate import SeedFactory
+
+    with pytest.raises(UsageError, match="the os source takes no options"):
+        SeedFactory(private_key, [("os", {"min_entropy": "3"})])
