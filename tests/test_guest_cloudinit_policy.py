@@ -221,9 +221,9 @@ def table(payload):
     return bytes(t)
 
 payload = {"random": os.urandom(32), "zeroed": bytes(64)}[sys.argv[1]]
-with open("/tmp/OEM0", "wb") as f:
+with open("/root/OEM0", "wb") as f:
     f.write(table(payload))
-value = az._get_random_seed("/tmp/OEM0")
+value = az._get_random_seed("/root/OEM0")
 ds = az.DataSourceAzure.__new__(az.DataSourceAzure)
 ds.metadata = {"random_seed": value}
 
