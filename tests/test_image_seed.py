@@ -1007,3 +1007,15 @@ def test_libguestfs_refuses_a_var_it_did_not_mount(tmp_path: Path, factory: Coun
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow), str(back)], check=True)
     assert not exists(back, offsets[1], "/var/lib/seedtool")
     assert not exists(back, offsets[2], "/lib/seedtool")
+
+
+@pytest.mark.parametrize("unit", ["etc/systemd/system/var.mount",
+                                  "usr/lib/systemd/system/var-lib.mount"])
+def test_a_systemd_mount_unit_on_the_seed_path_is_refused(
+        tmp_path: Path, factory: Counting, unit: str) -> None:
+    img, _ = fstab_image(tmp_path, "gpt", f"UUID={ROOT_UUID} / ext4 defaults 0 1\n",
+                         root_files={unit: b"[Mount]\nWhat=/dev/vda2\nWhere=/var\n"})
+    before = digest(img)
+    with pytest.raises(MountRefused, match=rf"/{unit} mounts /var.*follows /etc/fstab only"):
+        seed_image(str(img), factory)
+    assert factory.made == 0 and digest(img) == before

@@ -67,6 +67,10 @@ SEED_PATH = SEED_DIR + "/seed"
 BOOTED_MARKERS = (SEED_DIR + "/ledger", SEED_DIR + "/status.json")
 OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 FSTAB = "/etc/fstab"
+#: mount units for SEED_DIR's path (systemd.mount(5): named after the escaped mount
+#: point) in the unit directories an image carries (systemd.unit(5), unit load path)
+MOUNT_UNIT_DIRS = ("/etc/systemd/system", "/usr/lib/systemd/system")
+MOUNT_UNITS = ("var.mount", "var-lib.mount", "var-lib-seedtool.mount")
 
 PROC_MOUNTINFO = "/proc/self/mountinfo"
 SYS_BLOCK = "/sys/block"
@@ -592,7 +596,28 @@ class _SeedHome:
         return tuple(self.dir.rstrip("/") + "/" + m.rsplit("/", 1)[1] for m in BOOTED_MARKERS)
 
 
+def _refuse_mount_units(path: str, fs: TargetFS) -> None:
+    """A systemd mount unit for /var, /var/lib or /var/lib/seedtool mounts a file system
+    seedtool does not follow (it reads /etc/fstab only): refuse rather than write a seed
+    that unit would hide."""
+    for d in MOUNT_UNIT_DIRS:
+        try:
+            names = set(fs.listdir(d))  # one listing, not a lookup per unit
+        except DeliveryError:
+            continue  # no such directory
+        for unit in MOUNT_UNITS:
+            if unit in names:
+                point = "/" + unit[:-len(".mount")].replace("-", "/")
+                raise MountRefused(
+                    f"{path}: {d}/{unit} mounts {point}, where the booted system reads "
+                    f"{SEED_DIR}, and seedtool follows /etc/fstab only; move that mount "
+                    "into the image's /etc/fstab, or deliver the seed in user-data instead "
+                    "(seedtool userdata or nocloud)"
+                )
+
+
 def _read_fstab(path: str, fs: TargetFS) -> list[MountEntry]:
+    _refuse_mount_units(path, fs)
     st = fs.stat(FSTAB)
     if st is None:
         return []  # no fstab: everything is on the root
