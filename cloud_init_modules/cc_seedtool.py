@@ -127,24 +127,83 @@ def _instance_id(cloud: Any) -> str:
         return ""
 
 
-def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -> None:
-    """Remove the seed from cloud-init's in-memory and on-disk copies of user-data.
+#: where cloud-init's seed_random may write random_seed.data without keeping a copy
+_SEED_DEVICES = ("/dev/urandom", "/dev/random")
 
-    `texts` are seeds as delivered (text forms are derived), `blobs` decoded seeds.
+
+def _envelope_raw(data: Any) -> bytes | None:
+    """The raw envelope when ``data`` (as decoded) is a seedtool envelope, else None."""
+    if not isinstance(data, (bytes, str)) or not data:
+        return None
+    try:
+        raw = envelope.decode_text(data)
+        envelope.parse(raw)
+    except Exception:
+        return None
+    return raw
+
+
+def _form_problem(mycfg: dict, data: Any) -> str:
+    """Why an envelope in ``random_seed`` may not be credited, or "".
+
+    Only the form ``seedtool userdata`` writes is creditable: ``data`` the one-line
+    canonical base64 text and ``encoding: b64``, nothing copied to a file. Any other
+    form (gzip, ``!!binary``, folded or wrapped text) still reaches seed_random, and
+    each is one more spelling a scrub has to find in every copy cloud-init keeps.
     """
-    needles: list[bytes] = []
-    for text in texts:
-        if isinstance(text, (str, bytes)) and text:
-            needles.extend(scrub.needles_for(text))
-    needles.extend(b for b in blobs if b and len(b) >= scrub.MIN_NEEDLE)
-    needles = sorted(set(needles), key=len, reverse=True)
+    raw = _envelope_raw(data)
+    if raw is None:
+        return ""  # not an envelope: core says why it is not credited
+    given, enc = mycfg.get("data"), mycfg.get("encoding")
+    problems = []
+    if not isinstance(given, str):
+        problems.append("data is binary (!!binary)")
+    elif given != envelope.encode_text(raw):
+        problems.append("data is not the one-line base64 text")
+    if enc != "b64":
+        problems.append(f"encoding is {str(enc)[:16]!r}, not 'b64'")
+    target = mycfg.get("file")
+    if target is not None and target not in _SEED_DEVICES:
+        # cloud-init's seed_random (cc_seed_random.handle) appends the decoded data there
+        problems.append(f"random_seed.file is {str(target)[:80]}, where seed_random copied it")
+    return "not in the form seedtool writes: " + "; ".join(problems) if problems else ""
+
+
+def _seed_file(mycfg: dict) -> str | None:
+    """The regular file seed_random wrote random_seed.data to, if not a device."""
+    target = mycfg.get("file")
+    if not isinstance(target, str) or target in _SEED_DEVICES:
+        return None
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return None
+    return target if st.st_mode & 0o170000 == 0o100000 else None
+
+
+def _scrub(cloud: Any, cfg: dict, values: list[Any], secret: bytes | None,
+           seed_file: str | None) -> None:
+    """Remove what is ours from cloud-init's in-memory and on-disk copies of user-data.
+
+    Ours: every value in `values` that is a seedtool envelope (as delivered or
+    decoded), and `secret`, a datasource seed this module credited. Nothing else is
+    touched. `seed_file` is where seed_random copied random_seed.data (scrubbed too).
+    """
+    needles = scrub.Needles()
+    for value in values:
+        needles = needles + scrub.needles_for(value)
+    if secret:
+        needles = needles + scrub.Needles.secret(bytes(secret))
     if not needles:
+        LOG.debug("seedtool: scrubbed nothing: %s",
+                  "no seedtool envelope was offered" if any(values) else "no seed was offered")
         return
     t_start = time.monotonic()
+    scrubber = scrub.Scrubber(needles)
     ds = getattr(cloud, "datasource", None)
-    in_memory = scrub.scrub_object(cfg, needles)
+    in_memory = scrubber.scrub_object(cfg)
     if ds is not None:
-        in_memory += scrub.scrub_object(ds, needles)
+        in_memory += scrubber.scrub_object(ds)
         pkl = None
         try:
             pkl = cloud.paths.get_ipath_cur("obj_pkl")
@@ -163,15 +222,23 @@ def _scrub(cloud: Any, cfg: dict, texts: list[Any], blobs: list[bytes | None]) -
     # window in which the copy left behind is worthless for crediting (the ledger,
     # which is fsynced, already holds the seed id) and while the platform still
     # serves the same user-data anyway (docs/threat-model.md).
-    changed = scrub.scrub_tree(Path("/"), needles, durable=False)
+    scrubber.scrub_tree(Path("/"), durable=False)
+    if seed_file:
+        try:
+            scrubber.scrub_file(seed_file)
+        except OSError:
+            pass
+    changed = scrubber.changed
     LOG.debug(
         "seedtool: scrubbed the seed from %d in-memory copies and %d files "
-        "(in memory %.3f s, files %.3f s): %s",
+        "(in memory %.3f s, files %.3f s): %s%s",
         in_memory,
         len(changed),
         t_tree - t_start,
         time.monotonic() - t_tree,
         ", ".join(changed),
+        "; not fully searched: " + ", ".join(f"{k} ({v})" for k, v in scrubber.incomplete.items())
+        if scrubber.incomplete else "",
     )
 
 
@@ -184,6 +251,7 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
     origin = "user-data"
     if given:
         data = _decode(given, mycfg.get("encoding"))
+    uncreditable = _form_problem(mycfg, data) if given else ""
     platform = _platform(cloud)
     ds_seed, ds_value = _datasource_seed(cloud)
     if data is None and ds_seed is not None and ds_seed.startswith(envelope.MAGIC):
@@ -199,9 +267,12 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
         instance_id=_instance_id(cloud),
         platform_seed=ds_seed,
         platform=platform,
+        uncreditable=uncreditable,
     )
     t1 = time.monotonic()
-    _scrub(cloud, cfg, [given, data, ds_value], [ds_seed])
+    # a datasource seed is ours to scrub only once credited; an envelope always is
+    secret = ds_seed if outcome.credited and data is None else None
+    _scrub(cloud, cfg, [given, data, ds_value], secret, _seed_file(mycfg))
     LOG.debug("seedtool: credit took %.3f s, scrubbing %.3f s (credit phases: %s)", t1 - t0,
               time.monotonic() - t1, ", ".join(f"{k} {v:.3f}" for k, v in outcome.timings.items()))
     if platform == "gce" and outcome.verified and outcome.seed_id:
