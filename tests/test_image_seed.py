@@ -919,6 +919,11 @@ def test_cli_reports_the_var_file_system(tmp_path: Path, keypair: tuple[Path, Pa
     data = read_back(img, offsets[2], "/lib/seedtool/seed")[3]
     assert envelope.verify(data, trusted).seed_id_hex == out["seed_id"]
     assert data.decode().strip() not in res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(img),
+                          "--force"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert ("written to /var/lib/seedtool/seed on partition 2 (mounted at /var), as "
+            "/lib/seedtool/seed there via debugfs") in res.stdout
     tmpfs = fstab_image(tmp_path, "gpt", "tmpfs /var/lib tmpfs defaults 0 0\n",
                         name="tmpfs")[0]
     res = subprocess.run([sys.executable, "-m", "seedtool", "image", "seed", str(tmpfs)],

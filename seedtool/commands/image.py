@@ -66,8 +66,11 @@ def seed(disk: str, key_path: str | None, passphrase_file: str | None,
                    "replaced": result.replaced, "key_id": result.summary.get("key_id"),
                    "not_after": result.summary.get("not_after")})
     else:
-        click.echo(f"{disk}: seed {result.seed_id} written to {result.seed_path} on "
-                   f"{result.where} via {result.backend} ({result.why})"
+        seed_path = "/var/lib/seedtool/seed"
+        where = (result.where if result.seed_path == seed_path else
+                 f"{result.where}, as {result.seed_path} there")
+        click.echo(f"{disk}: seed {result.seed_id} written to {seed_path} on "
+                   f"{where} via {result.backend} ({result.why})"
                    + (", replacing the earlier state (--force)" if result.replaced else ""))
 
 
