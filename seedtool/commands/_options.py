@@ -79,7 +79,7 @@ def seed_options(f: F) -> F:
             type=int,
             default=SEED_DEFAULT,
             show_default=True,
-            help="Seed size in bytes (the guest credits 8 bits per byte).",
+            help="Seed size in bytes (the guest credits 8 bits per byte, at most 512 bits).",
         ),
         click.option(
             "--ttl",

@@ -30,7 +30,8 @@ def command(file: str, as_json: bool) -> None:
     click.echo(f"format:     {info['format']}")
     click.echo(f"seed id:    {info['seed_id']}")
     click.echo(f"key id:     {info['key_id']}")
-    click.echo(f"seed size:  {env.seed_len} bytes ({8 * env.seed_len} bits)")
+    credit = min(8 * env.seed_len, envelope.MAX_CREDIT_BITS)
+    click.echo(f"seed size:  {env.seed_len} bytes (at most {credit} bits credited)")
     click.echo(f"issued at:  {_ts(env.issued_at)}")
     state = "expired" if now > env.not_after else f"{int(env.not_after - now)} s left"
     click.echo(f"not after:  {_ts(env.not_after)} ({state})")
