@@ -293,7 +293,8 @@ def test_the_users_other_keys_are_untouched_by_the_seed_part() -> None:
 def test_random_seed_in_a_later_replace_part_is_still_overridden_by_ours() -> None:
     doc = multipart(
         MIMEText("#cloud-config\nrandom_seed: {data: one}\n", "cloud-config"),
-        MIMEText("#cloud-config\nrandom_seed: {file: /tmp/f, data: two}\n", "cloud-config"),
+        MIMEText("#cloud-config\nrandom_seed: {file: /dev/random, data: two}\n",
+                 "cloud-config"),
     )
     seed = fresh()
     assert ud.find_seed(ud.add_seed(doc, seed)) == seed
@@ -312,6 +313,25 @@ def test_random_seed_in_a_later_replace_part_is_still_overridden_by_ours() -> No
 def test_random_seed_that_would_swallow_ours_is_refused(doc: bytes, words: str) -> None:
     with pytest.raises(ud.UserDataRefused, match=words):
         ud.add_seed(doc, fresh())
+
+
+@pytest.mark.parametrize("target", ["/var/tmp/seed", "/dev/null", "", "urandom"])
+def test_random_seed_file_other_than_the_kernel_devices_is_refused(target: str) -> None:
+    """cloud-init's seed_random appends random_seed.data to random_seed.file: a
+    regular file there would keep the seed; check and add_seed refuse alike."""
+    doc = multipart(
+        MIMEText("#!/bin/sh\necho hi\n", "x-shellscript"),
+        MIMEText(f"#cloud-config\nrandom_seed: {{file: '{target}', command: [true]}}\n",
+                 "cloud-config"),
+    )
+    with pytest.raises(ud.UserDataRefused, match="part 2 sets random_seed.file") as e:
+        ud.add_seed(doc, fresh())
+    assert "remove random_seed.file" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ud.UserDataRefused, match="random_seed.file"):
+        ud.check(doc)
+    for device in ud.SEED_DEVICES:
+        ok = doc.replace(f"'{target}'".encode(), device.encode())
+        assert ud.find_seed(ud.add_seed(ok, seed := fresh())) == seed
 
 
 def test_user_data_that_already_carries_a_seed_is_refused() -> None:

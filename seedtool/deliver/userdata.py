@@ -76,6 +76,10 @@ SEED_PART_NAME = "seedtool-seed.cfg"
 #: see the module docstring: descend into random_seed, our strings win
 SEED_MERGE_TYPE = "dict(no_replace,recurse_str)+list()+str()"
 
+#: the only random_seed.file values accepted: cloud-init writes the seed there and
+#: nothing of it stays (see _check_cloud_config)
+SEED_DEVICES = ("/dev/urandom", "/dev/random")
+
 #: refuse to gunzip more than this (a gzip bomb would otherwise fill the memory)
 MAX_DECOMPRESSED = 32 * 1024 * 1024
 #: cloud-init treats user-data as MIME when this appears in its first 4096 bytes
@@ -610,6 +614,14 @@ def _check_cloud_config(payload: bytes, where: str) -> None:
         raise UserDataRefused(
             f"{where} sets random_seed.encoding to something other than a string; "
             "cloud-init would then keep it and misread the seed: remove random_seed.encoding"
+        )
+    # cloud-init's seed_random (cc_seed_random.handle, 22.4 and 25.1) appends the decoded
+    # data to random_seed.file: a regular file there would keep the seed on disk, where
+    # no scrub may rewrite it, so only the kernel's devices are accepted
+    if "file" in rs and rs["file"] not in SEED_DEVICES:
+        raise UserDataRefused(
+            f"{where} sets random_seed.file, so cloud-init would copy the seed into that "
+            "file and leave it there; remove random_seed.file (the default is /dev/urandom)"
         )
     if isinstance(data, str) and _is_envelope(data):
         raise UserDataRefused(
