@@ -710,7 +710,8 @@ def scan_findings(fs: TargetFS, bounds: ScanBounds | None = None,
                   SEEDTOOL_STATE):
         if _real(fs, known) is None:
             findings.append(Finding(known, "goes through a symlink loop, so what it should "
-                                    "hold could not be checked", "fix the links in the image"))
+                                    "hold could not be checked", "fix the links in the image",
+                                    WARNING))
     if report.stopped is not None:
         path, bound = report.stopped
         findings.append(Finding(

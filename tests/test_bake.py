@@ -16,7 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from seedtool.deliver.localfs import LocalFS
 from seedtool.errors import DeliveryError
 from seedtool.guest import install
 from seedtool.guest.install import install_guest
+from seedtool.guest.policy import MAX_POLICY_SIZE, PolicyError, load_policy
 from seedtool.keys import generate_keypair
 from tests.vm.images import base_root
 
@@ -386,14 +387,47 @@ def test_masked_early_unit(root: Path) -> None:
     assert len(found) == 1 and "masked" in found[0].problem
 
 
-def test_no_trusted_keys_and_bad_policy(root: Path, host_pub: Path) -> None:
+def test_no_trusted_keys_and_bad_policy(root: Path, host_pub: Path, tmp_path: Path) -> None:
     for k in (root / "etc/seedtool/trusted-keys").glob("*.pub"):
         k.unlink()
     assert len(findings_at(root, "/etc/seedtool/trusted-keys")) == 1
     (root / "etc/seedtool/policy.json").write_text('{"trusted_keys": 3}')
-    assert len(findings_at(root, lib.POLICY)) == 1
-    assert bake_cli(root, host_pub).returncode == 0
+    found = findings_at(root, lib.POLICY)
+    assert len(found) == 1 and found[0].severity == lib.ERROR
+    # the reason is the guest's own (load_policy), naming the image's path, not a copy's
+    with pytest.raises(PolicyError) as guest:
+        load_policy(root / "etc/seedtool/policy.json")
+    reason = str(guest.value).replace(str(root), "")
+    assert reason in found[0].problem and "--policy" in found[0].fix
+    p = run("bake", "--check", "--root", str(root))
+    assert p.returncode == 1 and f"{lib.POLICY}: error:" in p.stdout
+
+    # bake does not quietly replace it with the defaults (fail_closed could go off) ...
+    snap = snapshot(root)
+    b = bake_cli(root, host_pub)
+    assert b.returncode == 1 and "--policy" in b.stderr and reason in b.stderr
+    assert len(b.stderr.strip().splitlines()) == 1 and snapshot(root) == snap
+    # ... but writes the one it is given
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"fail_closed": True}))
+    assert bake_cli(root, host_pub, "--policy", str(pol)).returncode == 0
     assert lib.check(LocalFS(root)) == []
+
+
+@pytest.mark.parametrize("text", ['{"fail_closed": "yes"}', "{not json", '{"bogus": 1}',
+                                  "x" * (MAX_POLICY_SIZE + 10)])
+def test_every_invalid_policy_is_refused_by_check(root: Path, text: str) -> None:
+    (root / "etc/seedtool/policy.json").write_text(text)
+    with pytest.raises(PolicyError) as guest:
+        load_policy(root / "etc/seedtool/policy.json")
+    found = findings_at(root, lib.POLICY)
+    assert len(found) == 1 and str(guest.value).replace(str(root), "") in found[0].problem
+
+
+def test_bake_keeps_the_images_valid_policy(root: Path, host_pub: Path) -> None:
+    (root / "etc/seedtool/policy.json").write_text('{"fail_closed": true}')
+    assert bake_cli(root, host_pub).returncode == 0
+    assert json.loads((root / "etc/seedtool/policy.json").read_text())["fail_closed"] is True
 
 
 def test_policy_pointing_elsewhere_needs_keys_there(root: Path, host_pub: Path,
@@ -445,11 +479,10 @@ def test_private_keys_anywhere_likely_are_errors(root: Path, tmp_path: Path) -> 
     }
     for path, data in planted.items():
         plant(root, path, data)
-    plant(root, "/etc/big.bin", b"-----BEGIN PRIVATE KEY-----\n" + b"A" * (lib.SCAN_MAX_FILE))
     (root / "home/builder/link.key").symlink_to("/root/.config/seedtool/signing.key")
 
     found = {f.path: f for f in lib.check(LocalFS(root))}
-    assert set(found) == set(planted)  # not the oversized file, not the symlink twice
+    assert set(found) == set(planted)  # not the symlink twice
     assert "seedtool" in found["/root/.config/seedtool/signing.key"].problem
     assert "encrypted" in found["/opt/app/enc.key"].problem
     assert all(f.severity == lib.ERROR for f in found.values())
@@ -486,7 +519,7 @@ def test_dry_run_on_this_running_system_changes_nothing(host_pub: Path) -> None:
     """`--root /` is the Packer case; a dry run is safe to try on the test host itself."""
     watched = [p for p in ("/etc/machine-id", "/etc/ssh", "/var/lib/systemd", "/etc/cloud")
                if os.path.lexists(p)]
-    before = {p: os.lstat(p) for p in watched}
+    before = {p: changeable(p) for p in watched}
     p = run("bake", "--root", "/", "--dry-run", "--trusted-key", str(host_pub))
     assert p.returncode == 0, p.stderr
     assert "/ (the running system): would change" in p.stdout
@@ -495,7 +528,23 @@ def test_dry_run_on_this_running_system_changes_nothing(host_pub: Path) -> None:
         assert f"stop     {lib.RANDOM_SEED_SERVICE}" in p.stdout
     else:
         assert "systemd is not running here" in p.stdout
-    assert {p: os.lstat(p) for p in watched} == before
+    assert {p: changeable(p) for p in watched} == before
+
+
+def changeable(path: str) -> tuple[object, ...]:
+    """What bake could change about `path`: type and mode, owner, inode, mtime, ctime and
+    content (a directory's: its names). Not the atime: reading a directory updates it
+    whenever it changed since it was last read (relatime, mount(8)), as on a fresh machine
+    where the test command just installed openssh-server."""
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        content: object = sorted(os.listdir(path))
+    elif stat.S_ISLNK(st.st_mode):
+        content = os.readlink(path)
+    else:
+        content = digest(Path(path))
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_ino, st.st_mtime_ns, st.st_ctime_ns,
+            content)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -637,16 +686,22 @@ def test_bake_a_raw_ext4_image(raw_image: Path, host_pub: Path, tmp_path: Path) 
     assert "seedtool's signing key" in found["/root/.config/signing.key"]["problem"]
 
 
-def test_private_key_scan_is_bounded_per_directory(root: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bounded_scan_says_where_it_stopped(root: Path) -> None:
     for i in range(5):
         plant(root, f"/opt/many/{i}.txt", b"nothing secret\n")
-    plant(root, "/srv/late.key", b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 64 + b"\n")
-    monkeypatch.setattr(lib, "SCAN_MAX_FILES", 3)
-    found = {f.path: f for f in lib.check(LocalFS(root))}
-    assert found["/opt"].severity == lib.WARNING and "stopped after 3" in found["/opt"].problem
-    # a huge directory does not hide a key in the next one
-    assert found["/srv/late.key"].severity == lib.ERROR
+    late = "/usr/share/zz-late/site.key"
+    plant(root, late, b"-----BEGIN PRIVATE KEY-----\n" + b"A" * 64 + b"\n")
+    whole = {f.path for f in lib.check(LocalFS(root))}
+    assert late in whole
+    found = lib.check(LocalFS(root), lib.ScanBounds(max_files=3))
+    stops = [f for f in found if "secret scan stopped" in f.problem]
+    assert len(stops) == 1 and stops[0].severity == lib.WARNING
+    assert "3 file bound" in stops[0].problem and late not in {f.path for f in found}
+    # the CLI takes the bound and, with --strict, fails on it: never a silent pass
+    p = run("bake", "--check", "--strict", "--root", str(root), "--scan-max-files", "3")
+    assert p.returncode == 1 and f"{stops[0].path}: warning: the secret scan stopped" in p.stdout
+    p = run("bake", "--check", "--root", str(root), "--scan-max-bytes", "10")
+    assert "10 byte bound" in p.stdout
 
 
 class _Unreadable(LocalFS):
@@ -658,10 +713,13 @@ class _Unreadable(LocalFS):
         super().__init__(root)
         self.denied = denied
 
-    def read(self, path: str) -> bytes:
-        if path == self.denied:
-            raise self._error("read", path, PermissionError(13, "Permission denied"))
-        return super().read(path)
+    def read_chunks(self, paths: Sequence[str], size: int
+                    ) -> Iterator[tuple[str, bytes | None]]:
+        for path in paths:
+            if path == self.denied:
+                yield path, None
+            else:
+                yield from super().read_chunks([path], size)
 
 
 def test_unreadable_files_are_reported_not_skipped_silently(root: Path) -> None:
@@ -671,3 +729,194 @@ def test_unreadable_files_are_reported_not_skipped_silently(root: Path) -> None:
     assert "1 file(s) here could not be read" in found["/srv"].problem
     assert "/srv/private/site.key" not in found
     assert lib.check(LocalFS(root))[0].path == "/srv/private/site.key"  # readable: found
+
+
+# --- secrets anywhere in the image (C10): the whole-image scan ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Real keys and a real envelope, made with the tools that make them."""
+    from seedtool import envelope
+    from seedtool.keys import key_id, load_private_key, public_of
+
+    d = tmp_path_factory.mktemp("secrets")
+    generate_keypair(d / "sign.key", d / "sign.pub")
+    k = load_private_key(d / "sign.key")
+    raw = envelope.build(os.urandom(64), private_key=k, key_id=key_id(public_of(k).raw),
+                         seed_id=os.urandom(16), provenance={"source": "test"}, ttl=3600)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh")],
+                   check=True)
+    # dropbear-bin's dropbearkey: missing, this fails (scripts/test installs it)
+    for t in ("ed25519", "rsa"):
+        subprocess.run(["dropbearkey", "-t", t, "-f", str(d / f"db_{t}")], check=True,
+                       capture_output=True)
+    return {"envelope": raw, "envelope_text": envelope.encode_text(raw).encode(),
+            "seedtool_key": (d / "sign.key").read_bytes(), "ssh": (d / "ssh").read_bytes(),
+            "db_ed25519": (d / "db_ed25519").read_bytes(),
+            "db_rsa": (d / "db_rsa").read_bytes()}
+
+
+def hiding_places(s: dict[str, bytes]) -> dict[str, bytes]:
+    import gzip
+
+    text = s["envelope_text"].decode()
+    return {
+        # cloud-init's seed directory, which bake keeps: every instance reads it
+        "/var/lib/cloud/seed/nocloud/user-data": (
+            f"#cloud-config\nrandom_seed:\n  encoding: b64\n  data: {text}\n").encode(),
+        "/var/lib/cloud/seed/nocloud-net/user-data": gzip.compress(
+            f"#cloud-config\nrandom_seed:\n  data: {text}\n".encode()),
+        "/var/lib/cloud/seed/nocloud/vendor-data": b"raw:" + s["envelope"] + b"\n",
+        # system cloud config: the same in every VM
+        "/etc/cloud/cloud.cfg.d/50_seed.cfg": (
+            f"random_seed:\n  encoding: b64\n  data: {text}\n").encode(),
+        # a PEM block inside a JSON string (escaped newlines)
+        "/opt/app/config.json": json.dumps({"key": s["seedtool_key"].decode()}).encode(),
+        # a PEM block at the end of a large file, past any first-N-bytes read
+        "/var/backups/blob.bin": os.urandom(3 << 20) + s["ssh"],
+        # an OpenSSH key somewhere no list of paths names
+        "/usr/share/misc/id_ed25519": s["ssh"],
+        # other SSH servers' host keys: dropbear, dropbear-initramfs (bookworm, bullseye)
+        "/etc/dropbear/dropbear_ed25519_host_key": s["db_ed25519"],
+        "/etc/dropbear/initramfs/dropbear_rsa_host_key": s["db_rsa"],
+        "/etc/dropbear-initramfs/dropbear_ed25519_host_key": s["db_ed25519"],
+    }
+
+
+def test_every_hiding_place_is_found_and_bake_leaves_what_it_does_not_own(
+    root: Path, host_pub: Path, secrets: dict[str, bytes]
+) -> None:
+    places = hiding_places(secrets)
+    for path, data in places.items():
+        plant(root, path, data)
+    found = {f.path: f for f in lib.check(LocalFS(root))}
+    assert set(found) == set(places)
+    assert all(f.severity == lib.ERROR and f.fix for f in found.values())
+    assert "seedtool envelope" in found["/var/lib/cloud/seed/nocloud/user-data"].problem
+    assert "gzip" in found["/var/lib/cloud/seed/nocloud-net/user-data"].problem
+    assert "system cloud config" in found["/etc/cloud/cloud.cfg.d/50_seed.cfg"].problem
+    assert "seedtool's signing key" in found["/opt/app/config.json"].problem
+    assert "OpenSSH" in found["/var/backups/blob.bin"].problem
+    assert "-R" in found["/etc/dropbear/dropbear_ed25519_host_key"].fix
+    assert "update-initramfs" in found["/etc/dropbear/initramfs/dropbear_rsa_host_key"].fix
+    assert "update-initramfs" in found["/etc/dropbear-initramfs/dropbear_ed25519_host_key"].fix
+
+    p = run("bake", "--check", "--root", str(root))
+    assert p.returncode == 1
+    assert all(f"{path}: error:" in p.stdout for path in places)
+    for secret in secrets.values():  # names and kinds, never contents
+        assert secret[:48] not in (p.stdout + p.stderr).encode()
+
+    # bake never touches what it does not own: all left in place, each reported
+    b = bake_cli(root, host_pub, "--json")
+    assert b.returncode == 0, b.stderr
+    out = json.loads(b.stdout)
+    assert {f["path"] for f in out["left"]} == set(places)
+    assert not {c["path"] for c in out["changes"]} & set(places)
+    assert all((root / path.lstrip("/")).read_bytes() == data for path, data in places.items())
+
+
+def test_a_dropbear_public_key_blob_is_not_a_private_key(secrets: dict[str, bytes]) -> None:
+    from seedtool.imagescan import dropbear_key
+
+    assert dropbear_key(secrets["db_ed25519"]) and dropbear_key(secrets["db_rsa"])
+    # a public key blob (RFC 4253 6.6 ssh-rsa: e, n) has the same start, fewer fields
+    blob = (b"\x00\x00\x00\x07ssh-rsa" + b"\x00\x00\x00\x03\x01\x00\x01"
+            + b"\x00\x00\x00\x02\x00\xc1")
+    assert not dropbear_key(blob)
+
+
+def host_key_dir_elsewhere(root: Path, secrets: dict[str, bytes], link: str) -> Path:
+    real = root / "srv/ssh"
+    shutil.move(str(root / "etc/ssh"), real)
+    (root / "etc/ssh").symlink_to(link)
+    (real / "ssh_host_ed25519_key").write_bytes(secrets["ssh"])
+    (real / "ssh_host_ed25519_key.pub").write_bytes(b"ssh-ed25519 AAAA test\n")
+    return real
+
+
+@pytest.mark.parametrize("link", ["/srv/ssh", "../srv/ssh", "../../../../../srv/ssh"])
+def test_host_keys_behind_a_symlinked_etc_ssh_are_found_and_removed(
+    root: Path, host_pub: Path, secrets: dict[str, bytes], link: str
+) -> None:
+    real = host_key_dir_elsewhere(root, secrets, link)
+    found = {f.path: f for f in lib.check(LocalFS(root))}
+    assert set(found) == {"/srv/ssh/ssh_host_ed25519_key", "/srv/ssh/ssh_host_ed25519_key.pub"}
+    assert "SSH host key" in found["/srv/ssh/ssh_host_ed25519_key"].problem
+    b = bake_cli(root, host_pub, "--json")
+    assert b.returncode == 0, b.stderr
+    removed = {c["path"] for c in json.loads(b.stdout)["changes"] if c["action"] == "remove"}
+    assert {"/srv/ssh/ssh_host_ed25519_key", "/srv/ssh/ssh_host_ed25519_key.pub"} <= removed
+    assert not list(real.glob("ssh_host_*")) and (real / "sshd_config").exists()
+    assert os.readlink(root / "etc/ssh") == link
+    assert lib.check(LocalFS(root)) == []
+
+
+def test_symlinks_never_lead_out_of_the_image(root: Path, host_pub: Path, tmp_path: Path,
+                                              secrets: dict[str, bytes]) -> None:
+    outside = tmp_path / "outside-ssh"
+    outside.mkdir()
+    (outside / "ssh_host_ed25519_key").write_bytes(secrets["ssh"])
+    shutil.rmtree(root / "etc/ssh")
+    # absolute: the image's own /<that path>, which does not exist in the image
+    (root / "etc/ssh").symlink_to(outside)
+    # relative, climbing above the root: stops at the image's /
+    (root / "etc/dropbear").symlink_to("../" * 30 + str(outside).lstrip("/"))
+    assert lib.check(LocalFS(root)) == []
+    b = bake_cli(root, host_pub, "--json")
+    assert b.returncode == 0, b.stderr
+    assert json.loads(b.stdout)["left"] == []
+    assert (outside / "ssh_host_ed25519_key").read_bytes() == secrets["ssh"]
+
+
+def test_a_symlink_loop_ends_with_a_warning(root: Path, host_pub: Path) -> None:
+    shutil.rmtree(root / "etc/ssh")
+    (root / "etc/ssh").symlink_to("/etc/ssh2")
+    (root / "etc/ssh2").symlink_to("ssh")
+    found = lib.check(LocalFS(root))
+    assert [(f.path, f.severity) for f in found] == [(lib.SSH_DIR, lib.WARNING)]
+    assert "symlink loop" in found[0].problem
+    assert bake_cli(root, host_pub).returncode == 0
+
+
+@pytest.fixture
+def dirty_image(root: Path, secrets: dict[str, bytes], tmp_path: Path) -> Path:
+    """A raw ext4 image (mkfs.ext4 -d, no mount) of a baked root with every hiding place
+    and host keys behind a symlinked /etc/ssh."""
+    for path, data in hiding_places(secrets).items():
+        plant(root, path, data)
+    host_key_dir_elsewhere(root, secrets, "/srv/ssh")
+    img = tmp_path / "dirty.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "64M"], check=True)
+    return img
+
+
+def test_the_scan_works_the_same_through_debugfs(dirty_image: Path, host_pub: Path,
+                                                secrets: dict[str, bytes]) -> None:
+    places = set(hiding_places(secrets))
+    keys = {"/srv/ssh/ssh_host_ed25519_key", "/srv/ssh/ssh_host_ed25519_key.pub"}
+    p = run("bake", "--check", "--image", str(dirty_image), "--json")
+    assert p.returncode == 1, p.stderr
+    assert {f["path"] for f in json.loads(p.stdout)["findings"]} == places | keys
+    b = run("bake", "--image", str(dirty_image), "--trusted-key", str(host_pub), "--json")
+    assert b.returncode == 0, b.stderr
+    out = json.loads(b.stdout)
+    assert keys <= {c["path"] for c in out["changes"] if c["action"] == "remove"}
+    assert {f["path"] for f in out["left"]} == places
+    p = run("bake", "--check", "--image", str(dirty_image), "--json")
+    assert {f["path"] for f in json.loads(p.stdout)["findings"]} == places
+
+
+def test_large_files_are_read_in_pieces_with_overlap(root: Path, secrets: dict[str, bytes],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from seedtool import imagescan
+
+    key = secrets["ssh"]
+    monkeypatch.setattr(imagescan, "CHUNK", 4096)
+    monkeypatch.setattr(imagescan, "OVERLAP", 1024)
+    # a header across every possible piece boundary near the end
+    for cut in (10, 500, 1023, 1030):
+        plant(root, f"/var/tmp/f{cut}", b"\0" * (3 * 4096 + 1024 - cut) + key)
+    found = {f.path for f in lib.check(LocalFS(root))}
+    assert {f"/var/tmp/f{c}" for c in (10, 500, 1023, 1030)} <= found
