@@ -141,11 +141,18 @@ class Ledger:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
 
-    def _read(self, fd: int) -> _Reading:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+    def _open(self, flags: int) -> int:
+        # O_NONBLOCK: opening a FIFO put in the ledger's place must not hang the boot
+        # (open(2) of a FIFO for reading waits for a writer); no effect on a file
+        fd = os.open(self.path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
             raise LedgerError(f"ledger {self.path} is not a regular file; move it away "
                               "(nothing is credited until the ledger is a file)")
+        return fd
+
+    def _read(self, fd: int) -> _Reading:
+        st = os.fstat(fd)
         if st.st_size > MAX_LEDGER:
             raise LedgerError(
                 f"ledger {self.path} is larger than {MAX_LEDGER} bytes; archive it and start "
@@ -167,7 +174,7 @@ class Ledger:
         Raises LedgerError when the ledger cannot be read or parsed.
         """
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open(os.O_RDONLY)
         except FileNotFoundError:
             return False
         except OSError as e:
@@ -197,7 +204,7 @@ class Ledger:
         try:
             os.makedirs(directory, mode=0o755, exist_ok=True)
             # no O_APPEND: the record goes at `keep`, which may be before the end
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open(os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise LedgerError(f"cannot write ledger {self.path}: {e.strerror}") from None
         try:
