@@ -283,12 +283,13 @@ def _place(path: str, entries: Sequence[MountEntry], volumes: Sequence[Volume],
     if entry.bind:
         if depth >= BIND_DEPTH_MAX or not entry.source.startswith("/"):
             raise _refusal(entry, path, image,
-                           "its bind mounts do not end in a file system of this image",
-                           "check the image's fstab")
+                           "its bind mounts do not end in a file system of this image "
+                           "(a cycle?)", "check the image's fstab")
+        # the source is itself a path of the booted system: resolve it through the same
+        # table (a cycle, or a source under its own mount point, ends at the bound)
         rest = _below(entry.point, path)
         src = _normal(entry.source) + ("" if rest == "/" else rest)
-        others = [e for e in entries if e is not entry]
-        return _place(_normal(src), others, volumes, root, image, depth + 1)
+        return _place(_normal(src), entries, volumes, root, image, depth + 1)
     try:
         volume = _resolve_device(entry.source, volumes)
     except _Refuse as r:
