@@ -22,7 +22,7 @@ noauto mounts too (systemd.unit(5), RequiresMountsFor=).
 Refused, naming the mount: tmpfs and ramfs (the seed would vanish), network file
 systems, device-mapper and md devices (LVM, LUKS, RAID), a source that names no file
 system of this image (another disk, a UUID not found), a source several file systems
-answer to, and two entries for one mount point.
+answer to, bind mounts that loop, and two entries for one mount point.
 
 Only reads what it is given; never touches an image.
 """
