@@ -11,7 +11,7 @@ changes nothing.
 `check(fs)` lints the same target and returns one `Finding` (path, problem, fix) per
 thing that is wrong: shared state left behind, the guest not installed or not able to
 run before cloud-init's `ssh` module, no trusted keys, the early unit not enabled,
-no python3, a private key lying in the image.
+no python3, a private key or a seedtool envelope anywhere in the image (seedtool.imagescan).
 
 Why each item is shared state, and where that is written down:
 * `/etc/machine-id` and `/var/lib/systemd/random-seed`: systemd's "Building Images
