@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 TARGETS = ("envelope", "userdata", "partitions", "egd", "entropykey", "tpm", "policy",
-           "pubkeys", "ed25519", "scrub")
+           "pubkeys", "ed25519", "scrub", "ledger")
 #: a target with a planted bug that shows the machinery works (fuzz/fuzz_canary.py)
 CANARY = "canary"
 #: libFuzzer's per-input limit, seconds: an input that takes this long is a hang
