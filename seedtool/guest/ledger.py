@@ -48,7 +48,9 @@ record, so the new record always starts at the start of a line; a torn write of
 that buffer is again one of the tolerated tails. If the write or the fsync fails
 (ENOSPC, EIO, a short write) the file is truncated back to `keep` and fsynced, and
 `LedgerError` is raised: the file is as it was before the append, and nothing is
-credited.
+credited. (Only if the record is on disk and the fsync of the directory then fails
+does the record stay: the id counts as consumed and nothing is credited, which is
+the safe side.)
 """
 
 from __future__ import annotations
