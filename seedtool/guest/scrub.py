@@ -274,44 +274,33 @@ class Scrubber:
         return out, n
 
     def _layer(self, data: bytes, depth: int) -> tuple[bytes, int]:
+        # Containers first, so that an edit never lands inside one whose integrity
+        # check it would break (a stored gzip member shows its text; base64 of a
+        # member can show the envelope's text at an aligned offset).
         self._check_time()
-        count = 0
-        for t in self.targets:  # 1. raw
+        data, count = self._gzip_members(data, depth)
+        data, n = self._base64_runs(data, depth)
+        count += n
+        for t in self.targets:  # the raw envelope
             hits = data.count(t.raw)
             if hits:
                 data = data.replace(t.raw, t.raw_fill)
                 count += hits
-        # 2. the skeleton of the base64 text, then again across quoted-printable breaks
-        view, compacted, ckpt = _compact(data, qp=False)
-        data, n = self._skeleton(data, view, compacted, ckpt)
-        if n:
-            count += n
-            view, compacted, ckpt = _compact(data, qp=False)
+        # the skeleton of the base64 text, then again across quoted-printable breaks
+        data, n = self._skeleton(data, *_compact(data, qp=False))
+        count += n
         if _QP_BREAK.search(data):
             data, n = self._skeleton(data, *_compact(data, qp=True))
-            if n:
-                count += n
-                view, compacted, ckpt = _compact(data, qp=False)
-        buf = bytearray(data)
-        dirty = False
-        if b"b'" in data or b'b"' in data or b"b\\" in data:  # 3. bytes literals
-            for m in list(_BYTES_LITERAL.finditer(data)):
-                self._check_time()
-                if depth >= self.max_depth:
-                    self._note("depth")
-                    break
-                for inner in _unrepr(m.group("c")):
-                    if len(inner) < self._min_len or not self._spend(len(inner)):
-                        continue
-                    _, n = self._layer(inner, depth + 1)
-                    if n:
-                        s, e = m.span("c")
-                        buf[s:e] = (_MARKER.format(self.label).encode() + b"." * (e - s))[
-                            : e - s]
-                        count += n
-                        dirty = True
-                        break
-        i = data.find(_GZIP_MEMBER)  # 4. gzip members
+            count += n
+        if b"b'" in data or b'b"' in data or b"b\\" in data:
+            data, n = self._bytes_literals(data, depth)
+            count += n
+        return data, count
+
+    def _gzip_members(self, data: bytes, depth: int) -> tuple[bytes, int]:
+        count = 0
+        buf: bytearray | None = None
+        i = data.find(_GZIP_MEMBER)
         while i >= 0:
             self._check_time()
             if depth >= self.max_depth:
@@ -323,23 +312,25 @@ class Scrubber:
                 plain, size = member
                 new_plain, n = self._layer(plain, depth + 1)
                 if n:
+                    buf = bytearray(data) if buf is None else buf
                     buf[i:i + size] = _refit_gzip(new_plain, data[i:i + size], self.label)
                     count += n
-                    dirty = True
                 end = i + size
             i = data.find(_GZIP_MEMBER, end)
-        if dirty:
-            data = bytes(buf)
-            view, compacted, ckpt = _compact(data, qp=False)
-        for m in _B64_RUN.finditer(compacted):  # 5. base64 runs
+        return (bytes(buf) if buf is not None else data), count
+
+    def _base64_runs(self, data: bytes, depth: int) -> tuple[bytes, int]:
+        view, compacted, ckpt = _compact(data, qp=False)
+        count = 0
+        buf: bytearray | None = None
+        for m in _B64_RUN.finditer(compacted):
             self._check_time()
             if depth >= self.max_depth:
                 self._note("depth")
                 break
             a, b = m.span()
-            spans = _spans(view, ckpt, a, b)
             starts, pos = [], a
-            for s, e in spans[:3]:
+            for s, e in _spans(view, ckpt, a, b, limit=3):
                 if b - pos >= MIN_B64:
                     starts.append(pos)
                 pos += e - s
@@ -354,11 +345,31 @@ class Scrubber:
                 if n:
                     text = base64.b64encode(new).rstrip(b"=")
                     assert len(text) == len(chars)
+                    buf = bytearray(data) if buf is None else buf
                     _write(buf, _spans(view, ckpt, start, start + len(chars)), text)
                     count += n
-                    dirty = True
                     break
-        return (bytes(buf) if dirty else data), count
+        return (bytes(buf) if buf is not None else data), count
+
+    def _bytes_literals(self, data: bytes, depth: int) -> tuple[bytes, int]:
+        count = 0
+        buf: bytearray | None = None
+        for m in _BYTES_LITERAL.finditer(data):
+            self._check_time()
+            if depth >= self.max_depth:
+                self._note("depth")
+                break
+            for inner in _unrepr(m.group("c")):
+                if len(inner) < self._min_len or not self._spend(len(inner)):
+                    continue
+                _, n = self._layer(inner, depth + 1)
+                if n:
+                    s, e = m.span("c")
+                    buf = bytearray(data) if buf is None else buf
+                    buf[s:e] = (_MARKER.format(self.label).encode() + b"." * (e - s))[: e - s]
+                    count += n
+                    break
+        return (bytes(buf) if buf is not None else data), count
 
     def _skeleton(self, data: bytes, view: bytes, compacted: bytes,
                   ckpt: list[int]) -> tuple[bytes, int]:
@@ -580,8 +591,9 @@ def _compact(data: bytes, qp: bool) -> tuple[bytes, bytes, list[int]]:
     return view, b"".join(parts), ckpt or [0]
 
 
-def _spans(view: bytes, ckpt: list[int], a: int, b: int) -> list[tuple[int, int]]:
-    """The byte ranges of `view` that compacted[a:b] came from."""
+def _spans(view: bytes, ckpt: list[int], a: int, b: int,
+           limit: int = 0) -> list[tuple[int, int]]:
+    """The byte ranges of `view` that compacted[a:b] came from (the first `limit`)."""
     i = max(0, bisect.bisect_right(ckpt, a) - 1)
     k = ckpt[i]
     out: list[tuple[int, int]] = []
@@ -594,7 +606,7 @@ def _spans(view: bytes, ckpt: list[int], a: int, b: int) -> list[tuple[int, int]
         lo, hi = s + max(0, a - k), s + min(n, b - k)
         out.append((lo, hi))
         k += n
-        if k >= b:
+        if k >= b or len(out) == limit:
             break
     return out
 
