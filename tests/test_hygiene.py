@@ -96,6 +96,7 @@ def _mkfs_root(tmp_path: Path) -> Path:
     img = tmp_path / "disk.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "8M"], check=True,
                    capture_output=True)
+    img.chmod(0o600)  # image seed refuses an image others can read
     return img
 
 
