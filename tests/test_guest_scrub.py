@@ -358,3 +358,26 @@ def test_needles_only_from_an_envelope_and_old_callers_still_work(env: tuple[byt
     blob, count = scrub.scrub_bytes(b"{" + base64.b64encode(seed) + b"}", secret)
     assert count == 1 and base64.b64encode(seed) not in blob
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+@pytest.mark.parametrize("wrap", ["bytes literal", "bytes literal in a bytes literal", "base64"])
+def test_a_stored_gzip_member_inside_another_container_keeps_its_crc(
+        env: tuple[bytes, str], wrap: str) -> None:
+    """A stored (level 0) member shows the envelope's text; the container is handled
+    first, so no edit lands inside the member (fuzz finding S1, fuzz/README.md)."""
+    raw, text = env
+    member = gzip.compress(f"data: {text}\n".encode(), compresslevel=0, mtime=0)
+    if wrap == "base64":
+        blob = b"x: " + base64.b64encode(member) + b"\n"
+    else:
+        blob = repr(member).encode()
+        if wrap == "bytes literal in a bytes literal":
+            blob = repr(blob).encode()
+    out, n = scrub.scrub_bytes(b"log: " + blob + b"\n", scrub.needles_for(text))
+    assert n == 1 and len(out) == len(blob) + 6
+    inner = out[5:-1]
+    if wrap == "base64":
+        plain = gzip.decompress(base64.b64decode(inner[3:-1]))  # CRC checked
+        assert plain.startswith(b"data: ") and not _holds(plain, raw, text)
+    else:
+        assert ast.literal_eval(inner.decode()).startswith(b"[seedtool: scrubbed]")

@@ -274,11 +274,15 @@ class Scrubber:
         return out, n
 
     def _layer(self, data: bytes, depth: int) -> tuple[bytes, int]:
-        # Containers first, so that an edit never lands inside one whose integrity
-        # check it would break (a stored gzip member shows its text; base64 of a
-        # member can show the envelope's text at an aligned offset).
+        # Containers first, outer kinds before inner, so that an edit never lands
+        # inside one whose integrity check it would break (a stored gzip member shows
+        # its text, also inside a bytes literal; base64 of a member can show the
+        # envelope's text at an aligned offset).
         self._check_time()
         data, count = self._gzip_members(data, depth)
+        if b"b'" in data or b'b"' in data or b"b\\" in data:
+            data, n = self._bytes_literals(data, depth)
+            count += n
         data, n = self._base64_runs(data, depth)
         count += n
         for t in self.targets:  # the raw envelope
@@ -291,9 +295,6 @@ class Scrubber:
         count += n
         if _QP_BREAK.search(data):
             data, n = self._skeleton(data, *_compact(data, qp=True))
-            count += n
-        if b"b'" in data or b'b"' in data or b"b\\" in data:
-            data, n = self._bytes_literals(data, depth)
             count += n
         return data, count
 
