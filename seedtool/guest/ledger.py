@@ -47,10 +47,10 @@ A kept fragment is terminated by writing "\\n" in the same write(2) as the new
 record, so the new record always starts at the start of a line; a torn write of
 that buffer is again one of the tolerated tails. If the write or the fsync fails
 (ENOSPC, EIO, a short write) the file is truncated back to `keep` and fsynced, and
-`LedgerError` is raised: the file is as it was before the append, and nothing is
-credited. (Only if the record is on disk and the fsync of the directory then fails
-does the record stay: the id counts as consumed and nothing is credited, which is
-the safe side.)
+`LedgerError` is raised: the file is as it was before the append (after the
+repair, which dropped only bytes that held no id), and nothing is credited. Only
+if the record is on disk and the fsync of the directory then fails does the record
+stay: the id counts as consumed and nothing is credited, which is the safe side.
 """
 
 from __future__ import annotations
