@@ -298,11 +298,11 @@ def test_credit_seed_with_an_unparsable_ledger_credits_nothing(tmp_path: Path,
     new = SeedFactory(load_private_key(tmp_path / "k")).new()
     out = credit(paths, new.text)
     assert not out.credited and out.credited_bits == 0 and not out.verified
-    assert out.reason == "ledger not writable"
+    assert out.reason == "ledger invalid"
     assert any("is not a seedtool ledger record" in n or "incomplete line" in n
                for n in out.notes), out.notes
     assert Path(paths.ledger).read_bytes() == content
-    assert "ledger not writable" in Path(paths.kmsg).read_text()
+    assert "ledger invalid" in Path(paths.kmsg).read_text()
 
 
 def test_a_ledger_that_is_not_a_file(tmp_path: Path) -> None:

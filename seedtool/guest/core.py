@@ -48,7 +48,7 @@ from ..keys import PublicKey, load_public_keys, trusted_pairs
 from ..mix import mix
 from ..record import Record
 from . import kernel
-from .ledger import Ledger, LedgerError
+from .ledger import Ledger, LedgerError, LedgerInvalid
 from .platform_seed import DatasourceSeed
 from .platform_seed import decode as decode_platform_seed
 from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
@@ -434,7 +434,8 @@ def credit_seed(
                     try:
                         fresh = Ledger(paths.ledger).consume(env.seed_id_hex, origin, wall)
                     except LedgerError as e:
-                        out.reason = "ledger not writable"
+                        invalid = isinstance(e, LedgerInvalid)
+                        out.reason = "ledger invalid" if invalid else "ledger not writable"
                         out.notes.append(_short(e, 400))
                     else:
                         if fresh:

@@ -88,6 +88,10 @@ class LedgerError(SeedtoolError):
     """The ledger cannot be read or written, so no seed may be credited."""
 
 
+class LedgerInvalid(LedgerError):
+    """The ledger holds something that is not a ledger: it is never read as empty."""
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -125,13 +129,13 @@ def _parse(data: bytes, path: str = "ledger") -> _Reading:
         fullmatch = _LINE.fullmatch
         for n, line in enumerate(body[:-1].split(b"\n"), 1):
             if fullmatch(line) is None:
-                raise LedgerError(f"ledger {path} line {n} is not a seedtool ledger record; "
+                raise LedgerInvalid(f"ledger {path} line {n} is not a seedtool ledger record; "
                                   + _FIX)
             ids.append(line[:32])
     fragment = tail.rstrip(b"\0")
     if _FRAGMENT.fullmatch(fragment) is None:
         n = body.count(b"\n") + 1
-        raise LedgerError(f"ledger {path} ends in an incomplete line {n} that is not the "
+        raise LedgerInvalid(f"ledger {path} ends in an incomplete line {n} that is not the "
                           "start of a ledger record; " + _FIX)
     if len(fragment) >= 32:
         ids.append(fragment[:32])
@@ -149,7 +153,7 @@ class Ledger:
         fd = os.open(self.path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o644)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise LedgerError(f"ledger {self.path} is not a regular file; move it away "
+            raise LedgerInvalid(f"ledger {self.path} is not a regular file; move it away "
                               "(nothing is credited until the ledger is a file)")
         return fd
 
