@@ -920,3 +920,30 @@ def test_large_files_are_read_in_pieces_with_overlap(root: Path, secrets: dict[s
         plant(root, f"/var/tmp/f{cut}", b"\0" * (3 * 4096 + 1024 - cut) + key)
     found = {f.path for f in lib.check(LocalFS(root))}
     assert {f"/var/tmp/f{c}" for c in (10, 500, 1023, 1030)} <= found
+
+
+def _guestfs_ready() -> bool:
+    from seedtool.deliver import guestfs
+
+    try:
+        guestfs.check_kernel()
+    except Exception:
+        return False
+    return guestfs.available()
+
+
+@pytest.mark.skipif(not _guestfs_ready(), reason="libguestfs missing (apt-get install "
+                    "libguestfs-tools python3-guestfs linux-image-cloud-amd64)")
+def test_the_scan_works_the_same_through_libguestfs(dirty_image: Path,
+                                                    secrets: dict[str, bytes]) -> None:
+    from seedtool.deliver.guestfs import GuestfsTarget
+
+    places = set(hiding_places(secrets))
+    keys = {"/srv/ssh/ssh_host_ed25519_key", "/srv/ssh/ssh_host_ed25519_key.pub"}
+    with GuestfsTarget(dirty_image, fmt="raw", root="/dev/sda", readonly=True) as fs:
+        assert fs.readlink("/etc/ssh") == "/srv/ssh"
+        assert dict(fs.scandir("/etc"))["ssh"].mode & 0o170000 == stat.S_IFLNK
+        pieces = [p for _, p in fs.read_chunks(["/var/backups/blob.bin"], 1 << 20)]
+        assert len(pieces) > 3 and b"".join(p or b"" for p in pieces).endswith(secrets["ssh"])
+        found = {f.path for f in lib.check(fs) if f.severity == lib.ERROR}
+    assert places | keys <= found
