@@ -328,5 +328,314 @@ def test_early_launcher_credits_a_disk_seed(tmp_path: Path, release: str,
     assert run.result["hits"] == []
 
 
+# ---- every form cloud-init accepts an envelope in (issue 8, points 2 and 3) ---------------
+
+# Runs inside the chroot after cloud-init (image python3, standard library and cloudinit
+# only): an oracle written apart from seedtool.guest.scrub. It reads each file, and
+# obj.pkl reloaded with cloud-init's own pkl_load, the ways cloud-init's copies encode
+# it: gzip members, base64 runs (layout removed, every alignment), Python bytes
+# literals, JSON strings, and the text with layout and escapes removed; every needle
+# (raw envelope, its base64 text, the seed raw, hex and base64) is looked for in each.
+# It is given the whole envelope (tests/hygiene.py allows that in output), not the seed.
+DEEP_CHECK = r'''
+import ast, base64, binascii, json, os, re, struct, sys, zlib
+text = sys.argv[1]  # the whole envelope (the needles are derived here, never printed)
+raw = base64.b64decode(text)
+(seed_len,) = struct.unpack_from(">H", raw, 46)  # docs/envelope.md: the seed follows
+seed = raw[48:48 + seed_len]
+needles = [raw, text.rstrip("=").encode(), seed, seed.hex().encode(),
+           base64.b64encode(seed).rstrip(b"=")]
+tops = json.loads(sys.argv[2])
+RUN = re.compile(rb"[A-Za-z0-9+/]{48,}")
+LIT = re.compile(rb"b'(?:[^'\\\r\n]|\\.)*'|b\"(?:[^\"\\\r\n]|\\.)*\"")
+def flat(b):
+    return b.replace(b"\\n", b"").replace(b"=\n", b"").translate(None, b" \t\r\n\"'\\")
+def views(b, depth=0):
+    yield b
+    yield flat(b)
+    if depth >= 5 or len(b) > 8 << 20:
+        return
+    for i in [m.start() for m in re.finditer(rb"\x1f\x8b", b)][:50]:
+        try:
+            plain = zlib.decompressobj(31).decompress(b[i:], 64 << 20)
+        except zlib.error:
+            continue
+        yield from views(plain, depth + 1)
+    for m in list(RUN.finditer(flat(b)))[:200]:
+        for off in range(4):
+            run = m.group()[off:]
+            run = run[: len(run) // 4 * 4]
+            try:
+                yield from views(binascii.a2b_base64(run), depth + 1)
+            except binascii.Error:
+                pass
+    for m in list(LIT.finditer(b))[:200]:
+        try:
+            yield from views(ast.literal_eval(m.group().decode("latin-1")), depth + 1)
+        except Exception:
+            pass
+    try:
+        doc = json.loads(b)
+    except Exception:
+        doc = None
+    stack = [doc]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+        elif isinstance(x, str) and len(x) >= 48:
+            yield from views(x.encode("utf-8", "surrogateescape"), depth + 1)
+def leaks(b):
+    return any(n in v for v in views(b) for n in needles)
+hits = []
+for top in tops:
+    for d, dirs, files in os.walk(top):
+        dirs[:] = [x for x in dirs if x != "journal"]
+        for name in files:
+            p = os.path.join(d, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            with open(p, "rb") as f:
+                if leaks(f.read()):
+                    hits.append(p)
+from cloudinit import sources
+from email.message import Message
+def values(o, seen):
+    if id(o) in seen:
+        return
+    seen.add(id(o))
+    if isinstance(o, (bytes, bytearray)):
+        yield bytes(o)
+    elif isinstance(o, str):
+        yield o.encode("utf-8", "surrogateescape")
+    elif isinstance(o, dict):
+        for v in o.values():
+            yield from values(v, seen)
+    elif isinstance(o, (list, tuple)):
+        for v in o:
+            yield from values(v, seen)
+    elif isinstance(o, Message):
+        yield from values(o.get_payload(), seen)
+    elif type(o).__module__.startswith("cloudinit") and hasattr(o, "__dict__"):
+        yield from values(vars(o), seen)
+pkl = "/var/lib/cloud/instance/obj.pkl"
+ds = sources.pkl_load(pkl) if os.path.exists(pkl) else None
+memory = [] if ds is None else [type(ds).__name__]
+if ds is not None and any(leaks(v) for v in values(ds, set())):
+    memory.append("LEAK")
+print("DEEP " + json.dumps({"hits": hits, "pkl": memory}))
+'''
+
+DEEP_TOPS = ["/var/lib/cloud", "/run/cloud-init", "/var/log", "/var/tmp", "/var/lib/seedtool",
+             "/var/lib/waagent"]
+
+
+def deep_check(text: str) -> list[str]:
+    """A step running DEEP_CHECK for the envelope `text` (its seed is found inside)."""
+    assert envelope.parse(text).uncredited_seed == envelope.decode_text(text)[48:][
+        :envelope.parse(text).seed_len]
+    return ["python3", "-c", DEEP_CHECK, text, json.dumps(DEEP_TOPS)]
+
+
+def deep_result(run: Run, i: int) -> dict[str, Any]:
+    step = run.step(i)
+    lines = [ln for ln in step["out"].splitlines() if ln.startswith("DEEP ")]
+    assert step["rc"] == 0 and lines, step
+    result: dict[str, Any] = json.loads(lines[-1][len("DEEP "):])
+    return result
+
+
+def write_user_data(blob: bytes) -> list[str]:
+    """A step that puts binary user-data into the NoCloud seed (the driver writes text)."""
+    return ["python3", "-c", "import base64, sys; open('/var/lib/cloud/seed/nocloud/user-data',"
+            " 'wb').write(base64.b64decode(sys.argv[1]))", base64.b64encode(blob).decode()]
+
+
+def _wrapped(text: str, width: int, indent: str) -> str:
+    return ("\n" + indent).join(text[i:i + width] for i in range(0, len(text), width))
+
+
+def _mime_part(doc: str, cte: str) -> str:
+    body = doc.encode()
+    if cte == "base64":
+        payload = base64.encodebytes(body).decode()
+    else:
+        import quopri
+
+        payload = quopri.encodestring(body).decode()
+    return (f"Content-Type: text/cloud-config; charset=\"utf-8\"\n"
+            f"Content-Transfer-Encoding: {cte}\nMIME-Version: 1.0\n\n{payload}")
+
+
+def gzip_mime_user_data(text: str) -> bytes:
+    """gzip of MIME: a base64 part (folded scalar), a quoted-printable part (double-quoted,
+    soft line breaks) and a last plain part with `!!binary` gzip and `encoding: gz`,
+    which cloud-init's default merge makes the one seed_random reads."""
+    import gzip as gz
+
+    folded = ("#cloud-config\nrandom_seed:\n  data: >\n    " + _wrapped(text, 20, "    ")
+              + "\n  encoding: b64\n")
+    quoted = f'#cloud-config\nrandom_seed:\n  data: "{text}"\n  encoding: b64\n'
+    binary = base64.encodebytes(gz.compress(text.encode(), mtime=0)).decode()
+    last = ("#cloud-config\nrandom_seed:\n  encoding: gz\n  data: !!binary |\n    "
+            + binary.strip().replace("\n", "\n    ") + "\n")
+    b = "seedtool-test-boundary"
+    doc = (f'Content-Type: multipart/mixed; boundary="{b}"\nMIME-Version: 1.0\n\n'
+           f"--{b}\n{_mime_part(folded, 'base64')}\n--{b}\n{_mime_part(quoted, 'quoted-printable')}"
+           f"\n--{b}\nContent-Type: text/cloud-config\nMIME-Version: 1.0\n\n{last}\n--{b}--\n")
+    return gz.compress(doc.encode(), mtime=0)
+
+
+def assert_mixed_and_scrubbed(run: Run, new: Any, reason: str) -> None:
+    """Not credited for `reason`, not in the ledger, and no form of it left anywhere."""
+    for step in run.result["steps"][:-1]:
+        assert step["rc"] in (0, 2), step  # 2: cloud-init's schema warning (25.1)
+    (line,) = run.kmsg_lines()
+    assert line == (f"<5>seedtool: mixed seed {new.seed_id} uncredited (user-data): "
+                    f"not in the form seedtool writes: {reason}")
+    assert run.result["status"]["credited_bits"] == 0
+    assert not run.result["ledger"]  # never recorded: a later canonical copy may credit
+    assert run.result["host_keys"]
+    assert run.result["hits"] == []
+    deep = deep_result(run, -1)
+    assert deep == {"hits": [], "pkl": ["DataSourceNoCloud"]}, deep
+    (scrubbed,) = [ln for ln in run.result["log_lines"] if "scrubbed the seed" in ln]
+    assert "not fully searched" not in scrubbed
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_gzip_mime_binary_and_folded_forms_are_scrubbed_and_not_credited(
+        tmp_path: Path, release: str, signer: tuple[Any, Path]) -> None:
+    """Real cloud-init reads gzip user-data holding MIME with a base64 part (folded
+    scalar), a quoted-printable part (double-quoted, soft line breaks) and a last part
+    with `!!binary` gzip and `encoding: gz`, which its merge makes the seed_random
+    input. Not credited (not the form seedtool writes), and afterwards no form of the
+    envelope is left in any file nor in obj.pkl reloaded."""
+    key, pub = signer
+    new = SeedFactory(key).new()
+    run = run_in_chroot(
+        tmp_path, release, key, pub, user_data="", needles=seed_needles(new.raw, new.text),
+        steps=[write_user_data(gzip_mime_user_data(new.text)), *INIT, deep_check(new.text)],
+    )
+    assert_mixed_and_scrubbed(run, new, "data is binary (!!binary); encoding is 'gz', "
+                                        "not 'b64'")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_wrapped_seed_copied_to_random_seed_file_is_scrubbed_there_too(
+        tmp_path: Path, release: str, signer: tuple[Any, Path]) -> None:
+    """A line-wrapped literal block whose random_seed.file makes seed_random append
+    the seed to a regular file: not credited (the reason names the file), and the
+    file, like every copy cloud-init keeps, no longer holds it (its length kept)."""
+    key, pub = signer
+    new = SeedFactory(key).new()
+    wrapped = ("#cloud-config\nrandom_seed:\n  data: |\n    " + _wrapped(new.text, 60, "    ")
+               + "\n  encoding: b64\n  file: /var/tmp/seed-copy\n")
+    run = run_in_chroot(
+        tmp_path, release, key, pub, user_data=wrapped,
+        needles=seed_needles(new.raw, new.text),
+        steps=[*INIT, ["stat", "-c", "%s %F", "/var/tmp/seed-copy"], deep_check(new.text)],
+    )
+    assert_mixed_and_scrubbed(run, new, "data is not the one-line base64 text; "
+                              "random_seed.file is /var/tmp/seed-copy, where seed_random "
+                              "copied it")
+    assert run.step(2)["out"].strip() == f"{len(new.raw)} regular file", run.step(2)
+
+
+GCE_DRIVER = r'''
+import base64, gzip, json, logging, os, sys
+handler = logging.FileHandler("/var/log/cloud-init.log")
+handler.setFormatter(logging.Formatter("%(name)s[%(levelname)s]: %(message)s"))
+for name in ("cc_seedtool", "seedtool"):
+    logging.getLogger(name).addHandler(handler)
+    logging.getLogger(name).setLevel(logging.DEBUG)
+from cloudinit import helpers, sources, util
+from cloudinit.cloud import Cloud
+from cloudinit.sources import DataSourceGCE as G
+spec = json.loads(sys.argv[1])
+values = {"instance/id": "4242", "instance/zone": "projects/1/zones/europe-west1-b",
+          "instance/hostname": "seedtest.c.project.internal",
+          "instance/attributes": json.dumps(spec["attributes"]), "project/attributes": "{}"}
+# the metadata server, by hand: no network (GoogleMetadataFetcher.get_value's result)
+G.GoogleMetadataFetcher.get_value = lambda self, path, is_text, is_recursive=False: values[path]
+G.platform_reports_gce = lambda: True
+util.is_resolvable_url = lambda url: True
+paths = helpers.Paths({"cloud_dir": "/var/lib/cloud", "run_dir": "/run/cloud-init"})
+ds = G.DataSourceGCE({"datasource": {"GCE": {}}}, None, paths)
+assert ds.get_data()  # cloud-init's own crawl: metadata, userdata_raw, instance-data*.json
+paths.datasource = ds
+idir = paths.get_ipath()
+os.makedirs(idir, exist_ok=True)
+if not os.path.exists("/var/lib/cloud/instance"):
+    os.symlink(idir, "/var/lib/cloud/instance")
+util.write_file(paths.get_ipath("userdata_raw"), ds.get_userdata_raw(), 0o600)
+sources.pkl_store(ds, paths.get_ipath_cur("obj_pkl"))
+before = json.loads(ds.metadata["instance-data"])["user-data"]
+import cc_seedtool
+cloud = Cloud(ds, paths, {}, None, None)
+cfg = {"random_seed": {"data": spec["text"], "encoding": "b64"}}
+cc_seedtool.handle("seedtool", cfg, cloud, logging.getLogger("seedtool"), [])
+back = sources.pkl_load(paths.get_ipath_cur("obj_pkl"))
+after = json.loads(back.metadata["instance-data"])["user-data"]
+plain = gzip.decompress(base64.b64decode(after))
+raw_plain = gzip.decompress(back.userdata_raw)
+print("GCE " + json.dumps({
+    "type": type(back).__name__, "same_length": len(after) == len(before),
+    "changed": after != before, "in_attributes": spec["text"].encode() in plain,
+    "in_userdata_raw": spec["text"].encode() in raw_plain,
+    "user_part_kept": spec["user"].encode() in plain and spec["user"].encode() in raw_plain,
+    "run_files": sorted(n for n in os.listdir("/run/cloud-init") if n.startswith("instance-data")),
+}))
+'''
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_gce_instance_data_holding_base64_of_gzip_user_data_is_scrubbed(
+        tmp_path: Path, release: str, signer: tuple[Any, Path]) -> None:
+    """A real DataSourceGCE of that release crawls metadata given by hand whose
+    attributes hold `seedtool userdata --target gce` output for gzip input (base64 of
+    gzip, `user-data-encoding: base64`), is pickled with pkl_store and writes its
+    instance-data*.json; cc_seedtool's handle credits the canonical seed and scrubs:
+    obj.pkl reloaded holds no copy in `instance-data` (same length, still base64 of a
+    valid gzip member with the user's part) nor in `userdata_raw`, and no file does."""
+    import gzip as gz
+
+    from seedtool.deliver.userdata import add_seed, gce_metadata
+
+    key, pub = signer
+    new = SeedFactory(key).new()
+    user = "#cloud-config\nruncmd: [[echo, users-own-part]]\n"
+    attributes = gce_metadata(add_seed(gz.compress(user.encode()), new.text, target="gce"))
+    assert attributes["user-data-encoding"] == "base64"
+    spec = {"attributes": attributes, "text": new.text, "user": "users-own-part"}
+    run = run_in_chroot(
+        tmp_path, release, key, pub, user_data="#cloud-config\n{}\n",
+        needles=seed_needles(new.raw, new.text),
+        steps=[["python3", "-c", GCE_DRIVER, json.dumps(spec)],
+               deep_check(new.text)],
+    )
+    driven = run.step(0)
+    lines = [ln for ln in driven["out"].splitlines() if ln.startswith("GCE ")]
+    assert driven["rc"] == 0 and lines, driven
+    assert json.loads(lines[-1][4:]) == {
+        "type": "DataSourceGCE", "same_length": True, "changed": True,
+        "in_attributes": False, "in_userdata_raw": False, "user_part_kept": True,
+        # written by the datasource's own persist_instance_data, searched by deep_check
+        "run_files": ["instance-data-sensitive.json", "instance-data.json"]}
+    (line,) = run.kmsg_lines()
+    assert line.startswith(f"<5>seedtool: credited 512 bits from seed {new.seed_id} ")
+    assert deep_result(run, 1) == {"hits": [], "pkl": ["DataSourceGCE"]}
+    assert run.result["hits"] == []
+    # the copies the datasource wrote itself held it (world-readable instance-data.json
+    # keeps the attributes, bytes as ci-b64) and were scrubbed in place
+    (scrubbed,) = [ln for ln in run.result["log_lines"] if "scrubbed the seed" in ln]
+    for name in ("/run/cloud-init/instance-data.json", "instance-data-sensitive.json",
+                 "/var/lib/cloud/instances/4242/user-data.txt"):
+        assert name in scrubbed, scrubbed
+    assert "not fully searched" not in scrubbed
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "driver":
     sys.exit(driver(Path(sys.argv[2])))
