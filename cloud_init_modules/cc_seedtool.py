@@ -160,7 +160,9 @@ def _form_problem(mycfg: dict, data: Any) -> str:
         problems.append("data is binary (!!binary)")
     elif given != envelope.encode_text(raw):
         problems.append("data is not the one-line base64 text")
-    if enc != "b64":
+    if enc is None:
+        problems.append("encoding is not set (raw), not 'b64'")
+    elif enc != "b64":
         problems.append(f"encoding is {str(enc)[:16]!r}, not 'b64'")
     target = mycfg.get("file")
     if target is not None and target not in _SEED_DEVICES:

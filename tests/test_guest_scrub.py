@@ -381,3 +381,61 @@ def test_a_stored_gzip_member_inside_another_container_keeps_its_crc(
         assert plain.startswith(b"data: ") and not _holds(plain, raw, text)
     else:
         assert ast.literal_eval(inner.decode()).startswith(b"[seedtool: scrubbed]")
+
+
+# ---- cc_seedtool: only the form seedtool writes is creditable ------------------------------
+
+
+def _cc() -> Any:
+    import importlib
+
+    root = str(REPO / "cloud_init_modules")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("cc_seedtool")
+
+
+def _forms(raw: bytes, text: str) -> dict[str, tuple[dict[str, Any], str]]:
+    """random_seed as cloud-init hands it over (YAML already loaded) -> the reason."""
+    folded = " ".join(text[i:i + 20] for i in range(0, len(text), 20))
+    wrapped = _wrap(text, 60) + "\n"
+    return {
+        "canonical": ({"data": text, "encoding": "b64"}, ""),
+        "canonical, file /dev/urandom": (
+            {"data": text, "encoding": "b64", "file": "/dev/urandom"}, ""),
+        "folded": ({"data": folded, "encoding": "b64"}, "data is not the one-line base64 text"),
+        "wrapped": ({"data": wrapped, "encoding": "b64"}, "data is not the one-line base64 text"),
+        "base64 spelled out": ({"data": text, "encoding": "base64"},
+                               "encoding is 'base64', not 'b64'"),
+        "!!binary raw": ({"data": raw, "encoding": "raw"},
+                         "data is binary (!!binary); encoding is 'raw', not 'b64'"),
+        "!!binary gz": ({"data": gzip.compress(text.encode()), "encoding": "gz"},
+                        "data is binary (!!binary); encoding is 'gz', not 'b64'"),
+        "raw text": ({"data": text}, "encoding is not set (raw), not 'b64'"),
+        "file": ({"data": text, "encoding": "b64", "file": "/root/seed"},
+                 "random_seed.file is /root/seed, where seed_random copied it"),
+    }
+
+
+def test_cc_credits_only_the_form_seedtool_writes(env: tuple[bytes, str]) -> None:
+    raw, text = env
+    cc = _cc()
+    for name, (mycfg, reason) in _forms(raw, text).items():
+        data = cc._decode(mycfg["data"], mycfg.get("encoding"))
+        assert envelope.decode_text(data) == raw, name  # cloud-init reads the envelope
+        got = cc._form_problem(mycfg, data)
+        assert got == (f"not in the form seedtool writes: {reason}" if reason else ""), name
+    # not an envelope: no form problem (core says it is malformed), nothing to scrub
+    assert cc._form_problem({"data": "bm90IGFuIGVudmVsb3Bl", "encoding": "gz"}, b"x") == ""
+
+
+def test_cc_scrubs_nothing_and_says_so_when_nothing_is_ours(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cc = _cc()
+    mine = base64.b64encode(hashlib.sha512(b"user's own").digest() * 3).decode()
+    cfg = {"random_seed": {"data": mine, "encoding": "b64"}}
+    with caplog.at_level("DEBUG", logger="cc_seedtool"):
+        cc._scrub(None, cfg, [mine, base64.b64decode(mine), None], None, None)
+    assert cfg == {"random_seed": {"data": mine, "encoding": "b64"}}
+    assert [r.getMessage() for r in caplog.records] == [
+        "seedtool: scrubbed nothing: no seedtool envelope was offered"]
