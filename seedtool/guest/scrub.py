@@ -25,35 +25,39 @@ credited. `needles_for` of anything else is empty and the scrub then changes not
 
 How. Each file, string or bytes value is searched the way cloud-init decodes it, in
 layers, and every edit keeps the length, so pickles (length-prefixed strings), JSON,
-YAML, MIME and logs (another process may be appending) stay valid:
+YAML, MIME and logs (another process may be appending) stay valid. Containers come
+first, outer kinds before inner, so that no edit lands inside a container whose
+integrity check it would break (a stored gzip member shows its text):
 
-1. literally, for the raw envelope (pickled bytes, the file `seed_random` wrote);
-2. as a skeleton, for the base64 text: layout between base64 characters is ignored
-   (white space, YAML indentation, quotes, backslashes, escapes such as `\\n`, and
-   quoted-printable soft line breaks), so folded, quoted, line-wrapped, indented and
-   JSON-escaped copies are found at any piece length; only the matched base64
-   characters are overwritten, in place, with base64 characters;
-3. Python bytes literals (`b'...'`, also JSON-escaped) are decoded and searched; one
-   that holds ours is overwritten whole with a same-length marker;
-4. gzip members (RFC 1952) anywhere are decompressed and searched; a changed member
+1. gzip members (RFC 1952) anywhere are decompressed and searched; a changed member
    is recompressed and padded to its original length with the header's FEXTRA field
    (section 2.3.1) and, past 65535 bytes of padding, empty stored deflate blocks
    (RFC 1951 section 3.2.4); when even that cannot fit, it is replaced by a
    same-length valid member holding a marker. A whole gzip file that cannot be
    refitted is rewritten atomically instead;
-5. runs of base64 (with the same layout allowed inside) of at least `MIN_B64`
-   characters are decoded and searched; since a run may start with a word that only
-   layout separates from it (a MIME header's `base64` before the blank line), it is
-   also decoded from its second and third piece. A changed layer is re-encoded:
-   base64 of same-length bytes has the same length, written back at the positions
-   the characters came from, so line breaks and indentation stay where they were.
+2. Python bytes literals (`b'...'`, also inside up to three JSON escapings) are
+   decoded and searched; one that holds ours is overwritten whole with a same-length
+   marker;
+3. runs of base64 of at least `MIN_B64` characters, with layout allowed inside (white
+   space, YAML indentation, quotes, backslashes, escapes such as `\\n`), are decoded and
+   searched; since a run may start with a word that only layout separates from it (a
+   MIME header's `base64` before the blank line), it is also decoded from its second
+   and third piece. A changed layer is re-encoded: base64 of same-length bytes has the
+   same length, written back at the positions the characters came from, so line
+   breaks and indentation stay where they were;
+4. the raw envelope, literally (pickled bytes, the file `seed_random` wrote);
+5. the base64 text as a skeleton: the same layout (and quoted-printable soft line
+   breaks) between its characters is ignored, so folded, quoted, line-wrapped,
+   indented and JSON-escaped copies are found however short their pieces; only the
+   matched base64 characters are overwritten, in place, with base64 characters.
 
 Bounds: at most `MAX_DEPTH` nested layers, `MAX_DECODED` bytes decoded per scrub (all
 layers and files together), files up to `MAX_FILE` bytes, and a wall-clock limit
 (`TIME_LIMIT` seconds per `Scrubber`). What a bound stops is not searched further and
 is recorded in `Scrubber.incomplete` (path -> "too large", "depth", "decode budget" or
-"time"), which the cloud-init module logs by name; the file itself is left as it was
-apart from the copies already replaced.
+"time"; after the time limit, "N files not searched"), which the cloud-init module
+logs by name and count, never content. The rest of that file is still searched
+(depth, decode budget), or the file is left as it was (too large, time).
 
 The filler is base64 where the original was (it decodes to a `[seedtool: scrubbed]`
 marker and zero bytes), so cloud-init's `seed_random`, if it read it again, would
