@@ -447,10 +447,11 @@ def deep_result(run: Run, i: int) -> dict[str, Any]:
     return result
 
 
-def write_user_data(blob: bytes) -> list[str]:
-    """A step that puts binary user-data into the NoCloud seed (the driver writes text)."""
-    return ["python3", "-c", "import base64, sys; open('/var/lib/cloud/seed/nocloud/user-data',"
-            " 'wb').write(base64.b64decode(sys.argv[1]))", base64.b64encode(blob).decode()]
+def write_user_data(blob: bytes, name: str = "user-data") -> list[str]:
+    """A step that puts binary user-data (or vendor-data) into the NoCloud seed."""
+    return ["python3", "-c", "import base64, sys; open('/var/lib/cloud/seed/nocloud/' + "
+            "sys.argv[2], 'wb').write(base64.b64decode(sys.argv[1]))",
+            base64.b64encode(blob).decode(), name]
 
 
 def _wrapped(text: str, width: int, indent: str) -> str:
@@ -528,20 +529,27 @@ def test_a_wrapped_seed_copied_to_random_seed_file_is_scrubbed_there_too(
         tmp_path: Path, release: str, signer: tuple[Any, Path]) -> None:
     """A line-wrapped literal block whose random_seed.file makes seed_random append
     the seed to a regular file: not credited (the reason names the file), and the
-    file, like every copy cloud-init keeps, no longer holds it (its length kept)."""
+    file, like every copy cloud-init keeps, no longer holds it (its length kept).
+    The same envelope also arrives in NoCloud vendor-data (single-quoted, wrapped):
+    vendor-data.txt, vendor-data.txt.i and the vendor cloud-config are scrubbed too."""
     key, pub = signer
     new = SeedFactory(key).new()
     wrapped = ("#cloud-config\nrandom_seed:\n  data: |\n    " + _wrapped(new.text, 60, "    ")
                + "\n  encoding: b64\n  file: /var/tmp/seed-copy\n")
+    vendor = ("#cloud-config\nrandom_seed: {data: '" + _wrapped(new.text, 50, "   ")
+              + "', encoding: b64}\n").encode()
     run = run_in_chroot(
         tmp_path, release, key, pub, user_data=wrapped,
         needles=seed_needles(new.raw, new.text),
-        steps=[*INIT, ["stat", "-c", "%s %F", "/var/tmp/seed-copy"], deep_check(new.text)],
+        steps=[write_user_data(vendor, "vendor-data"), *INIT,
+               ["stat", "-c", "%s %F", "/var/tmp/seed-copy"], deep_check(new.text)],
     )
     assert_mixed_and_scrubbed(run, new, "data is not the one-line base64 text; "
                               "random_seed.file is /var/tmp/seed-copy, where seed_random "
                               "copied it")
-    assert run.step(2)["out"].strip() == f"{len(new.raw)} regular file", run.step(2)
+    assert run.step(3)["out"].strip() == f"{len(new.raw)} regular file", run.step(3)
+    (scrubbed,) = [ln for ln in run.result["log_lines"] if "scrubbed the seed" in ln]
+    assert "/var/tmp/seed-copy" in scrubbed and "/vendor-data.txt" in scrubbed, scrubbed
 
 
 GCE_DRIVER = r'''
