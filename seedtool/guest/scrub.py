@@ -398,25 +398,28 @@ class Scrubber:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         out: list[bytes] = []
         produced, pos, step, limit = 0, i, 512, self.decoded_left
-        while not d.eof:
-            if d.unconsumed_tail:
-                piece = d.unconsumed_tail
-            elif pos < len(data):
-                piece = data[pos:pos + step]
-                pos += len(piece)
-                step = min(step * 4, 1 << 20)
-            else:
-                return None  # truncated
-            try:
-                got = d.decompress(piece, limit - produced + 1)
-            except zlib.error:
-                return None
-            produced += len(got)
-            if produced > limit:
-                self._note("decode budget")
-                return None
-            out.append(got)
-        self.decoded_left -= produced
+        try:
+            while not d.eof:
+                if d.unconsumed_tail:
+                    piece = d.unconsumed_tail
+                elif pos < len(data):
+                    piece = data[pos:pos + step]
+                    pos += len(piece)
+                    step = min(step * 4, 1 << 20)
+                else:
+                    return None  # truncated
+                try:
+                    got = d.decompress(piece, limit - produced + 1)
+                except zlib.error:
+                    return None
+                produced += len(got)
+                if produced > limit:
+                    self._note("decode budget")
+                    return None
+                out.append(got)
+        finally:
+            # charged whether or not it was a member: false starts count against the bound
+            self.decoded_left -= min(produced, self.decoded_left)
         return b"".join(out), pos - i - len(d.unused_data)
 
     # --- files ---------------------------------------------------------------------
