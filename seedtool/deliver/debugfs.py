@@ -327,15 +327,19 @@ class DebugfsTarget:
 
         A name with a newline would split its `ls -p` line: such a directory is an error
         naming the other backend, never a listing that silently lacks the entry."""
-        st = self.stat(path)
-        if st is None or not stat_mod.S_ISDIR(st.mode):
-            raise DebugfsError(f"{path} is not a directory in {self.description}")
-        out = self._run([f"ls -p {_quote(path)}"], write=False)
+        try:
+            out = self._run([f"ls -p {_quote(path)}"], write=False)
+        except DebugfsError as e:
+            if any(k in str(e) for k in _NOT_FOUND):
+                raise DebugfsError(f"{path} is not a directory in {self.description}") from None
+            raise
         entries = []
+        dot = False
         for line in out.splitlines():
             m = _LS_P.match(line)
             if m:
                 _ino, mode, uid, gid, name, size = m.groups()
+                dot = dot or (name == "." and stat_mod.S_ISDIR(int(mode, 8)))
                 if name not in (".", ".."):
                     entries.append((name, FileStat(int(mode, 8), int(uid), int(gid),
                                                    int(size or 0))))
@@ -344,6 +348,8 @@ class DebugfsTarget:
                     f"{path} in {self.description} holds a name debugfs cannot list (a "
                     "control character); use --backend libguestfs for this image"
                 )
+        if not dot:  # `ls -p` of a file lists the file itself, with no "." entry
+            raise DebugfsError(f"{path} is not a directory in {self.description}")
         return sorted(entries, key=lambda e: e[0])
 
     def read_chunks(self, paths: Sequence[str], size: int) -> Iterator[tuple[str, bytes | None]]:
