@@ -342,7 +342,6 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
     # cloud-init's instance state (all but seed/) and logs, as `cloud-init clean --logs`
     cloud = _real(fs, CLOUD_STATE)
     if cloud is not None and _is_dir(fs, cloud):
-        rmdir = getattr(fs, "rmdir", None)
         for name in fs.listdir(cloud):
             if name in CLOUD_KEEP:
                 continue
@@ -359,9 +358,9 @@ def _scrub_steps(fs: TargetFS, machine_id: str | None) -> list[_Step]:
                            "user-data, semaphores that make per-instance modules skip)",
                            "run 'cloud-init clean --logs' before capturing the image, or "
                            "seedtool bake")
-                elif callable(rmdir):
+                else:
                     steps.append(_Step(Change(path, "rmdir", "cloud-init state directory"),
-                                       None, partial(rmdir, path)))
+                                       None, partial(fs.rmdir, path)))
     logs = _real(fs, LOG_DIR)
     if logs is not None and _is_dir(fs, logs):
         for name, lst in fs.scandir(logs):

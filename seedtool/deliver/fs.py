@@ -48,6 +48,9 @@ class TargetFS(Protocol):
     def remove(self, path: str) -> None:
         """Remove a file or symlink; fine if it is absent."""
 
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory; fine if it is absent."""
+
     def listdir(self, path: str) -> list[str]: ...
 
     def symlink(self, target: str, path: str) -> None: ...

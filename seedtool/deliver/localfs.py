@@ -29,7 +29,7 @@ MAX_SYMLINKS = 40
 
 
 class LocalFS:
-    """A directory tree as a `TargetFS`; also offers `rmdir`."""
+    """A directory tree as a `TargetFS`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         r = Path(root)
@@ -267,8 +267,6 @@ class LocalFS:
                     yield path, piece
             finally:
                 os.close(fd)
-
-    # --- extras some backends offer ------------------------------------------------------
 
     def rmdir(self, path: str) -> None:
         """Remove an empty directory; fine if it is absent."""
