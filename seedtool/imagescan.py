@@ -338,6 +338,10 @@ def scan(fs: TargetFS, bounds: ScanBounds | None = None,
                 cur = path
                 if clock() > deadline:
                     report.stopped = (path, f"the {bounds.max_seconds:g} s time bound")
+                    order = [p for _, p, _ in batch]
+                    unread = order[order.index(path):]
+                    report.files -= len(unread)
+                    report.bytes -= sum(sizes[p] for p in unread)
                     return False
             if piece is None:
                 report.unreadable[tops[path]] = report.unreadable.get(tops[path], 0) + 1

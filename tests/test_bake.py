@@ -947,3 +947,17 @@ def test_the_scan_works_the_same_through_libguestfs(dirty_image: Path,
         assert len(pieces) > 3 and b"".join(p or b"" for p in pieces).endswith(secrets["ssh"])
         found = {f.path for f in lib.check(fs) if f.severity == lib.ERROR}
     assert places | keys <= found
+
+
+def test_the_time_bound_stops_the_scan_and_says_where(root: Path) -> None:
+    from itertools import count
+
+    from seedtool import imagescan
+
+    ticks = count()  # a clock that moves one second per look: no real time in the test
+    report = imagescan.scan(LocalFS(root), lib.ScanBounds(max_seconds=5),
+                            clock=lambda: float(next(ticks)))
+    assert report.stopped is not None and "5 s time bound" in report.stopped[1]
+    assert (root / report.stopped[0].lstrip("/")).is_file()
+    # the files searched before it, each a look at the clock: the count is what was read
+    assert 0 < report.files < 6
