@@ -961,3 +961,20 @@ def test_the_time_bound_stops_the_scan_and_says_where(root: Path) -> None:
     assert (root / report.stopped[0].lstrip("/")).is_file()
     # the files searched before it, each a look at the clock: the count is what was read
     assert 0 < report.files < 6
+
+
+def test_a_name_debugfs_cannot_list_is_a_warning_never_a_silent_pass(
+    tmp_path: Path, secrets: dict[str, bytes]
+) -> None:
+    from seedtool.deliver.debugfs import DebugfsTarget
+
+    tree = tmp_path / "tree"
+    plant(tree, "/etc/hostname", b"x\n")
+    plant(tree, "/srv/a\nb", secrets["ssh"])  # `ls -p` prints this name across two lines
+    img = tmp_path / "nl.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(img), "16M"], check=True)
+    with DebugfsTarget(img) as fs:
+        found = lib.scan_findings(fs)
+    assert [(f.path, f.severity) for f in found] == [("/srv", lib.WARNING)]
+    assert "libguestfs" in found[0].problem
+    assert [f.path for f in lib.scan_findings(LocalFS(tree))] == ["/srv/a\nb"]

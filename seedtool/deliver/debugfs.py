@@ -44,6 +44,8 @@ _FAST_LINK = re.compile(r'^Fast link dest: "(.*)"$', re.M)
 #: one `read_chunks` run reads at most this many files; its requests stay far below a
 #: pipe's buffer, so writing them all before reading the output cannot deadlock
 _BATCH = 256
+#: directories whose listings scandir fetches ahead at most (a few MB of metadata)
+_AHEAD = 50_000
 _FULL = ("Could not allocate block", "Could not allocate inode", "No free space",
          "No space left")
 
@@ -66,6 +68,10 @@ def _quote(path: str) -> str:
             "cannot carry; use the libguestfs backend for it"
         )
     return f'"{path}"'
+
+
+def _quotable(path: str) -> bool:
+    return not any(c == '"' or ord(c) < 32 or ord(c) == 127 for c in path)
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -94,6 +100,8 @@ class DebugfsTarget:
         self.description = description or (
             f"{os.path.basename(self.image)} (ext4 at byte {offset}, debugfs)")
         self._linkdir: str | None = None
+        # listings fetched ahead by scandir, each used once; any change empties it
+        self._listed: dict[str, list[tuple[str, FileStat]]] = {}
         target = self.image
         if "?" in target:
             # debugfs reads everything after '?' as I/O options: reach the file
@@ -199,6 +207,7 @@ class DebugfsTarget:
               ) -> None:
         """Create or replace the regular file `path` (its parent must exist) with this mode
         and owner from the start; all-or-nothing, verified by reading it back."""
+        self._listed.clear()
         parent, name = _split(path)
         old = check_file_target(self, path, parent, DebugfsError)
         tmp = f"{parent.rstrip('/')}/.seedtool-{secrets.token_hex(6)}"
@@ -248,6 +257,7 @@ class DebugfsTarget:
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         """Create a directory and missing parents (each created one gets `mode`, owner
         root); fine if it exists; an existing non-directory is an error."""
+        self._listed.clear()
         parts = [p for p in path.split("/") if p]
         cur = ""
         for part in parts:
@@ -266,6 +276,7 @@ class DebugfsTarget:
 
     def rmdir(self, path: str) -> None:
         """Remove an empty directory; fine if it is absent."""
+        self._listed.clear()
         st = self.stat(path)
         if st is None:
             return
@@ -275,6 +286,7 @@ class DebugfsTarget:
 
     def remove(self, path: str) -> None:
         """Remove a file, symlink or other non-directory; fine if it is absent."""
+        self._listed.clear()
         st = self.stat(path)
         if st is None:
             return
@@ -293,6 +305,7 @@ class DebugfsTarget:
 
     def symlink(self, target: str, path: str) -> None:
         """Make `path` a symlink to `target` (owner root), replacing a file or symlink."""
+        self._listed.clear()
         old = self.stat(path)
         if old is not None and stat_mod.S_ISDIR(old.mode):
             raise DebugfsError(f"cannot make {path} a symlink: it is a directory")
@@ -326,7 +339,38 @@ class DebugfsTarget:
         """Entries of the directory `path` with their metadata, from one `ls -p`.
 
         A name with a newline would split its `ls -p` line: such a directory is an error
-        naming the other backend, never a listing that silently lacks the entry."""
+        naming the other backend, never a listing that silently lacks the entry.
+
+        A whole-image walk lists every directory; one debugfs run each is most of its
+        time. So a directory not fetched ahead is listed with its whole subtree, one run
+        per level (at most _AHEAD directories), and later calls take those listings."""
+        ahead = self._listed.pop(path, None)
+        if ahead is not None:
+            return ahead
+        entries = self._scandir_one(path)
+        self._fetch_ahead(path, entries)
+        return entries
+
+    def _fetch_ahead(self, top: str, entries: list[tuple[str, FileStat]]) -> None:
+        level = [f"{top.rstrip('/')}/{n}" for n, st in entries if stat_mod.S_ISDIR(st.mode)]
+        budget = _AHEAD - len(self._listed)
+        while level and budget > 0:
+            level = [d for d in level[:budget] if _quotable(d)]
+            listed = self._ls_many(level) if level else None
+            if listed is None:
+                return  # something it could not parse: those are listed one by one
+            nxt = []
+            for d in level:
+                if d not in listed:
+                    return
+                got = sorted(((n, st) for n, st in listed[d].items() if n not in (".", "..")),
+                             key=lambda e: e[0])
+                self._listed[d] = got
+                nxt += [f"{d}/{n}" for n, st in got if stat_mod.S_ISDIR(st.mode)]
+            budget -= len(level)
+            level = nxt
+
+    def _scandir_one(self, path: str) -> list[tuple[str, FileStat]]:
         try:
             out = self._run([f"ls -p {_quote(path)}"], write=False)
         except DebugfsError as e:
@@ -367,7 +411,7 @@ class DebugfsTarget:
         sizes = []
         for path in paths:
             parent, name = _split(path)
-            st = listed.get(parent, {}).get(name)
+            st = self.stat(path) if listed is None else listed.get(parent, {}).get(name)
             if st is None or not stat_mod.S_ISREG(st.mode):
                 raise DebugfsError(f"{path} is not a regular file in {self.description}")
             sizes.append(st.size)
@@ -408,21 +452,32 @@ class DebugfsTarget:
                     proc.wait()
                 proc.stdout.close()
 
-    def _ls_many(self, dirs: Sequence[str]) -> dict[str, dict[str, FileStat]]:
-        """`ls -p` of several directories in one run, split at the echoed requests."""
+    def _ls_many(self, dirs: Sequence[str]) -> dict[str, dict[str, FileStat]] | None:
+        """`ls -p` of several directories in one run, split at the echoed requests; None
+        if any line is not an echo or an entry (a name with a newline could fake either),
+        or a directory was met twice or not as a directory."""
         requests = [f"ls -p {_quote(d)}" for d in dirs]
-        out = self._run(requests, write=False)
+        try:
+            out = self._run(requests, write=False)
+        except DebugfsError:
+            return None
         echoes = {f"debugfs: {r}": d for r, d in zip(requests, dirs)}
         listed: dict[str, dict[str, FileStat]] = {}
         cur: dict[str, FileStat] | None = None
         for line in out.splitlines():
             if line in echoes:
-                cur = listed.setdefault(echoes[line], {})
+                if echoes[line] in listed:
+                    return None
+                cur = listed[echoes[line]] = {}
                 continue
             m = _LS_P.match(line)
             if m and cur is not None:
                 _ino, mode, uid, gid, name, size = m.groups()
                 cur[name] = FileStat(int(mode, 8), int(uid), int(gid), int(size or 0))
+            elif line.strip():
+                return None
+        if any("." not in got or not stat_mod.S_ISDIR(got["."].mode) for got in listed.values()):
+            return None
         return listed
 
     def _stream_failed(self, path: str) -> None:
