@@ -852,7 +852,7 @@ def test_mounts_seedtool_cannot_write_are_refused_naming_them(
     img, offsets = fstab_image(tmp_path, "gpt", "")
     if case == "luks-inner-uuid":  # partition 2 is a real LUKS2 container
         if not shutil.which("cryptsetup"):
-            pytest.skip("cryptsetup missing")
+            pytest.fail("cryptsetup missing: scripts/test installs cryptsetup-bin")
         with open(img, "r+b") as out, open(_luks_partition(tmp_path), "rb") as src:
             out.seek(offsets[2])
             shutil.copyfileobj(src, out)
@@ -863,7 +863,7 @@ def test_mounts_seedtool_cannot_write_are_refused_naming_them(
         fstab_line = fstab_line.replace("{blank}", read_partitions_json(img)[3]["uuid"])
     elif case == "vfat":  # partition 3 is FAT, found by blkid
         if not (shutil.which("mkfs.vfat") and shutil.which("blkid")):
-            pytest.skip("dosfstools or blkid missing")
+            pytest.fail("mkfs.vfat or blkid missing: scripts/test installs dosfstools")
         vfat = tmp_path / "vfat.part"
         with open(vfat, "wb") as f:
             f.truncate(8 * MiB)
