@@ -508,6 +508,15 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("seedtool/launch/gce.py", "GceLauncher.scrub_one", "found != seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/launch/gce.py", "GceLauncher.scrub", "got == seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/launch/qemu.py", "_ours", "ln.seed_id == seed_id"): _SEED_ID_PUBLIC,
+    ("seedtool/commands/image.py", "seed", "result.seed_path == seed_path"):
+        "a path inside the image (where the seed file went), printed right after",
+    ("seedtool/deliver/fstab.py", "_resolve_device",
+     "key == {'UUID': v.fs_uuid, 'LABEL': v.fs_label, 'PARTUUID': v.part_uuid, "
+     "'PARTLABEL': v.part_label}[tag]"):
+        "file system and partition identifiers from the image's own fstab and superblocks: "
+        "metadata anyone who can read the image sees, not keys",
+    ("seedtool/sources/base.py", "Source.check_options", "key not in cls.known_options"):
+        _PARAM_NAME,
     ("seedtool/sources/entropykey.py", "EntropyKeySource._keyring", "self._serial not in keys"):
         "a dict lookup of the device's serial number (public, printed on the device) in the "
         "keyring; the long-term keys themselves are never compared",
