@@ -38,6 +38,7 @@ CI_RUNS: dict[str, int] = {
     "pubkeys": 30_000,
     "ed25519": 3_000,  # big-integer point arithmetic in Python, about 2 ms an input
     "ledger": 20_000,  # two fsyncs an input on the disk that holds the work directory
+    "scrub": 20_000,
 }
 #: libFuzzer's random seed for CI: the same inputs every run
 CI_SEED = 1
