@@ -4,15 +4,18 @@
 cloud-init's own ``seed_random`` writes ``random_seed.data`` to /dev/urandom, which
 mixes but never credits. This module, listed right after ``seed_random`` and before
 ``ssh`` in ``cloud_init_modules``, reads the same ``random_seed: {data, encoding}``
-and, when ``data`` is a seedtool envelope signed by a key the image trusts, still
-valid and never seen on this disk, credits it with RNDADDENTROPY. Anything else is
-mixed uncredited and the reason recorded. A datasource's own ``random_seed``
-(OpenStack, Azure) is mixed, and credited only when the image's policy trusts that
-platform. Afterwards the envelope is scrubbed from cloud-init's own copies of
-user-data (see ``seedtool.guest.scrub``).
+and, when ``data`` is a seedtool envelope in the one form ``seedtool userdata``
+writes, signed by a key the image trusts, still valid and never seen on this disk,
+credits it with RNDADDENTROPY. Anything else is mixed uncredited and the reason
+recorded. A datasource's own ``random_seed`` (OpenStack, Azure) is mixed, and
+credited only when the image's policy trusts that platform, for what its bytes can
+carry (``seedtool.guest.platform_seed``). Afterwards the envelope is scrubbed from
+cloud-init's own copies of user-data and metadata, in every encoding cloud-init
+accepts (see ``seedtool.guest.scrub``).
 
 Policy comes from system config only (/etc/seedtool/policy.json), never from
-user-data. The module never fails the boot unless that policy sets fail_closed.
+user-data. The module reports an error (cloud-init's status shows it; later modules
+still run) only when that policy sets fail_closed, or is invalid: a misbuilt image.
 It never logs seed bytes. The shared logic lives in ``seedtool.guest``, which the
 image keeps in a private directory so a pip-installed seedtool cannot clash with it.
 

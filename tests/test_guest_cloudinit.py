@@ -267,25 +267,6 @@ def test_cloud_init_mixes_a_bad_seed_and_boots_on(tmp_path: Path, release: str,
 
 
 @pytest.mark.parametrize("release", RELEASES)
-def test_a_trusted_platform_seed_is_credited(tmp_path: Path, release: str,
-                                             signer: tuple[Any, Path]) -> None:
-    """NoCloud meta-data may carry `random_seed` like OpenStack's meta_data.json."""
-    key, pub = signer
-    seed = os.urandom(64)
-    b64 = base64.b64encode(seed).decode()
-    run = run_in_chroot(
-        tmp_path, release, key, pub, user_data="#cloud-config\n{}\n", steps=INIT,
-        needles=[seed, b64.encode(), seed.hex().encode()], meta_extra=f"random_seed: {b64}\n",
-        policy={"credit_datasource": True, "trusted_platforms": ["nocloud"]},
-    )
-    assert_init_clean(run)
-    (line,) = run.kmsg_lines()
-    assert line.startswith("<5>seedtool: credited 512 bits from seed - signed by key - "
-                           "(datasource:nocloud, crng ")
-    assert run.result["hits"] == []
-
-
-@pytest.mark.parametrize("release", RELEASES)
 def test_fail_closed_policy_makes_cloud_init_report_the_error(tmp_path: Path, release: str,
                                                               signer: tuple[Any, Path]) -> None:
     key, pub = signer

@@ -169,9 +169,6 @@ def test_configdrive_seed_is_credited_for_what_it_holds(tmp_path: Path, release:
     assert run.result["status"]["credited_bits"] == 512
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "scrub (issue 8 point 2): a credited bytes-valued datasource seed stays in obj.pkl, "
-    "instance-data.json (as ci-b64: base64) and the seed directory"))
 @pytest.mark.parametrize("release", RELEASES)
 def test_a_credited_configdrive_seed_is_scrubbed(tmp_path: Path, release: str,
                                                  signer: tuple[Any, Path]) -> None:  # noqa: F811
