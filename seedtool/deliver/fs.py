@@ -10,7 +10,7 @@ operations on images are written once. Paths are absolute inside the target.
 from __future__ import annotations
 
 import stat as stat_mod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,6 +100,17 @@ def resolve(fs: TargetFS, path: str, follow_final: bool = True) -> str:
     climbs above it, so no answer lies outside the target. The path need not exist
     (what is missing is kept as given). Raises SymlinkLoop after MAX_SYMLINKS links.
     """
+    def mode(p: str) -> int | None:
+        st = fs.stat(p)
+        return None if st is None else st.mode
+
+    return resolve_links(path, follow_final, mode, fs.readlink, fs.description)
+
+
+def resolve_links(path: str, follow_final: bool, mode: Callable[[str], int | None],
+                  readlink: Callable[[str], str], description: str) -> str:
+    """The walk behind `resolve`, given how to lstat (`mode`: None when missing) and
+    read a link at an absolute path inside the target; every backend resolves alike."""
     todo = [p for p in path.split("/") if p]
     done: list[str] = []
     links = 0
@@ -115,20 +126,20 @@ def resolve(fs: TargetFS, path: str, follow_final: bool = True) -> str:
             done.append(part)
             break
         cur = "/" + "/".join([*done, part])
-        st = fs.stat(cur)
-        if st is None or not stat_mod.S_ISLNK(st.mode):
+        m = mode(cur)
+        if m is None or not stat_mod.S_ISLNK(m):
             done.append(part)
-            if st is None or not stat_mod.S_ISDIR(st.mode):
+            if m is None or not stat_mod.S_ISDIR(m):
                 done.extend(todo)  # missing or not a directory: nothing below to resolve
                 break
             continue
         links += 1
         if links > MAX_SYMLINKS:
             raise SymlinkLoop(
-                f"{path} in {fs.description} goes through more than {MAX_SYMLINKS} symlinks; "
+                f"{path} in {description} goes through more than {MAX_SYMLINKS} symlinks; "
                 "fix the link loop in the image"
             )
-        target = fs.readlink(cur)
+        target = readlink(cur)
         if target.startswith("/"):
             done = []
         todo = [p for p in target.split("/") if p] + todo

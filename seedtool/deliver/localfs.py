@@ -22,10 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import DeliveryError
-from .fs import FileStat
-
-#: Linux's own limit on symlinks followed in one lookup (path_resolution(7))
-MAX_SYMLINKS = 40
+from .fs import FileStat, resolve_links
 
 
 class LocalFS:
@@ -52,47 +49,19 @@ class LocalFS:
         """The host path of `path` inside the root, symlinks resolved inside the root."""
         if not path.startswith("/") or "\x00" in path:
             raise DeliveryError(f"{path!r} is not an absolute path inside the target")
-        todo = [p for p in path.split("/") if p]
-        done: list[str] = []
-        links = 0
-        while todo:
-            part = todo.pop(0)
-            if part == ".":
-                continue
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            host = self.root.joinpath(*done, part)
-            if not todo and not follow_final:
-                done.append(part)
-                break
+
+        def mode(p: str) -> int | None:
             try:
-                st = os.lstat(host)
-            except FileNotFoundError:
-                done.append(part)
-                done.extend(todo)  # the rest does not exist either: nothing to resolve
-                break
-            except NotADirectoryError:
-                done.append(part)
-                done.extend(todo)
-                break
+                return os.lstat(self.root / p.lstrip("/")).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return None
             except OSError as e:
                 raise self._error("look up", path, e) from None
-            if not stat.S_ISLNK(st.st_mode):
-                done.append(part)
-                continue
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise DeliveryError(
-                    f"{path} in {self.description} goes through more than {MAX_SYMLINKS} "
-                    "symlinks; fix the link loop in the image"
-                )
-            target = os.readlink(host)
-            if target.startswith("/"):
-                done = []
-            todo = [p for p in target.split("/") if p] + todo
-        return self.root.joinpath(*done)
+
+        inside = resolve_links(path, follow_final, mode,
+                               lambda p: os.readlink(self.root / p.lstrip("/")),
+                               self.description)
+        return self.root.joinpath(inside.lstrip("/"))
 
     def _error(self, verb: str, path: str, e: OSError) -> DeliveryError:
         reason = e.strerror or type(e).__name__
