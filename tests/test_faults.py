@@ -76,7 +76,6 @@ that far off (the check compares the two and nothing else: seedtool.envelope.che
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -99,6 +98,7 @@ from seedtool.sources import make_source
 from tests.fakeusb import FakeBackend
 from tests.fault_devices import STARTUP, DriftingChaosKey, DriftingStream
 from tests.test_guest_core import LINE_MIXED, assert_no_seed, make_devices
+from tests.tinyfs import PAGE, fill, small_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86400
@@ -270,40 +270,13 @@ def test_generate_kms_that_hangs_without_require_contributes_nothing(
 
 # ---- disk full ---------------------------------------------------------------------------------
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs of our own, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def fill(fs: Path, leave: int = 0) -> None:
-    """Fill `fs` until ENOSPC, leaving `leave` bytes (whole pages) free."""
-    reserve = fs / ".reserve"
-    if leave:
-        reserve.write_bytes(b"\0" * leave)
-    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * PAGE)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    if leave:
-        reserve.unlink()
-    assert os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize == leave
 
 
 def test_generate_onto_a_full_disk_writes_nothing_and_keeps_the_old_file(

@@ -10,10 +10,8 @@ interleaved with crash states cut at any byte of an append, with NUL padding.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +28,8 @@ from seedtool.guest.ledger import Ledger, LedgerError
 from seedtool.keys import generate_keypair, load_private_key
 
 from .test_guest_core import make_devices
+from .tinyfs import PAGE, fill, small_tmpfs
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 RECORD = re.compile(rb"[0-9a-f]{32} -?[0-9]+ [A-Za-z0-9:._/-]{1,64}")
 #: a record a crash cut after its id, which the writer terminated with a newline
 CUT_RECORD = re.compile(rb"[0-9a-f]{32}(?: (?:-?[0-9]*|-?[0-9]+ [A-Za-z0-9:._/-]*))?")
@@ -69,31 +67,8 @@ def record(seed_id: str, origin: str = "user-data", stamp: int = 1764620000) -> 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs of our own, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(mnt)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def fill(fs: Path) -> Path:
-    """Fill `fs` until ENOSPC; the filler file, to delete to free the space again."""
-    filler = fs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * PAGE)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    assert os.statvfs(fs).f_bavail == 0
-    return filler
 
 
 def grow_to(led: Ledger, size: int, first: int) -> list[str]:
