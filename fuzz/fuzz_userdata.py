@@ -59,7 +59,7 @@ def _multipart() -> Iterator[bytes]:
     msg = MIMEMultipart(boundary="XyZ")
     msg.preamble = "preamble"
     msg.attach(MIMEText("#!/bin/sh\necho one\n", "x-shellscript"))
-    cc = MIMEText("random_seed: {file: /dev/null}\nb: 2\n", "cloud-config")
+    cc = MIMEText("random_seed: {file: /dev/random}\nb: 2\n", "cloud-config")
     cc.add_header("Merge-Type", "dict(recurse_array,no_replace)+list(append)")
     msg.attach(cc)
     gz = MIMEApplication(gzip.compress(b"#cloud-config\nc: 3\n", mtime=0), "x-gzip")
