@@ -193,6 +193,13 @@ def seed_needles(raw: bytes, text: str) -> list[bytes]:
 
 
 RELEASES = ["bookworm", "trixie"]
+
+
+def early_exec_start() -> str:
+    """The early unit's own ExecStart line, as systemd would run it."""
+    unit = (REPO / "seedtool/guest/data/seedtool-early.service").read_text()
+    return next(line.split("=", 1)[1] for line in unit.splitlines()
+                if line.startswith("ExecStart="))
 INIT = [["cloud-init", "init", "--local"], ["cloud-init", "init"]]
 
 
@@ -284,9 +291,7 @@ def test_early_launcher_credits_a_disk_seed(tmp_path: Path, release: str,
     """The unit's own ExecStart, under the image's python3, before cloud-init runs."""
     key, pub = signer
     new = SeedFactory(key).new()
-    unit = (REPO / "seedtool/guest/data/seedtool-early.service").read_text()
-    exec_start = next(line.split("=", 1)[1] for line in unit.splitlines()
-                      if line.startswith("ExecStart="))
+    exec_start = early_exec_start()
     run = run_in_chroot(
         tmp_path, release, key, pub, user_data="#cloud-config\n{}\n", disk_seed=new.text,
         steps=[["systemd-analyze", "verify", "/usr/lib/systemd/system/seedtool-early.service"],

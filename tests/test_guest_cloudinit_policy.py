@@ -30,8 +30,8 @@ from seedtool.generate import SeedFactory
 from tests.test_guest_cloudinit import (
     INIT,
     RELEASES,
-    REPO,
     Run,
+    early_exec_start,
     run_in_chroot,
     seed_needles,
     signer,  # noqa: F401 - a fixture
@@ -115,9 +115,7 @@ def test_invalid_policy_fails_the_early_unit(tmp_path: Path, release: str,
     """The unit's own ExecStart, under the image's python3: exit 1 (systemd: failed)."""
     key, pub = signer
     new = SeedFactory(key).new()
-    unit = (REPO / "seedtool/guest/data/seedtool-early.service").read_text()
-    exec_start = next(line.split("=", 1)[1] for line in unit.splitlines()
-                      if line.startswith("ExecStart="))
+    exec_start = early_exec_start()
     run = run_in_chroot(
         tmp_path, release, key, pub, user_data="#cloud-config\n{}\n", disk_seed=new.text,
         steps=[write_file(POLICY_FILE, json.dumps({"fail_closed": False, "clock_skew": "5m"})),

@@ -193,15 +193,7 @@ class DebugfsTarget:
         st = self.stat(path)
         if st is None or not stat_mod.S_ISREG(st.mode):
             raise DebugfsError(f"{path} is not a regular file in {self.description}")
-        out, errors = self._exec([self._exe, "-R", f"cat {_quote(path)}", self._device], None)
-        if errors:
-            self._raise(errors)
-        if len(out) != st.size:
-            raise DebugfsError(
-                f"reading {path} from {self.description} gave {len(out)} bytes, not "
-                f"{st.size}; check the image with e2fsck -fn"
-            )
-        return out
+        return self._cat(path, st.size, path)
 
     def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0
               ) -> None:
@@ -325,15 +317,19 @@ class DebugfsTarget:
         m = _FAST_LINK.search(out)
         if m is not None:
             return m.group(1)
+        return self._cat(path, st.size, f"the symlink {path}").decode("utf-8", "surrogateescape")
+
+    def _cat(self, path: str, size: int, what: str) -> bytes:
+        """`cat` of `path`, which must give exactly `size` bytes."""
         data, errors = self._exec([self._exe, "-R", f"cat {_quote(path)}", self._device], None)
         if errors:
             self._raise(errors)
-        if len(data) != st.size:
+        if len(data) != size:
             raise DebugfsError(
-                f"reading the symlink {path} from {self.description} gave {len(data)} bytes, "
-                f"not {st.size}; check the image with e2fsck -fn"
+                f"reading {what} from {self.description} gave {len(data)} bytes, not "
+                f"{size}; check the image with e2fsck -fn"
             )
-        return data.decode("utf-8", "surrogateescape")
+        return data
 
     def scandir(self, path: str) -> list[tuple[str, FileStat]]:
         """Entries of the directory `path` with their metadata, from one `ls -p`.
