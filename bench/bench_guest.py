@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devtools.images import RELEASES, guest_image  # noqa: E402
+from devtools.vm import PLAIN_USER_DATA, Launch, boot, lines_for  # noqa: E402
 from seedtool.deliver.userdata import add_seed  # noqa: E402
 from seedtool.generate import SeedFactory  # noqa: E402
 from seedtool.keys import generate_keypair, load_private_key  # noqa: E402
-from tests.vm.harness import PLAIN_USER_DATA, Launch, boot, lines_for  # noqa: E402
-from tests.vm.images import RELEASES, guest_image  # noqa: E402
 
 BAR = 0.05
 

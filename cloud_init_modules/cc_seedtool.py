@@ -37,14 +37,14 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-#: where seedtool.guest.install puts the guest code in the image
+#: where seedtool.bake.install puts the guest code in the image
 PRIVATE_PATH = "/usr/lib/seedtool/python"
 if os.path.isdir(PRIVATE_PATH) and PRIVATE_PATH not in sys.path:
     sys.path.insert(0, PRIVATE_PATH)
 
-from seedtool import envelope  # noqa: E402
 from seedtool.guest import core, scrub  # noqa: E402
 from seedtool.guest.policy import load_policy  # noqa: E402
+from seedtool.shared import envelope  # noqa: E402
 
 try:
     from cloudinit.settings import PER_INSTANCE

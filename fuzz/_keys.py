@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from seedtool import envelope
-from seedtool.keys import PublicKey, public_of, trusted_pairs
+from seedtool.keys import public_of
+from seedtool.shared import envelope
+from seedtool.shared.pubkeys import PublicKey, trusted_pairs
 
 #: a moment inside the validity period of every seed envelope made here
 NOW = 1_800_000_000

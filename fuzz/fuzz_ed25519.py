@@ -1,4 +1,4 @@
-"""Fuzz target: `seedtool.ed25519.verify`, the guest's verifier, against OpenSSL.
+"""Fuzz target: `seedtool.shared.ed25519.verify`, the guest's verifier, against OpenSSL.
 
 An input is a public key (32 bytes), a signature (64) and a message (the rest). The
 seeds are valid triples signed with the fuzz key, so the fuzzer mostly explores
@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from seedtool import ed25519
+from seedtool.shared import ed25519
 
 from ._keys import KEY, PUBLIC
 
-INSTRUMENT = ["seedtool.ed25519"]
+INSTRUMENT = ["seedtool.shared.ed25519"]
 MAX_LEN = 512
 _P = 2**255 - 19
 
@@ -33,7 +33,7 @@ def seeds() -> Iterator[bytes]:
 
 
 def openssl_verify(public: bytes, signature: bytes, message: bytes) -> bool:
-    """OpenSSL's verdict, through `cryptography` (also used by tests/test_ed25519.py)."""
+    """OpenSSL's verdict, through `cryptography` (also used by tests/shared/test_ed25519.py)."""
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except (InvalidSignature, ValueError):

@@ -21,7 +21,7 @@ import socket
 import types
 from collections.abc import Iterator
 
-from seedtool.errors import DeviceError
+from seedtool.shared.errors import DeviceError
 from seedtool.sources import egd
 
 from ._script import Script

@@ -6,7 +6,7 @@ The first input byte picks what the rest is:
    every frame's accessors (`subcode`, `payload`, `text`) are called;
 1. an ekeyd keyring file for `parse_keyring`;
 2. the bytes a device sent, fed to a `HostSession` holding the simulator's key. The
-   seeds are recorded conversations with the simulator (tests/ekey_sim.py), so
+   seeds are recorded conversations with the simulator (devtools/ekey_sim.py), so
    mutations start from streams that re-key and deliver entropy;
 3. a tampering script for a live conversation between a `HostSession` and the
    simulator: per frame, pass it, flip a byte, drop it, send it twice, replay an
@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 
+from devtools import ekey_sim
 from seedtool.sources import entropykey_protocol as ekp
-from tests import ekey_sim
 
 from ._script import Script
 

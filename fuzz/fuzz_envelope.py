@@ -1,4 +1,4 @@
-"""Fuzz target: the seed envelope (`seedtool.envelope.parse` and `verify`), raw and base64.
+"""Fuzz target: the seed envelope (`seedtool.shared.envelope.parse` and `verify`), raw and base64.
 
 Every input is tried three ways: as raw or base64 bytes, as text, and through
 `verify` with the fuzz key trusted. Invariants checked on every accepted input:
@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 
-from seedtool import envelope
-from seedtool.envelope import MalformedEnvelope
-from seedtool.errors import EnvelopeError
+from seedtool.shared import envelope
+from seedtool.shared.envelope import MalformedEnvelope
+from seedtool.shared.errors import EnvelopeError
 
 from ._keys import NOW, TRUSTED, make_envelope
 

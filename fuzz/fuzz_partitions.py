@@ -1,4 +1,4 @@
-"""Fuzz target: GPT and MBR partition tables (`seedtool.deliver.partitions`).
+"""Fuzz target: GPT and MBR partition tables (`seedtool.image.partitions`).
 
 A partition table is spread over a disk (MBR at 0, GPT header at LBA 1, entries at
 LBA 2.., backup at the last LBA, EBRs anywhere), so a plain byte string would need
@@ -30,7 +30,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 
-from seedtool.deliver import partitions as pt
+from seedtool.image import partitions as pt
 
 from ._scratch import scratch_path
 from ._script import Script

@@ -1,4 +1,4 @@
-"""Fuzz target: trusted public key files (`seedtool.keys.load_public_keys`).
+"""Fuzz target: trusted public key files (`seedtool.shared.pubkeys.load_public_keys`).
 
 The input is a `.pub` file's content, read from a real file as the guest reads it
 (so bytes that are not UTF-8 are part of the test). Invariants: loading ends in a
@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 
-from seedtool.errors import SigningKeyError
-from seedtool.keys import PUBLIC_PREFIX, PublicKey, load_public_keys, parse_public_keys
+from seedtool.shared.errors import SigningKeyError
+from seedtool.shared.pubkeys import PUBLIC_PREFIX, PublicKey, load_public_keys, parse_public_keys
 
 from ._scratch import scratch_path
 

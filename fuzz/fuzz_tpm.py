@@ -25,7 +25,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from seedtool.errors import DeviceError
+from seedtool.shared.errors import DeviceError
 from seedtool.sources import tpm
 
 from ._script import Script

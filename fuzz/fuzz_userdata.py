@@ -25,9 +25,9 @@ from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
-from seedtool import envelope
 from seedtool.deliver import userdata as ud
-from seedtool.errors import DeliveryError
+from seedtool.shared import envelope
+from seedtool.shared.errors import DeliveryError
 
 from ._keys import make_envelope
 

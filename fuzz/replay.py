@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) < 2:
         print(__doc__)
         return 2
-    from seedtool.errors import SeedtoolError
+    from seedtool.shared.errors import SeedtoolError
 
     target = load_target(args[0], instrument=False)
     findings = counts_ok = counts_refused = 0

@@ -84,7 +84,7 @@ def write_seeds(module: ModuleType, directory: Path) -> int:
 
 def guarded(test_one_input: Callable[[bytes], None]) -> Callable[[bytes], None]:
     """The target with the project's own typed errors treated as a correct outcome."""
-    from seedtool.errors import SeedtoolError
+    from seedtool.shared.errors import SeedtoolError
 
     def one(data: bytes) -> None:
         try:

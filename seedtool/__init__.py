@@ -1,7 +1,7 @@
 """seedtool: fresh, signed, per-VM seeds from a trusted host, credited inside the guest.
 
 This package must stay importable without click or any cloud SDK: the guest side
-(`seedtool.envelope`, `seedtool.ed25519`, `seedtool.guest`) runs at boot with the
+(`seedtool.shared.envelope`, `seedtool.shared.ed25519`, `seedtool.guest`) runs at boot with the
 standard library alone.
 """
 

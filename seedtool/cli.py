@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .errors import SeedtoolError
+from .shared.errors import SeedtoolError
 
 #: command name -> module in seedtool.commands (each defines `command`)
 COMMANDS: dict[str, str] = {

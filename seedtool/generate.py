@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import envelope
-from .errors import HealthTestFailure, SourceError, UsageError
 from .health import HealthMonitor, HealthReport
-from .keys import key_id, public_of
-from .mix import mix
+from .keys import public_of
+from .shared import envelope
+from .shared.errors import HealthTestFailure, SourceError, UsageError
+from .shared.mix import mix
+from .shared.pubkeys import key_id
 from .sources import make_source, source_class
 from .sources.base import Source
 

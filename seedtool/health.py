@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .errors import HealthTestFailure
+from .shared.errors import HealthTestFailure
 
 ALPHA_LOG2 = -20
 STARTUP_SAMPLES = 1024

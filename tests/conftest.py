@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seedtool.keys import PublicKey, generate_keypair, load_private_key
+from seedtool.keys import generate_keypair, load_private_key
+from seedtool.shared.pubkeys import PublicKey
 
 pytest_plugins = ["tests.hygiene"]  # the seed hygiene check on every test
 

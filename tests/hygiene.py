@@ -4,7 +4,7 @@ For every test it learns the secrets the test made and searches everything the t
 wrote for them:
 
 * learned secrets: every seed `SeedFactory.new` makes (parsed back from the envelope)
-  and every `seedtool.mix.mix` output of 16 bytes or more, in this process; plus the
+  and every `seedtool.shared.mix.mix` output of 16 bytes or more, in this process; plus the
   seed of every envelope found in anything searched below, which is how seeds made by
   child processes (`seedtool generate` run as a subprocess, a chroot) are learned;
 * what is searched: the test's captured stdout and stderr (pytest's report sections
@@ -73,7 +73,7 @@ _HEAD = struct.Struct(">4sBB16sQQ8sH")
 #: test-harness files (path under the test's directory) that hold seed-like bytes on
 #: purpose: (pattern, why, learn seeds from it); none of them is searched for leaks
 HARNESS_FILES: list[tuple[re.Pattern[str], str, bool]] = [
-    # tests/test_guest_cloudinit.py's run_in_chroot hands the chroot the needles (forms of
+    # tests/guest/test_cloudinit.py's run_in_chroot hands the chroot the needles (forms of
     # the seed) its check script searches cloud-init's files for, via these two files
     (re.compile(r"^work/driver\.json$"), "run_in_chroot's spec for the namespaced driver",
      True),
@@ -159,7 +159,7 @@ def _raw_envelope_end(buf: bytes, i: int) -> int:
 
 
 def _seed_of(candidate: bytes) -> tuple[bytes, str] | None:
-    from seedtool import envelope
+    from seedtool.shared import envelope
 
     try:
         env = envelope.parse(candidate)
@@ -440,9 +440,9 @@ def _install() -> None:
     from _pytest.tmpdir import TempPathFactory
 
     import seedtool.generate as generate
-    import seedtool.mix as mixmod
-    from seedtool import envelope
-    from seedtool.errors import SeedtoolError
+    import seedtool.shared.mix as mixmod
+    from seedtool.shared import envelope
+    from seedtool.shared.errors import SeedtoolError
 
     orig_new = generate.SeedFactory.new
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from seedtool import envelope
-from seedtool.keys import load_public_keys, trusted_pairs
+from seedtool.shared import envelope
+from seedtool.shared.pubkeys import load_public_keys, trusted_pairs
 
 
 def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -204,7 +204,8 @@ def test_passphrase(tmp_path: Path) -> None:
 
 
 def _forge(tmp_path: Path, keys: tuple[Path, Path], **kw: Any) -> Path:
-    from seedtool.keys import key_id, load_private_key, public_of
+    from seedtool.keys import load_private_key, public_of
+    from seedtool.shared.pubkeys import key_id
 
     k = load_private_key(keys[0])
     raw = envelope.build(b"\x5a" * 64, private_key=k, key_id=key_id(public_of(k).raw),

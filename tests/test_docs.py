@@ -20,7 +20,7 @@ def references(text: str) -> list[tuple[str, str]]:
     """(file, test) pairs: `file.py::test_x` sets the file for following `::test_y`."""
     refs: list[tuple[str, str]] = []
     current = ""
-    for m in re.finditer(r"`((?:vm/)?test_\w+\.py)?::(test_\w+)`|`((?:vm/)?test_\w+\.py)`", text):
+    for m in re.finditer(r"`((?:\w+/)?test_\w+\.py)?::(test_\w+)`|`((?:\w+/)?test_\w+\.py)`", text):
         if m.group(3):
             current = m.group(3)
             continue

@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 import yaml
 
-from seedtool import envelope
+from devtools.images import base_root
 from seedtool.deliver.userdata import find_seed, user_parts
-from seedtool.keys import generate_keypair, load_public_keys, trusted_pairs
-from tests.vm.images import base_root
+from seedtool.keys import generate_keypair
+from seedtool.shared import envelope
+from seedtool.shared.pubkeys import load_public_keys, trusted_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -71,7 +71,7 @@ ends a name prefix; test_fault_table_names_only_tests_that_exist keeps this list
 A guest clock that is off by days is produced the only way that does not change this
 machine's clock: the trusted host signs an envelope whose validity period lies days
 before or after the guest's now, which is what the guest sees when its clock is
-that far off (the check compares the two and nothing else: seedtool.envelope.check_time).
+that far off (the check compares the two and nothing else: seedtool.shared.envelope.check_time).
 """
 
 from __future__ import annotations
@@ -88,21 +88,21 @@ from typing import Any
 
 import pytest
 
-from seedtool import envelope
-from seedtool.errors import HealthTestFailure
+from devtools.fakeusb import FakeBackend
+from devtools.fault_devices import STARTUP, DriftingChaosKey, DriftingStream
 from seedtool.generate import SeedFactory
 from seedtool.guest import early
 from seedtool.health import HealthMonitor
 from seedtool.keys import generate_keypair, load_private_key
+from seedtool.shared import envelope
+from seedtool.shared.errors import HealthTestFailure
 from seedtool.sources import make_source
-from tests.fakeusb import FakeBackend
-from tests.fault_devices import STARTUP, DriftingChaosKey, DriftingStream
-from tests.test_guest_core import LINE_MIXED, assert_no_seed, make_devices
+from tests.guest.test_core import LINE_MIXED, assert_no_seed, make_devices
 from tests.tinyfs import PAGE, fill, small_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86400
-USB_ENV = {"SEEDTOOL_USB_BACKEND": "tests.fakeusb.env:backend"}
+USB_ENV = {"SEEDTOOL_USB_BACKEND": "devtools.fakeusb.env:backend"}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -163,7 +163,7 @@ def test_generate_required_drifting_device_fails_and_writes_nothing(
     out = tmp_path / "seed.env"
     p = run_cli("generate", "--key", str(key), "--source", "chaoskey", "--require", "chaoskey",
                 "-o", str(out),
-                env={**USB_ENV, "FAKEUSB_DEVICES": "tests.fault_devices:DriftingChaosKey"})
+                env={**USB_ENV, "FAKEUSB_DEVICES": "devtools.fault_devices:DriftingChaosKey"})
     one_line_error(p, "source 'chaoskey' failed its health tests", "adaptive proportion")
     assert not out.exists() and leftovers(tmp_path) == []
 
@@ -172,7 +172,7 @@ def test_generate_optional_drifting_device_contributes_nothing(
         tmp_path: Path, key: Path) -> None:
     out = tmp_path / "seed.env"
     p = run_cli("generate", "--key", str(key), "--source", "chaoskey", "-o", str(out),
-                env={**USB_ENV, "FAKEUSB_DEVICES": "tests.fault_devices:DriftingChaosKey"})
+                env={**USB_ENV, "FAKEUSB_DEVICES": "devtools.fault_devices:DriftingChaosKey"})
     assert p.returncode == 0, p.stderr
     assert b"warning: source 'chaoskey' contributed nothing" in p.stderr
     by_name = provenance_of(out)
@@ -226,7 +226,7 @@ def test_generate_device_unplugged_mid_read_is_recorded_without_require(
 
 @pytest.fixture
 def hanging_kms() -> Iterator[Any]:
-    from tests.test_kms import ScriptedKms
+    from tests.sources.test_kms import ScriptedKms
 
     server = ScriptedKms()
     server.script.extend([("hang",)] * 4)
@@ -383,9 +383,9 @@ def _chroot_available() -> str | None:
     if os.geteuid() != 0:
         return "needs root (namespaces and chroot)"
     try:
-        from tests.vm.images import cache_dir
+        from devtools.images import cache_dir
     except ImportError as e:
-        return f"tests.vm.images unavailable ({e})"
+        return f"devtools.images unavailable ({e})"
     if not (cache_dir() / "roots" / "bookworm.complete").exists():
         return "no cached Debian root (tests/vm builds one; about 90 s)"
     return None
@@ -398,7 +398,7 @@ def _chroot_available() -> str | None:
 ])
 def test_cloud_init_with_a_clock_days_off_mixes_uncredited_and_boots_on(
         tmp_path: Path, release: str, guest_ahead: int, reason: str) -> None:
-    from tests.test_guest_cloudinit import (
+    from tests.guest.test_cloudinit import (
         INIT,
         assert_init_clean,
         run_in_chroot,

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from fuzz import fuzz_partitions, fuzz_policy, fuzz_userdata
-from seedtool.deliver import partitions as pt
 from seedtool.deliver import userdata as ud
 from seedtool.deliver.userdata import UserDataRefused
-from seedtool.errors import SeedtoolError
 from seedtool.guest.policy import PolicyError, policy_from_mapping
+from seedtool.image import partitions as pt
+from seedtool.shared.errors import SeedtoolError
 
 CORPUS = Path(__file__).with_name("fuzz_corpus")
 

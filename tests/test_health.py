@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seedtool.errors import HealthTestFailure
 from seedtool.health import (
     BitTester,
     ByteTester,
@@ -17,6 +16,7 @@ from seedtool.health import (
     apt_cutoff,
     rct_cutoff,
 )
+from seedtool.shared.errors import HealthTestFailure
 
 
 def good_stream(n: int, seed: int = 1) -> bytes:

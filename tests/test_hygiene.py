@@ -2,7 +2,7 @@
 
 * Seed and private-key files are created 0600 whatever the umask, also when they
   replace a world-readable file; a private key readable by group or others is refused.
-  (The seed written inside a disk image is checked by tests/test_image_seed.py's
+  (The seed written inside a disk image is checked by tests/deliver/test_image_seed.py's
   check_seed, (mode, uid, gid) == (0o600, 0, 0); here once more through the CLI.)
 * The plugin in tests/hygiene.py, which searches everything every test wrote for the
   seeds it made, catches planted leaks of every kind and lets legitimate carriers
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from seedtool import envelope
-from seedtool.errors import SigningKeyError
 from seedtool.generate import SeedFactory
 from seedtool.keys import generate_keypair, load_private_key
+from seedtool.shared import envelope
+from seedtool.shared.errors import SigningKeyError
 from tests.hygiene import Haystack, envelopes_in, looks_random, needles_for, search
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,8 +146,8 @@ PLANTED = '''
 import base64, logging, subprocess, sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from seedtool import envelope
-from seedtool.errors import SourceError
+from seedtool.shared import envelope
+from seedtool.shared.errors import SourceError
 from seedtool.generate import SeedFactory
 
 SIDE = {side!r}
@@ -510,7 +510,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("seedtool/launch/qemu.py", "_ours", "ln.seed_id == seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/commands/image.py", "seed", "result.seed_path == seed_path"):
         "a path inside the image (where the seed file went), printed right after",
-    ("seedtool/deliver/fstab.py", "_resolve_device",
+    ("seedtool/image/fstab.py", "_resolve_device",
      "key == {'UUID': v.fs_uuid, 'LABEL': v.fs_label, 'PARTUUID': v.part_uuid, "
      "'PARTLABEL': v.part_label}[tag]"):
         "file system and partition identifiers from the image's own fstab and superblocks: "
@@ -559,7 +559,7 @@ def test_every_allowed_comparison_still_exists() -> None:
 
 
 @pytest.mark.parametrize("rel, function, what", [
-    ("seedtool/envelope.py", "check_signature", "the envelope's key id"),
+    ("seedtool/shared/envelope.py", "check_signature", "the envelope's key id"),
     ("seedtool/sources/entropykey_protocol.py", "SessionKeys.verify", "an Entropy Key frame MAC"),
     # contains() and consume() both ask the one parse of the file, _Reading.holds
     ("seedtool/guest/ledger.py", "_Reading.holds", "consumed seed ids"),

@@ -36,16 +36,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from seedtool import ed25519, envelope
-from seedtool.deliver import partitions as pt
+from devtools.ekey_sim import EntropyKeySim
 from seedtool.deliver import userdata as ud
-from seedtool.errors import EnvelopeError, SigningKeyError, SourceError
 from seedtool.guest import policy as pol
-from seedtool.keys import PublicKey, load_public_keys, parse_public_keys, public_of, trusted_pairs
+from seedtool.image import partitions as pt
+from seedtool.keys import public_of
+from seedtool.shared import ed25519, envelope
+from seedtool.shared.errors import EnvelopeError, SigningKeyError, SourceError
+from seedtool.shared.pubkeys import PublicKey, load_public_keys, parse_public_keys, trusted_pairs
 from seedtool.sources import entropykey_protocol as ekp
 from seedtool.sources import tpm
-
-from .ekey_sim import EntropyKeySim
 
 _KEY = Ed25519PrivateKey.generate()
 _PUB = public_of(_KEY)

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
 from ..launch.runner import InstanceResult
+from ..shared.errors import UsageError
 
 
 def read_params(path: str | None, what: str, example: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from ..envelope import SEED_DEFAULT
-from ..errors import SigningKeyError, UsageError
+from ..shared.envelope import SEED_DEFAULT
+from ..shared.errors import SigningKeyError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +71,7 @@ def seed_options(f: F) -> F:
             "required",
             multiple=True,
             metavar="NAME",
-            help="Fail if this source is unavailable or fails its health tests.",
+            help="Fail if this source is unavailable or fails a health test.",
         ),
         click.option(
             "--bytes",

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import SeedtoolError, UsageError
+from ..shared.errors import SeedtoolError, UsageError
 
 
 @contextlib.contextmanager
@@ -27,7 +27,7 @@ def _open_target(root: str | None, image: str | None, writable: bool,
     if root is not None:
         if partition is not None or backend != "auto":
             raise UsageError("--partition and --backend go with --image, not --root")
-        from ..deliver.localfs import LocalFS
+        from ..image.localfs import LocalFS
 
         fs = LocalFS(root)
         try:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..fileio import atomic_write
+from ..shared.fileio import atomic_write
 from ._options import factory_from_options, seed_options, warn_failures
 
 

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .. import envelope
+from ..shared import envelope
 from ._options import echo_json
 from .verify import read_envelope_file
 

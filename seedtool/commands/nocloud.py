@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..errors import DeliveryError
+from ..shared.errors import DeliveryError
 from ._options import factory_from_options, seed_options
 
 
@@ -46,7 +46,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     """
     from ..deliver.nocloud import nocloud_iso
     from ..deliver.userdata import add_seed
-    from ..fileio import atomic_write
+    from ..shared.fileio import atomic_write
 
     user_data = read_user_data(user_data_path)
     with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:

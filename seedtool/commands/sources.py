@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..errors import SeedtoolError
 from ..health import HealthMonitor
+from ..shared.errors import SeedtoolError
 from ..sources import REGISTRY, make_source, parse_source_spec, source_class
 from ._options import echo_json
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ..errors import DeliveryError
+from ..shared.errors import DeliveryError
 from ._options import factory_from_options, seed_options
 
 #: more than any cloud accepts; a larger input is a wrong file
@@ -64,7 +64,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     output holds its own seed: make one per VM.
     """
     from ..deliver import userdata
-    from ..fileio import atomic_write
+    from ..shared.fileio import atomic_write
 
     if output == "-" and sys.stdout.isatty():
         raise click.UsageError(

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from .. import envelope
-from ..errors import EnvelopeError, UsageError
-from ..keys import load_public_keys, trusted_pairs
+from ..shared import envelope
+from ..shared.errors import EnvelopeError, UsageError
+from ..shared.pubkeys import load_public_keys, trusted_pairs
 from ._options import echo_json
 
 

@@ -46,10 +46,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import DeliveryError
-from .debugfs import DebugfsError, DebugfsTarget
-from .fs import TargetFS
-from .fstab import (
+from ..image.debugfs import DebugfsError, DebugfsTarget
+from ..image.fs import TargetFS
+from ..image.fstab import (
     FSTAB_MAX,
     MountEntry,
     MountRefused,
@@ -59,7 +58,8 @@ from .fstab import (
     parse_fstab,
     place,
 )
-from .partitions import Partition, PartitionTable, read_partitions
+from ..image.partitions import Partition, PartitionTable, read_partitions
+from ..shared.errors import DeliveryError
 
 SEED_DIR = "/var/lib/seedtool"
 SEED_PATH = SEED_DIR + "/seed"
@@ -426,7 +426,7 @@ def _partition_label(table: PartitionTable, p: Partition) -> str:
 
 def _open_guestfs(path: str, fmt: str, partition: int | None, why: str,
                   warnings: list[str]) -> OpenedImage:
-    from .guestfs import GuestfsNoRoot, GuestfsTarget
+    from ..image.guestfs import GuestfsNoRoot, GuestfsTarget
 
     root = f"/dev/sda{partition}" if partition is not None else None
     try:

@@ -21,8 +21,8 @@ import re
 import uuid
 from collections.abc import Mapping
 
-from ..errors import DeliveryError
-from ..fileio import atomic_write
+from ..shared.errors import DeliveryError
+from ..shared.fileio import atomic_write
 
 VOLUME_LABEL = "cidata"
 #: instance ids become directory names under /var/lib/cloud/instances/

@@ -59,8 +59,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import envelope
-from ..errors import DeliveryError
+from ..shared import envelope
+from ..shared.errors import DeliveryError
 
 #: target -> (limit in bytes or None, how the limit is counted)
 TARGETS: dict[str, tuple[int | None, str]] = {

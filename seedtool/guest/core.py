@@ -5,7 +5,7 @@ early-boot unit (`seedtool-early`). Given the envelope text (or nothing), where 
 came from, the image's policy and its paths, it:
 
 1. parses the envelope and checks its signature against the trusted keys and its
-   validity period (with the policy's clock skew), using `seedtool.envelope`;
+   validity period (with the policy's clock skew), using `seedtool.shared.envelope`;
 2. records the seed id in the ledger, durably, before anything is credited, and
    refuses a seed id the ledger already holds;
 3. mixes in local unpredictable inputs (instance id, high-resolution clocks, the
@@ -23,7 +23,7 @@ error (an invalid policy: the image is misbuilt; an uncredited seed under
 fail_closed) is `Outcome.failure()`, raised by `Outcome.raise_if_fail_closed()`.
 It never logs, prints or stores seed bytes: the status, the kmsg line, the ledger
 and every message hold ids only.
-Standard library only; signatures are checked by `seedtool.ed25519` (pure Python).
+Standard library only; signatures are checked by `seedtool.shared.ed25519` (pure Python).
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ import os
 import struct
 import time
 
-from .. import envelope
-from ..envelope import (
+from ..shared import envelope
+from ..shared.envelope import (
     BadSignature,
     EnvelopeExpired,
     EnvelopeNotYetValid,
     MalformedEnvelope,
     UntrustedKey,
 )
-from ..errors import EnvelopeError, SeedtoolError, SigningKeyError
-from ..fileio import atomic_write
-from ..keys import PublicKey, load_public_keys, trusted_pairs
-from ..mix import mix
-from ..record import Record
+from ..shared.errors import EnvelopeError, SeedtoolError, SigningKeyError
+from ..shared.fileio import atomic_write
+from ..shared.mix import mix
+from ..shared.pubkeys import PublicKey, load_public_keys, trusted_pairs
+from ..shared.record import Record
 from . import kernel
 from .ledger import Ledger, LedgerError, LedgerInvalid
 from .platform_seed import DatasourceSeed
@@ -55,7 +55,7 @@ from .policy import DEFAULT_POLICY_PATH, Policy, PolicyError, load_policy
 
 # This module runs at boot, before the seed is credited, so it imports little: no
 # dataclasses, typing or pathlib, and nothing that reads /dev/urandom (no tempfile:
-# seedtool.fileio names its own temporary files). docs/guest.md "Boot time".
+# seedtool.shared.fileio names its own temporary files). docs/guest.md "Boot time".
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

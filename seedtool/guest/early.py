@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from .. import envelope
+from ..shared import envelope
 from . import core
 
 TYPE_CHECKING = False

@@ -63,7 +63,7 @@ import re
 import stat
 import time
 
-from ..errors import SeedtoolError
+from ..shared.errors import SeedtoolError
 
 _ID = rb"[0-9a-f]{32}"
 _TIME = rb"-?[0-9]{1,19}"  # a clock before 1970 made older writers put a minus sign

@@ -35,7 +35,7 @@ import base64
 import binascii
 import struct
 
-from ..envelope import MAX_CREDIT_BITS
+from ..shared.envelope import MAX_CREDIT_BITS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

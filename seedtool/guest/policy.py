@@ -1,7 +1,7 @@
 """The image's seed policy: what the guest trusts, read from system config only.
 
 The policy lives in `/etc/seedtool/policy.json`, written when the image is built
-(`seedtool.guest.install`). It is never read from user-data: whoever can write
+(`seedtool.bake.install`). It is never read from user-data: whoever can write
 user-data must not be able to decide which keys or platforms are trusted.
 
 This is a parser of outside input, so it is strict: an unknown setting, a wrong
@@ -16,8 +16,8 @@ import os
 import re
 from collections.abc import Mapping
 
-from ..errors import UsageError
-from ..record import Record
+from ..shared.errors import UsageError
+from ..shared.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # read at boot: no typing, pathlib or dataclasses (docs/guest.md "Boot time")

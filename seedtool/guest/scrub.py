@@ -89,9 +89,9 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from .. import envelope
-from ..errors import EnvelopeError
-from ..fileio import atomic_write
+from ..shared import envelope
+from ..shared.errors import EnvelopeError
+from ..shared.fileio import atomic_write
 
 #: cloud-init's places, relative to the root; waagent: DataSourceAzure's data_dir
 DEFAULT_TREES = ("var/lib/cloud", "run/cloud-init", "var/log", "var/lib/waagent")

@@ -42,10 +42,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import envelope
 from ..deliver import userdata
-from ..errors import CloudError, DeliveryError, EnvelopeError, SeedtoolError, UsageError
 from ..quiet import Quieter
+from ..shared import envelope
+from ..shared.errors import CloudError, DeliveryError, EnvelopeError, SeedtoolError, UsageError
 from .runner import (
     DRY_RUN,
     EXISTING,

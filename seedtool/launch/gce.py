@@ -45,10 +45,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import envelope
 from ..deliver import userdata
-from ..errors import CloudError, SeedtoolError, UsageError
 from ..quiet import Quieter
+from ..shared import envelope
+from ..shared.errors import CloudError, SeedtoolError, UsageError
 from .runner import EXISTING, FAILED, LAUNCHED, NOT_STARTED, InstanceResult, run_all
 
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"

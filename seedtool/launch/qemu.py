@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import CloudError, SeedtoolError, UsageError
+from ..shared.errors import CloudError, SeedtoolError, UsageError
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import SeedtoolError
+from ..shared.errors import SeedtoolError
 
 LAUNCHED, FAILED, NOT_STARTED, DRY_RUN, EXISTING = (
     "launched",

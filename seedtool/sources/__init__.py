@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import UsageError
+from ..shared.errors import UsageError
 from .base import Availability, Source
 
 #: name -> "module:Class", in the order `seedtool sources` lists them

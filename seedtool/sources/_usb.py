@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
-from ..errors import DeviceError, SourceError, UsageError
+from ..shared.errors import DeviceError, SourceError, UsageError
 from .base import Availability, Source
 
 INSTALL_HINT = "install the usb extra: pip install 'seedtool[usb]'"

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import SourceError, UsageError
 from ..quiet import Quieter
+from ..shared.errors import SourceError, UsageError
 from .base import Availability, Source, positive_number, positive_whole_number
 
 MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)

@@ -2,7 +2,7 @@
 
 A source is a small object that knows how to find its device or service, say in
 plain words why it cannot be used, and read bytes. It never health-tests or mixes
-its own output: `seedtool.health` and `seedtool.mix` do that for every source alike.
+its own output: `seedtool.health` and `seedtool.shared.mix` do that for every source alike.
 A source must never log or put its output into an exception message.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, overload
 
-from ..errors import UsageError
+from ..shared.errors import UsageError
 
 
 @dataclass(frozen=True)

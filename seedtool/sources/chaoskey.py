@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..errors import DeviceError
+from ..shared.errors import DeviceError
 from ._usb import UsbId, UsbLink, UsbSource, bool_option
 
 CHAOSKEY = UsbId(0x1D50, 0x60C6, "ChaosKey")
@@ -32,7 +32,7 @@ INTERFACE = 0
 # full entropy per sample and no SP 800-90B assessment of this device has been
 # published, so the assumed min-entropy is a conservative 2 bits per byte sample;
 # set `min_entropy=` from your own assessment (e.g. NIST's ea_non_iid on raw
-# captures) to tighten the tests.
+# captures) to tighten these tests
 _RAW_MIN_ENTROPY = 2.0
 
 

@@ -39,7 +39,7 @@ import struct
 import time
 from typing import Any
 
-from ..errors import DeviceError, UsageError
+from ..shared.errors import DeviceError, UsageError
 from .base import Availability, Source, parse_host_port, positive_number
 
 CMD_LEVEL, CMD_READ_NONBLOCKING, CMD_READ_BLOCKING, CMD_PID = 0x00, 0x01, 0x02, 0x04

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ..errors import DeviceError, SourceError, UsageError
+from ..shared.errors import DeviceError, SourceError, UsageError
 from ._usb import USB_OPTIONS, CdcSource, UsbId, UsbLink, import_pyusb
 from .base import Availability, Source, positive_number, positive_whole_number
 from .entropykey_protocol import (

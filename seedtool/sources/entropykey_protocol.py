@@ -51,7 +51,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import DeviceError, SourceError, TamperedFrame
+from ..shared.errors import DeviceError, SourceError, TamperedFrame
 from .skein import TYPE_MSG, TYPE_PERS, Skein256
 
 FRAME_LEN = 64

@@ -29,8 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceError, UsageError
 from ..quiet import Quieter
+from ..shared.errors import SourceError, UsageError
 from .base import Availability, Source, positive_number
 
 MIN_PER_CALL = 8  # GenerateRandomBytesRequest.length_bytes bounds (REST reference)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeviceError
+from ..shared.errors import DeviceError
 from .base import Availability, Source, positive_number
 
 DEFAULT_DEVICE = "/dev/hwrng"

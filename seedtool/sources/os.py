@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import SourceError
+from ..shared.errors import SourceError
 from .base import Availability, Source
 
 

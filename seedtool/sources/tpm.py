@@ -41,7 +41,7 @@ import struct
 import time
 from typing import Any
 
-from ..errors import DeviceError, UsageError
+from ..shared.errors import DeviceError, UsageError
 from .base import Availability, Source, parse_host_port, positive_number
 
 DEVICES = ("/dev/tpmrm0", "/dev/tpm0")

@@ -23,13 +23,12 @@ from typing import Any
 
 import pytest
 
+from devtools.images import RELEASES, GuestImage, guest_image
+from devtools.vm import PLAIN_USER_DATA, STOP, Boot, Launch, boot
 from seedtool.deliver.userdata import add_seed
 from seedtool.generate import NewSeed, SeedFactory
 from seedtool.keys import generate_keypair, load_private_key
 from seedtool.launch.qemu import kill_all
-
-from .harness import PLAIN_USER_DATA, STOP, Boot, Launch, boot
-from .images import RELEASES, GuestImage, guest_image
 
 PARALLEL = int(os.environ.get("SEEDTOOL_VM_PARALLEL", "2"))
 
@@ -100,7 +99,7 @@ def _unsigned(seed: NewSeed) -> str:
     """The same envelope with its signature zeroed: structurally valid, unsigned."""
     import base64
 
-    from seedtool.envelope import SIGNATURE_LEN, encode_text
+    from seedtool.shared.envelope import SIGNATURE_LEN, encode_text
 
     raw = base64.b64decode(seed.text)
     return encode_text(raw[:-SIGNATURE_LEN] + bytes(SIGNATURE_LEN))
@@ -199,7 +198,7 @@ def campaign(request: pytest.FixtureRequest, vm_cache_ready: None, vm_keys: dict
     release: str = request.param
     image = guest_image(release, [vm_keys["trusted_pub"]])
     if not image.guest_installed:
-        pytest.fail("seedtool.guest.install is not importable: the image has no guest")
+        pytest.fail("seedtool.bake.install is not importable: the image has no guest")
     now = int(time.time())
     with SeedFactory(vm_keys["trusted"]) as good, SeedFactory(vm_keys["other"]) as other, \
             SeedFactory(vm_keys["trusted"], ttl=60) as short:

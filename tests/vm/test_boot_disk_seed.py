@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.vm import lines_for
+
 from .conftest import Campaign
-from .harness import lines_for
 
 pytestmark = pytest.mark.vm
 

@@ -23,7 +23,7 @@ CASES = {
 
 def _seed_id(campaign: Campaign, attr: str) -> str:
     if attr == "unsigned":
-        from seedtool.envelope import parse
+        from seedtool.shared.envelope import parse
 
         return parse(campaign.seeds.unsigned).seed_id.hex()
     return str(getattr(campaign.seeds, attr).seed_id)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from seedtool.envelope import parse
+from devtools.vm import files_containing, lines_for
+from seedtool.shared.envelope import parse
 
 from .conftest import Campaign
-from .harness import files_containing, lines_for
 
 pytestmark = pytest.mark.vm
 
