@@ -122,6 +122,20 @@ def test_failing_optional_source_contributes_nothing(tmp_path: Path,
     assert by_name["os"]["bytes"] == 64
 
 
+@pytest.mark.parametrize("command", [["generate"], ["userdata"], ["nocloud"]])
+def test_every_seed_command_reports_a_failed_optional_source(
+        tmp_path: Path, keys: tuple[Path, Path], command: list[str]) -> None:
+    # one SeedOptions.factory() for every command: each warns the same way
+    out = tmp_path / "out"
+    p = run(*command, "--key", str(keys[0]), "--source", "hwrng:device=/dev/zero",
+            "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.decode().splitlines() if "warning" in line]
+    assert len(warnings) == 1, p.stderr
+    assert warnings[0].startswith("seedtool: warning: source 'hwrng' contributed nothing: ")
+    assert out.stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

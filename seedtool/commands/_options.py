@@ -1,20 +1,29 @@
-"""Options shared by every command that makes seeds (generate, userdata, nocloud, launch).
+"""Options shared by every command that makes seeds (generate, userdata, nocloud, image
+seed, launch).
 
-`seed_options` adds --key/--passphrase-file/--source/--require/--bytes/--ttl, and
-`factory_from_options` turns them into a `SeedFactory`, so every delivery path
-makes seeds the same way.
+`seed_options` adds --key/--passphrase-file/--source/--require/--bytes/--ttl and hands
+the command one `seeds: SeedOptions`; `with seeds.factory() as f:` builds the
+`SeedFactory` and reports failed optional sources, so every delivery path makes seeds
+and warns the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 import click
 
 from ..shared.envelope import SEED_DEFAULT
 from ..shared.errors import SigningKeyError, UsageError
+
+if TYPE_CHECKING:
+    from ..generate import SeedFactory
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +52,60 @@ def _parse_duration(text: str) -> int:
         ) from None
 
 
+@dataclass(frozen=True)
+class SeedOptions:
+    """How a command makes seeds: the values of the options `seed_options` adds.
+
+    `with seeds.factory() as f:` builds the `SeedFactory`; when the block ends without
+    an error, every optional source that contributed nothing is reported on stderr, the
+    same way for every command that makes seeds.
+    """
+
+    key_path: str | None = None
+    passphrase_file: str | None = None
+    sources: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    nbytes: int = SEED_DEFAULT
+    ttl: str = "1h"
+
+    def build(self) -> SeedFactory:
+        """The `SeedFactory` these options describe (imports the heavy parts lazily)."""
+        from ..generate import SeedFactory
+        from ..keys import load_private_key
+        from ..sources import parse_source_spec, source_class
+
+        specs = [parse_source_spec(s) for s in self.sources]
+        for r in self.required:
+            source_class(r)
+        key = load_private_key(self.key_path or default_key_path(),
+                               read_passphrase(self.passphrase_file))
+        return SeedFactory(
+            key,
+            sources=specs,
+            required=list(self.required),
+            nbytes=self.nbytes,
+            ttl=_parse_duration(self.ttl),
+        )
+
+    @contextmanager
+    def factory(self) -> Iterator[SeedFactory]:
+        """The factory, closed at the end; failed optional sources reported on success."""
+        with self.build() as f:
+            yield f
+            warn_failures(f)
+
+
+_SEED_PARAMS = ("key_path", "passphrase_file", "sources", "required", "nbytes", "ttl")
+
+
 def seed_options(f: F) -> F:
+    """Add the seed options to a click command; it receives them as one `seeds: SeedOptions`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _SEED_PARAMS}
+        return f(*args, seeds=SeedOptions(**values), **kwargs)
+
     options = [
         click.option(
             "--key",
@@ -88,9 +150,10 @@ def seed_options(f: F) -> F:
             help="How long the seed stays valid (seconds, or 90m, 1h, 2d).",
         ),
     ]
+    decorated: Any = wrapper
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        decorated = opt(decorated)
+    return cast(F, decorated)
 
 
 def read_passphrase(passphrase_file: str | None) -> bytes | None:
@@ -104,32 +167,6 @@ def read_passphrase(passphrase_file: str | None) -> bytes | None:
             ) from None
     env = os.environ.get(PASSPHRASE_ENV)
     return env.encode() if env else None
-
-
-def factory_from_options(
-    key_path: str | None,
-    passphrase_file: str | None,
-    sources: tuple[str, ...],
-    required: tuple[str, ...],
-    nbytes: int,
-    ttl: str,
-) -> Any:
-    """Build a SeedFactory from the shared options (imports the heavy parts lazily)."""
-    from ..generate import SeedFactory
-    from ..keys import load_private_key
-    from ..sources import parse_source_spec, source_class
-
-    specs = [parse_source_spec(s) for s in sources]
-    for r in required:
-        source_class(r)
-    key = load_private_key(key_path or default_key_path(), read_passphrase(passphrase_file))
-    return SeedFactory(
-        key,
-        sources=specs,
-        required=list(required),
-        nbytes=nbytes,
-        ttl=_parse_duration(ttl),
-    )
 
 
 def echo_json(obj: Any) -> None:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..shared.fileio import atomic_write
-from ._options import factory_from_options, seed_options, warn_failures
+from ._options import SeedOptions, seed_options
 
 
 @click.command("generate")
@@ -17,8 +17,7 @@ from ._options import factory_from_options, seed_options, warn_failures
               help="Where to write the envelope (base64 text); '-' is standard output.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the envelope's summary (never the seed) as JSON on stderr.")
-def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-            required: tuple[str, ...], nbytes: int, ttl: str, output: str,
+def command(seeds: SeedOptions, output: str,
             as_json: bool) -> None:
     """Make a fresh seed from the chosen sources (always mixed with the OS CSPRNG),
     sign it, and write the envelope.
@@ -26,9 +25,8 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     The envelope holds the seed itself: treat the output like a private key and give
     each VM its own.
     """
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         seed = f.new()
-        warn_failures(f)
     text = (seed.text + "\n").encode()
     if output == "-":
         if sys.stdout.isatty():
@@ -42,5 +40,5 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     if as_json:
         click.echo(json.dumps(seed.summary, sort_keys=True), err=True)
     else:
-        click.echo(f"seed {seed.seed_id} ({nbytes} bytes) signed by key "
+        click.echo(f"seed {seed.seed_id} ({seeds.nbytes} bytes) signed by key "
                    f"{seed.summary['key_id']}", err=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import echo_json, factory_from_options, seed_options, warn_failures
+from ._options import SeedOptions, echo_json, seed_options
 
 
 @click.group("image")
@@ -31,8 +31,7 @@ def command() -> None:
                    "the seed); refused by default: chmod 600 DISK instead.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the seed id, partition and backend (never the seed) as JSON.")
-def seed(disk: str, key_path: str | None, passphrase_file: str | None,
-         sources: tuple[str, ...], required: tuple[str, ...], nbytes: int, ttl: str,
+def seed(disk: str, seeds: SeedOptions,
          partition: int | None, backend: str, force: bool, allow_readable: bool,
          as_json: bool) -> None:
     """Write a fresh signed seed to /var/lib/seedtool/seed (0600, root) inside DISK,
@@ -51,10 +50,9 @@ def seed(disk: str, key_path: str | None, passphrase_file: str | None,
     """
     from ..deliver.image import seed_image
 
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         result = seed_image(disk, f, partition=partition, force=force, backend=backend,
                             allow_readable=allow_readable)
-        warn_failures(f)
     for w in result.warnings:
         click.echo(f"seedtool: warning: {w}", err=True)
     if as_json:

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ._options import factory_from_options, seed_options
+from ._options import SeedOptions, seed_options
 
 #: subcommand -> ("module:attribute" of its click command, one-line help)
 LAUNCHERS: dict[str, tuple[str, str]] = {
@@ -81,8 +81,7 @@ def _path(p: str | None) -> Path | None:
 @click.option("--keep-running", is_flag=True,
               help="Leave the VMs up after reporting and print how to reach them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
-def qemu(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-         required: tuple[str, ...], nbytes: int, ttl: str, image: str, count: int,
+def qemu(seeds: SeedOptions, image: str, count: int,
          kernel: str | None, initrd: str | None, append: str | None, memory: int,
          cpu: str | None, accel: str, user_data_path: str | None, parallel: int | None,
          timeout: int, workdir: str | None, keep_running: bool, as_json: bool) -> None:
@@ -111,7 +110,7 @@ def qemu(key_path: str | None, passphrase_file: str | None, sources: tuple[str, 
     if interactive:
         click.echo(f"booting {count} VM(s) from {image}; under TCG a boot takes about a "
                    "minute", err=True)
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         reports = launch(config, f, count=count, user_data=user_data, parallel=parallel,
                          keep_running=keep_running, workdir=_path(workdir),
                          timeout=float(timeout), progress=progress)

@@ -17,7 +17,7 @@ from ._launching import (
     launch_with_progress,
     read_params,
 )
-from ._options import echo_json, factory_from_options, seed_options, warn_failures
+from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
 seed merged into your user-data.
@@ -88,8 +88,7 @@ both cases the table lists every instance that exists).
               help="EC2 endpoint (a VPC endpoint, or a test server).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the launch id and every instance as JSON (never the seeds).")
-def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-            required: tuple[str, ...], nbytes: int, ttl: str, image_id: str | None,
+def command(seeds: SeedOptions, image_id: str | None,
             instance_type: str | None, count: int, subnet_id: str | None,
             security_groups: tuple[str, ...], key_name: str | None,
             iam_instance_profile: str | None, tags: tuple[str, ...],
@@ -115,14 +114,13 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     user_data = read_user_data(user_data_path)
     client = aws.make_client(profile=profile, region=region, endpoint_url=endpoint_url)
 
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         launcher = aws.AwsLauncher(client, request, f, launch_id=lid, user_data=user_data,
                                    dry_run=dry_run)
         announce_launch(lid, launcher.prepare())
         with announce_interrupt(lid):
             report = launch_with_progress(launcher, count, concurrency=concurrency,
                                           resume=resume)
-        warn_failures(f)
 
     if as_json:
         echo_json(report.as_dict())

@@ -18,7 +18,7 @@ from ._launching import (
     launch_with_progress,
     read_params,
 )
-from ._options import echo_json, factory_from_options, seed_options, warn_failures
+from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT Compute Engine instances, each by its own instances.insert with
 its own fresh seed merged into your user-data (metadata key user-data).
@@ -103,8 +103,7 @@ both cases the table lists every instance that exists).
               help="Compute Engine API endpoint (a private endpoint, or a test server).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the launch id and every instance as JSON (never the seeds).")
-def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-            required: tuple[str, ...], nbytes: int, ttl: str, project: str | None, zone: str,
+def command(seeds: SeedOptions, project: str | None, zone: str,
             name: str, count: int, machine_type: str | None, image: str | None,
             network: str | None, subnet: str | None, service_account: str | None,
             scopes: str | None, labels: tuple[str, ...], metadata: tuple[str, ...],
@@ -131,7 +130,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     resume = launch_id is not None
     lid = gce.check_launch_id(launch_id) if launch_id else gce.new_launch_id()
 
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f, \
+    with seeds.factory() as f, \
             gce.GceLauncher(spec, f, launch_id=lid, project=project,
                             endpoint=endpoint) as launcher:
         announce_launch(lid, launcher.prepare())
@@ -148,7 +147,6 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
                            "report their seeds, to remove them from metadata", err=True)
                 report.interrupted = launcher.scrub(report, timeout=float(scrub_timeout),
                                                     on_done=scrub_line)
-        warn_failures(f)
 
     if as_json:
         echo_json(report.as_dict())

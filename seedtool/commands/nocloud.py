@@ -7,7 +7,7 @@ import json
 import click
 
 from ..shared.errors import DeliveryError
-from ._options import factory_from_options, seed_options
+from ._options import SeedOptions, seed_options
 
 
 def read_user_data(path: str | None) -> bytes | None:
@@ -34,8 +34,7 @@ def read_user_data(path: str | None) -> bytes | None:
               help="Where to write the ISO (mode 0600: it holds the seed).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the seed's summary and instance id (never the seed) as JSON.")
-def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-            required: tuple[str, ...], nbytes: int, ttl: str, user_data_path: str | None,
+def command(seeds: SeedOptions, user_data_path: str | None,
             instance_id: str | None, hostname: str | None, output: str,
             as_json: bool) -> None:
     """Write a NoCloud seed ISO (volume label cidata) whose user-data carries a fresh
@@ -49,7 +48,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
     from ..shared.fileio import atomic_write
 
     user_data = read_user_data(user_data_path)
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         seed = f.new()
     image, iid = nocloud_iso(
         add_seed(user_data, seed.text), instance_id=instance_id, hostname=hostname

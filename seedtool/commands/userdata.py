@@ -12,7 +12,7 @@ import sys
 import click
 
 from ..shared.errors import DeliveryError
-from ._options import factory_from_options, seed_options
+from ._options import SeedOptions, seed_options
 
 #: more than any cloud accepts; a larger input is a wrong file
 MAX_INPUT = 64 * 1024 * 1024
@@ -54,8 +54,7 @@ def _read_input(path: str | None) -> bytes | None:
               help="auto: gzip when the input was gzip or only gzip fits the target.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a summary (seed id, key, format, size; never the seed) as JSON.")
-def command(key_path: str | None, passphrase_file: str | None, sources: tuple[str, ...],
-            required: tuple[str, ...], nbytes: int, ttl: str, input_path: str | None,
+def command(seeds: SeedOptions, input_path: str | None,
             output: str, target: str, compress: str, as_json: bool) -> None:
     """Add a fresh signed seed to your user-data without changing any of your parts.
 
@@ -72,7 +71,7 @@ def command(key_path: str | None, passphrase_file: str | None, sources: tuple[st
         )
     user_data = _read_input(input_path)
     userdata.check(user_data)  # refuse bad input before reading any entropy source
-    with factory_from_options(key_path, passphrase_file, sources, required, nbytes, ttl) as f:
+    with seeds.factory() as f:
         seed = f.new()
     result = userdata.build(user_data, seed.text, target=target, compress=compress)
     if output == "-":
