@@ -1,6 +1,6 @@
 """How much of cloud-init's init stage does the seedtool module take?
 
-Boots the Debian test image (tests/vm) once per release with a fresh signed seed,
+Boots the Debian test image (devtools/images.py) once per release with a fresh signed seed,
 runs `cloud-init analyze show` inside the guest, and compares the module's own time
 (`config-seedtool ran successfully ... +N s`) with the total of the stage it runs in
 (`Finished stage: (init-network) N seconds`). The bar: at most 5 %.

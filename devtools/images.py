@@ -4,11 +4,12 @@ Two layers, both cached under ``$SEEDTOOL_VM_CACHE`` (default ``~/.cache/seedtoo
 
 * ``base_root(release)``: a debootstrap'd minbase root with a cloud kernel, cloud-init
   and sshd. Slow (about 90 s), built once per release and package list.
-* ``guest_image(release, trusted_keys)``: a copy of that root with the seedtool guest
-  installed, shared state stripped, packed into a raw ext4 disk by ``mkfs.ext4 -d``
-  (no mount, no loop device), plus the kernel and initrd to boot it with. Cheap (a few
-  seconds), cached by a hash of everything that goes into it, so an edit to the guest
-  code rebuilds only this step.
+* ``guest_image(release, trusted_keys)``: a copy of that root with the test system
+  config and report unit added, then prepared by ``seedtool bake --root`` itself (the
+  guest installed, shared state removed), packed into a raw ext4 disk by ``mkfs.ext4
+  -d`` (no mount, no loop device), plus the kernel and initrd to boot it with. Cheap
+  (about 10 s), cached by a hash of everything that goes into it (all of seedtool/,
+  bake included), so an edit to the guest or to bake rebuilds only this step.
 
 Every build runs under an exclusive lock and publishes its result by rename, with a
 completion marker written last, so parallel callers (pytest-xdist, a second helper,
@@ -188,7 +189,7 @@ def base_root(release: str) -> Path:
 # --- bootable test images ---------------------------------------------------------------
 
 #: bump when the image recipe below changes
-IMAGE_FORMAT = 1
+IMAGE_FORMAT = 2
 DISK_SIZE = "3G"
 
 # cloud-init's locale module fails in a minbase root (en_US.UTF-8 is not generated) and
@@ -297,10 +298,8 @@ class GuestImage:
     disk: Path  # raw ext4 file system, no partition table: boot with -kernel/-initrd
     kernel: Path
     initrd: Path
-    #: public host keys that debootstrap's openssh-server made; stripped from the image
+    #: public host keys that debootstrap's openssh-server made; bake removed them
     build_host_keys: tuple[str, ...]
-    #: False if seedtool.bake.install was not importable when the image was built
-    guest_installed: bool
     digest: str
 
     @property
@@ -308,12 +307,23 @@ class GuestImage:
         return "root=/dev/vda rw console=ttyS0"
 
 
+@dataclass(frozen=True)
+class PreparedTree:
+    """What `prepare_tree` saw and did."""
+
+    #: public host keys that debootstrap's openssh-server made, before bake removed them
+    build_host_keys: tuple[str, ...]
+    #: `seedtool bake --json`'s changes (paths and actions, never contents)
+    bake_changes: tuple[dict[str, str], ...]
+
+
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
 def _guest_sources() -> list[Path]:
-    """Every file whose change must rebuild the image (the guest code lives in these)."""
+    """Every file whose change must rebuild the image: the guest code and bake, which
+    prepares the image, are both in seedtool/; this file holds the rest of the recipe."""
     repo = _repo_root()
     files = [p for d in ("seedtool", "cloud_init_modules") for p in (repo / d).rglob("*")
              if p.is_file() and "__pycache__" not in p.parts]
@@ -324,7 +334,9 @@ def _image_digest(
     root_digest: str, keys: Sequence[Path], policy: Mapping[str, object] | None
 ) -> str:
     h = hashlib.sha256()
+    # this Python's byte code goes into the image when its magic number is the image's
     h.update(json.dumps({"format": IMAGE_FORMAT, "root": root_digest, "size": DISK_SIZE,
+                         "python": sys.implementation.cache_tag,
                          "policy": policy, "config": TEST_SYSTEM_CONFIG,
                          "preset": TEST_PRESET, "report": [REPORT_SCRIPT, REPORT_UNIT]},
                         sort_keys=True, default=str).encode())
@@ -337,41 +349,62 @@ def _image_digest(
     return h.hexdigest()[:16]
 
 
-def _install_guest(root: Path, keys: Sequence[Path], policy: Mapping[str, object] | None) -> bool:
-    try:
-        from seedtool.bake.install import install_guest
-    except ImportError:
-        return False
-    install_guest(root, list(keys), policy)
-    return True
-
-
-def _strip_shared_state(root: Path) -> tuple[str, ...]:
-    """Remove what would make every VM from this image share a secret or an identity.
-
-    systemd's image notes: reset /etc/machine-id and delete the random seed, or "every
-    instance will seed its random pool with the same random data" (systemd,
-    docs/BUILDING_IMAGES.md).
-    """
+def _build_host_keys(root: Path) -> tuple[str, ...]:
+    """The public SSH host keys debootstrap's openssh-server made (bake removes them)."""
     ssh = root / "etc/ssh"
-    build_keys = tuple(p.read_text().strip() for p in sorted(ssh.glob("ssh_host_*_key.pub")))
-    for p in ssh.glob("ssh_host_*"):
-        p.unlink()
-    (root / "etc/machine-id").write_text("uninitialized\n")
-    for rel in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed"):
-        with contextlib.suppress(FileNotFoundError):
-            (root / rel).unlink()
-    for d in ("var/lib/cloud", "var/log/journal"):
-        if (root / d).is_dir():
-            for child in (root / d).iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-    for log in (root / "var/log").glob("cloud-init*"):
-        log.unlink()
+    return tuple(p.read_text().strip() for p in sorted(ssh.glob("ssh_host_*_key.pub")))
+
+
+def _bake(root: Path, trusted_keys: Sequence[Path],
+          policy: Mapping[str, object] | None) -> list[dict[str, str]]:
+    """Prepare `root` with `seedtool bake --root`, as an image pipeline would; its changes.
+
+    The repository's own seedtool runs (the one the image digest hashes), through its
+    CLI, so the test image is exactly what bake makes: the guest installed, the host
+    keys, machine ids, random seeds and cloud-init state removed (docs/bake.md).
+    """
+    argv = [sys.executable, "-m", "seedtool", "bake", "--root", str(root), "--json"]
+    for key in trusted_keys:
+        argv += ["--trusted-key", str(key)]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(_repo_root()),
+                                                       os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="seedtool-image-") as tmp:
+        if policy is not None:
+            policy_file = Path(tmp) / "policy.json"
+            policy_file.write_text(json.dumps(policy, default=str))
+            argv += ["--policy", str(policy_file)]
+        out = subprocess.run(argv, cwd=_repo_root(), env=env, capture_output=True,
+                             check=False)
+    if out.returncode != 0:
+        err = out.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
+        raise ImageBuildError(f"seedtool bake --root {root} failed (exit {out.returncode}): "
+                              + " / ".join(err))
+    result = json.loads(out.stdout)
+    left = [f["path"] for f in result["left"]]
+    if left:
+        raise ImageBuildError(f"seedtool bake found secrets it does not remove in {root}: "
+                              f"{', '.join(left)}; the base root has them, rebuild it")
+    changes: list[dict[str, str]] = result["changes"]
+    return changes
+
+
+def prepare_tree(root: Path, trusted_keys: Sequence[Path],
+                 policy: Mapping[str, object] | None = None) -> PreparedTree:
+    """Turn a copy of a base root into the test image's tree: the test system config,
+    presets and report unit, then `seedtool bake` last, as docs/bake.md says to run it."""
+    build_keys = _build_host_keys(root)
+    cfg = root / "etc/cloud/cloud.cfg.d/90_seedtool_test_image.cfg"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(TEST_SYSTEM_CONFIG)
+    preset = root / "etc/systemd/system-preset/10-seedtool-test-image.preset"
+    preset.parent.mkdir(parents=True, exist_ok=True)
+    preset.write_text(TEST_PRESET)
+    _install_report_unit(root)
+    # debootstrap leaves the build host's name in /etc/hostname (seen in these roots);
+    # cloud-init then sets each VM's own from its meta-data (local-hostname)
     (root / "etc/hostname").write_text("debian\n")
-    return build_keys
+    return PreparedTree(build_keys, tuple(_bake(root, trusted_keys, policy)))
 
 
 def guest_image(
@@ -397,7 +430,7 @@ def guest_image(
         except (OSError, ValueError):
             return None
         return GuestImage(release, out / "disk.raw", out / "vmlinuz", out / "initrd.img",
-                          tuple(info["build_host_keys"]), bool(info["guest_installed"]), digest)
+                          tuple(info["build_host_keys"]), digest)
 
     img = load()
     if img is not None:
@@ -414,14 +447,7 @@ def guest_image(
         tree = work / "root"
         t0 = time.monotonic()
         _run(["cp", "-a", "--reflink=auto", str(root), str(tree)], f"copying the {release} root")
-        installed = _install_guest(tree, trusted_keys, policy)
-        cfg = tree / "etc/cloud/cloud.cfg.d/90_seedtool_test_image.cfg"
-        cfg.write_text(TEST_SYSTEM_CONFIG)
-        preset = tree / "etc/systemd/system-preset/10-seedtool-test-image.preset"
-        preset.parent.mkdir(parents=True, exist_ok=True)
-        preset.write_text(TEST_PRESET)
-        _install_report_unit(tree)
-        build_keys = _strip_shared_state(tree)
+        prepared = prepare_tree(tree, trusted_keys, policy)
         kernels = sorted((tree / "boot").glob("vmlinuz-*"))
         initrds = sorted((tree / "boot").glob("initrd.img-*"))
         if not kernels or not initrds:
@@ -432,8 +458,9 @@ def guest_image(
               str(work / "disk.raw"), DISK_SIZE], f"mkfs.ext4 -d for {release}")
         shutil.rmtree(tree)
         (work / "image.json").write_text(json.dumps({
-            "release": release, "digest": digest, "guest_installed": installed,
-            "build_host_keys": list(build_keys), "policy": policy,
+            "release": release, "digest": digest,
+            "build_host_keys": list(prepared.build_host_keys), "policy": policy,
+            "bake_changes": list(prepared.bake_changes),
             "seconds": round(time.monotonic() - t0, 1),
         }, indent=1, default=str))
         _remove_tree(out)
@@ -534,14 +561,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "build-image":
         img = guest_image(args.release, [Path(k) for k in args.trusted_key])
         info = {"release": img.release, "disk": str(img.disk), "kernel": str(img.kernel),
-                "initrd": str(img.initrd), "append": img.append,
-                "guest_installed": img.guest_installed}
+                "initrd": str(img.initrd), "append": img.append}
         if args.json:
             print(json.dumps(info))
         else:
             for k, v in info.items():
                 print(f"{k}: {v}")
-        return 0 if img.guest_installed else 1
+        return 0
     if args.cmd == "build-roots":
         for rel in args.releases:
             t0 = time.monotonic()
