@@ -1,7 +1,8 @@
-"""Shared fixtures: signing keys and a seed factory for tests."""
+"""Shared fixtures: signing keys, and the cached Debian roots for the chroot tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,15 @@ def keypair(tmp_path: Path) -> tuple[Path, Path, PublicKey]:
 @pytest.fixture
 def private_key(keypair: tuple[Path, Path, PublicKey]) -> object:
     return load_private_key(keypair[0])
+
+
+@pytest.fixture(scope="session")
+def debian_roots() -> None:
+    """The cached Debian roots (devtools.images), built first if missing: debootstrap,
+    about 90 s per release and once per machine, so a test that runs cloud-init in a
+    chroot never skips for want of a root (CI builds them for the VM tests anyway)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (debootstrap, namespaces and chroot)")
+    from devtools.images import build_roots
+
+    build_roots()
