@@ -117,3 +117,39 @@ def test_the_image_digest_follows_bakes_code(tmp_path: Path,
     assert images._image_digest("root", [], None) == before
     bake.write_text("def bake(): return 1\n")
     assert images._image_digest("root", [], None) != before
+
+
+# --- development support stays out of the product, and tests stay out of both -----------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sources(*tops: str) -> list[Path]:
+    return sorted(p for top in tops for p in (REPO / top).rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
+def test_nothing_outside_tests_names_tests_as_a_module() -> None:
+    # issue 9's evidence, `grep -r "tests\." scripts bench fuzz seedtool`, kept true
+    hits = [f"{p.relative_to(REPO)}:{n}" for p in _sources("seedtool", "scripts", "bench", "fuzz")
+            for n, line in enumerate(p.read_text("utf-8", "replace").splitlines(), 1)
+            if "tests." in line]
+    assert hits == []
+
+
+def test_devtools_and_seedtool_never_import_tests_and_seedtool_never_devtools() -> None:
+    import ast
+
+    bad = []
+    for p in _sources("devtools", "seedtool", "scripts", "bench", "fuzz"):
+        if p.suffix != ".py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text("utf-8"), str(p))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            forbidden = ("tests", "devtools") if p.is_relative_to(REPO / "seedtool") \
+                else ("tests",)
+            bad += [f"{p.relative_to(REPO)}: {n}" for n in names
+                    if n.split(".")[0] in forbidden]
+    assert bad == []
