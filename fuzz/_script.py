@@ -2,7 +2,9 @@
 
 Targets that drive a conversation (a fake socket, a simulated device) take their
 decisions from the input through a `Script`. When the input runs out every read
-returns zeros or empty bytes, so any input is a complete script.
+returns zeros or empty bytes, so any input is a complete script. A `Clock` stands in
+for `time.monotonic` and `time.sleep` in the module under test, so a timeout or a
+back-off costs no real time.
 """
 
 from __future__ import annotations
@@ -36,3 +38,16 @@ class Script:
 
     def rest(self) -> bytes:
         return self.take(self.remaining)
+
+
+class Clock:
+    """time.monotonic and time.sleep for a module under test: sleeping advances the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from seedtool.shared.errors import DeviceError
 from seedtool.sources import egd
 
-from ._script import Script
+from ._script import Clock, Script
 
 INSTRUMENT = ["seedtool"]
 MAX_LEN = 2048
@@ -32,21 +32,10 @@ MAX_LEN = 2048
 MAX_CONNECTIONS = 64
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
-
-
 class _FakeDaemon:
     """Holds the script; hands out connections."""
 
-    def __init__(self, script: Script, clock: _Clock) -> None:
+    def __init__(self, script: Script, clock: Clock) -> None:
         self.script = script
         self.clock = clock
         self.connections = 0
@@ -128,7 +117,7 @@ def test_one_input(data: bytes) -> None:
     script = Script(data)
     first = script.u8()
     mode = "nonblocking" if first & 1 else "blocking"
-    clock = _Clock()
+    clock = Clock()
     daemon = _FakeDaemon(script, clock)
     source = _FuzzEgd(daemon, mode)
     real_time = egd.time

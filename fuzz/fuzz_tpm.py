@@ -28,7 +28,7 @@ from typing import Any
 from seedtool.shared.errors import DeviceError
 from seedtool.sources import tpm
 
-from ._script import Script
+from ._script import Clock, Script
 
 INSTRUMENT = ["seedtool"]
 MAX_LEN = 1024
@@ -55,19 +55,6 @@ def seeds() -> Iterator[bytes]:
     yield b"\x04\x10" + _scripted(_reply(0x90A), _reply(0x922), _reply(0, b"\x02" * 16))
     yield b"\x04\x10" + _scripted(_reply(0x101))
     yield b"\x00" + struct.pack(">HII", 0x00C4, 10, 0x1E)
-
-
-class _Clock:
-    """time.monotonic and time.sleep for the tpm module: sleeping advances the clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(seconds, 0.0)
 
 
 def _pure(data: bytes) -> None:
@@ -129,7 +116,7 @@ def _conversation(data: bytes) -> None:
     source = tpm.TpmSource(device="/nonexistent/fuzz-tpm")
     transport = _ScriptedTransport(script)
     source._transport = lambda: transport  # type: ignore[method-assign]
-    clock = _Clock()
+    clock = Clock()
     real_time = tpm.time
     tpm.time = types.SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep)  # type: ignore[assignment]
     try:
