@@ -23,13 +23,14 @@ import os
 import socket
 import struct
 import threading
-import time
 from typing import Any, Callable, Union
+
+from ._listener import Listener
 
 Step = Union[str, tuple[str, Any]]
 
 
-class EgdServer:
+class EgdServer(Listener):
     def __init__(
         self,
         path: str | None = None,
@@ -44,52 +45,19 @@ class EgdServer:
         self.rng = rng
         self.sent = bytearray()
         self.commands: list[int] = []
-        self.connections = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         if path is not None:
-            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.listener.bind(path)
-            self.listener.listen()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen()
             self.address = path
         else:
-            self.listener = socket.create_server(("127.0.0.1", 0))
-            self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+            listener = socket.create_server(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{listener.getsockname()[1]}"
         self.path = path
-        self.listener.settimeout(0.05)
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__(listener)
 
     # -- serving -----------------------------------------------------------------------
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _recv(self, conn: socket.socket, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            try:
-                chunk = conn.recv(n - len(buf))
-            except socket.timeout:
-                if self._stop.is_set():
-                    return None
-                continue
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
 
     def _step(self) -> Step:
         with self._lock:
@@ -125,52 +93,37 @@ class EgdServer:
         return None  # unknown command: hang up, as a strict daemon would
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(0.05)
-        with conn:
-            while not self._stop.is_set():
-                head = self._recv(conn, 1)
-                if head is None:
-                    return
-                cmd = head[0]
-                self.commands.append(cmd)
-                step = self._step()
-                answer = self._answer(conn, cmd, step)
-                if answer is None or step == "close":
-                    return
-                writes, then = [answer], "keep"
-                if step == "silent":
-                    writes, then = [], "silent"
-                elif isinstance(step, tuple):
-                    kind, arg = step
-                    if kind == "partial":
-                        writes, then = [answer[:arg]], "close"
-                    elif kind == "stall":
-                        writes, then = [answer[:arg]], "silent"
-                    elif kind == "raw":
-                        writes = [bytes(arg)]
-                    elif kind == "extra":
-                        writes = [answer + bytes(arg)]
-                    elif kind == "trickle":
-                        cut = [len(answer) * i // arg for i in range(arg + 1)]
-                        writes = [answer[cut[i]:cut[i + 1]] for i in range(arg)]
-                try:
-                    for w in writes:
-                        if w:
-                            conn.sendall(w)
-                            time.sleep(0.01)
-                except OSError:
-                    return
-                if then == "close":
-                    return
-                if then == "silent":
-                    self._stop.wait()
-                    return
+        while not self._stop.is_set():
+            head = self._recv(conn, 1)
+            if head is None:
+                return
+            cmd = head[0]
+            self.commands.append(cmd)
+            step = self._step()
+            answer = self._answer(conn, cmd, step)
+            if answer is None or step == "close":
+                return
+            writes, then = [answer], "keep"
+            if step == "silent":
+                writes, then = [], "silent"
+            elif isinstance(step, tuple):
+                kind, arg = step
+                if kind == "partial":
+                    writes, then = [answer[:arg]], "close"
+                elif kind == "stall":
+                    writes, then = [answer[:arg]], "silent"
+                elif kind == "raw":
+                    writes = [bytes(arg)]
+                elif kind == "extra":
+                    writes = [answer + bytes(arg)]
+                elif kind == "trickle":
+                    cut = [len(answer) * i // arg for i in range(arg + 1)]
+                    writes = [answer[cut[i]:cut[i + 1]] for i in range(arg)]
+            if not self._send(conn, writes, then):
+                return
 
     def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        for t in self._threads:
-            t.join(5)
+        super().close()
         if self.path is not None:
             try:
                 os.unlink(self.path)

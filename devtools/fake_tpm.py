@@ -27,6 +27,8 @@ import time
 import tty
 from typing import Any, Union
 
+from ._listener import Listener
+
 Step = Union[str, tuple[str, Any]]
 
 DIGEST_MAX = 32
@@ -144,92 +146,37 @@ class PtyTpm:
         os.close(self.slave)
 
 
-class TcpTpm:
+class TcpTpm(Listener):
     """The fake on 127.0.0.1: bare commands (swtpm style) or mssim framing."""
 
     def __init__(self, fake: FakeTpm, mssim: bool = False) -> None:
         self.fake = fake
         self.mssim = mssim
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
+        super().__init__(socket.create_server(("127.0.0.1", 0)))
         self.port = self.listener.getsockname()[1]
         self.spec = f"127.0.0.1:{self.port}"
-        self.connections = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            self._socks.append(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _recv_exact(self, conn: socket.socket, n: int) -> bytes | None:
-        buf = b""
-        while len(buf) < n:
-            try:
-                chunk = conn.recv(n - len(buf))
-            except socket.timeout:
-                if self._stop.is_set():
-                    return None
-                continue
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-        return buf
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(0.05)
-        with conn:
-            while not self._stop.is_set():
-                if self.mssim:
-                    head = self._recv_exact(conn, 9)
-                    if head is None:
-                        return
-                    op, _locality, size = struct.unpack(">IBI", head)
-                    if op != 8:
-                        return
-                    command = self._recv_exact(conn, size)
-                else:
-                    head = self._recv_exact(conn, HEADER.size)
-                    if head is None:
-                        return
-                    rest = self._recv_exact(conn, HEADER.unpack(head)[1] - HEADER.size)
-                    command = None if rest is None else head + rest
-                if command is None:
+        while not self._stop.is_set():
+            if self.mssim:
+                head = self._recv(conn, 9)
+                if head is None:
                     return
-                writes, then = self.fake.replies(command)
-                if self.mssim and writes:
-                    body = b"".join(writes)
-                    writes = [struct.pack(">I", len(body)) + body + struct.pack(">I", 0)]
-                try:
-                    for w in writes:
-                        conn.sendall(w)
-                        time.sleep(0.01)
-                except OSError:
+                op, _locality, size = struct.unpack(">IBI", head)
+                if op != 8:
                     return
-                if then == "close":
+                command = self._recv(conn, size)
+            else:
+                head = self._recv(conn, HEADER.size)
+                if head is None:
                     return
-                if then == "silent":
-                    self._stop.wait()
-                    return
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        for t in self._threads:
-            t.join(5)
+                rest = self._recv(conn, HEADER.unpack(head)[1] - HEADER.size)
+                command = None if rest is None else head + rest
+            if command is None:
+                return
+            writes, then = self.fake.replies(command)
+            if self.mssim and writes:
+                body = b"".join(writes)
+                writes = [struct.pack(">I", len(body)) + body + struct.pack(">I", 0)]
+            if not self._send(conn, writes, then):
+                return
