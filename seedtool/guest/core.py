@@ -17,6 +17,11 @@ came from, the image's policy and its paths, it:
    from the now-seeded pool, writes /var/lib/seedtool/status.json and prints one
    line to /dev/kmsg.
 
+What to credit, mix and record is decided by `decision.decide()`, which does no
+I/O; this module gathers its inputs (policy file, trusted keys, the ledger's durable
+record) and carries it out (`record_in_ledger`, `credit_or_mix`, `report`), in that
+order, so a seed id is on disk before its seed reaches the kernel.
+
 It never raises for an environmental problem (not root, read-only /var, no
 /dev/kmsg): each is recorded in the outcome. What the entry point must report as an
 error (an invalid policy: the image is misbuilt; an uncredited seed under
@@ -34,20 +39,13 @@ import os
 import struct
 import time
 
-from ..shared import envelope
-from ..shared.envelope import (
-    BadSignature,
-    EnvelopeExpired,
-    EnvelopeNotYetValid,
-    MalformedEnvelope,
-    UntrustedKey,
-)
 from ..shared.errors import EnvelopeError, SeedtoolError, SigningKeyError
 from ..shared.fileio import atomic_write
 from ..shared.mix import mix
-from ..shared.pubkeys import PublicKey, load_public_keys, trusted_pairs
+from ..shared.pubkeys import PublicKey, load_public_keys
 from ..shared.record import Record
-from . import kernel
+from . import decision, kernel
+from .decision import Decision, short
 from .ledger import Ledger, LedgerError, LedgerInvalid
 from .platform_seed import DatasourceSeed
 from .platform_seed import decode as decode_platform_seed
@@ -218,14 +216,8 @@ def policy_failure(paths: Paths) -> str:
     try:
         load_policy(paths.policy)
     except PolicyError as e:
-        return _misbuilt(_short(e, 400))
+        return _misbuilt(short(e, 400))
     return ""
-
-
-def _short(err: BaseException, limit: int = 120) -> str:
-    """The first clause of an error message: stable, short, never data."""
-    text = str(err).split(";")[0].strip()
-    return text[:limit]
 
 
 def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[PublicKey]:
@@ -242,27 +234,6 @@ def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[Public
         except SigningKeyError:
             notes.append(f"ignored invalid trusted key file {os.path.basename(f)}")
     return keys
-
-
-def _verify(
-    env: envelope.UnverifiedEnvelope, paths: Paths, policy: Policy, now: float,
-    notes: list[str],
-) -> tuple[envelope.VerifiedEnvelope | None, str]:
-    keys = _load_trusted(paths, policy, notes)
-    if not keys:
-        return None, "no trusted keys installed"
-    try:
-        return envelope.verify(env, trusted_pairs(keys), now=now, skew=policy.clock_skew), ""
-    except UntrustedKey:
-        return None, f"signed by untrusted key {env.key_id_hex}"
-    except BadSignature:
-        return None, "signature does not verify"
-    except EnvelopeExpired:
-        return None, "expired"
-    except EnvelopeNotYetValid:
-        return None, "not yet valid"
-    except EnvelopeError as e:
-        return None, f"invalid: {_short(e)}"
 
 
 def _read_small(path: str, limit: int = 256) -> bytes:
@@ -363,6 +334,88 @@ def _now_text(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
+def read_policy(paths: Paths, given: Policy | None = None) -> tuple[Policy, str]:
+    """The policy to apply (`given`, else the image's file) and why that file is invalid.
+
+    An invalid file gives Policy() only to go on mixing: nothing is credited, and the
+    entry points report `failure()` as an error (never as if fail_closed were false).
+    """
+    if given is not None:
+        return given, ""
+    try:
+        return load_policy(paths.policy), ""
+    except PolicyError as e:
+        return Policy(), short(e, 400)
+
+
+def record_in_ledger(path: str, seed_id_hex: str, origin: str, now: float) -> tuple[str, str]:
+    """Record a verified seed id in the ledger, fsynced; a `decision.LEDGER_*` answer and a note.
+
+    Called before anything is credited: only LEDGER_FRESH lets `decide` credit the seed.
+    """
+    try:
+        fresh = Ledger(path).consume(seed_id_hex, origin, now)
+    except LedgerError as e:
+        state = decision.LEDGER_INVALID if isinstance(e, LedgerInvalid) else (
+            decision.LEDGER_UNWRITABLE)
+        return state, short(e, 400)
+    return (decision.LEDGER_FRESH if fresh else decision.LEDGER_REPLAY), ""
+
+
+def credit_or_mix(d: Decision, digest: bytes, urandom: str) -> tuple[int, str, list[str]]:
+    """Carry out `d` on the kernel's pool; the bits credited, the reason to record, notes.
+
+    RNDADDENTROPY of `d.credit` followed by `digest` for `d.bits`; when there is
+    nothing to credit or the kernel refuses, a plain write of `d.mix` and `digest`
+    (uncredited). Then a CRNG reseed, whatever happened.
+    """
+    credited, reason, notes = 0, d.reason, []
+    if d.credit is not None:
+        try:
+            kernel.add_entropy(urandom, d.credit + digest, d.bits)
+            credited, reason = d.bits, ""
+        except OSError as e:
+            if e.errno in (errno.EPERM, errno.EACCES):
+                reason = "not permitted"
+            elif e.errno == errno.ENOENT:
+                reason = f"no {urandom}"
+            else:
+                reason = f"credit failed: {e.strerror or 'error'}"
+    if not credited:
+        try:
+            kernel.write_uncredited(urandom, d.mix + digest)
+        except OSError as e:
+            notes.append(f"could not mix into {urandom}: {e.strerror}")
+    kernel.reseed(urandom)
+    return credited, reason, notes
+
+
+def announce(out: Outcome, paths: Paths) -> None:
+    """The kernel-log line, then (when the CRNG is ready) a fresh systemd random-seed."""
+    # the kernel log line right away, so its time stamp is the credit's; before the
+    # status file, so a failure to write it is recorded there
+    try:
+        kernel.kmsg(paths.kmsg, out.line())
+        out.kmsg_written = True
+    except OSError as e:
+        out.notes.append(f"kmsg unavailable: {e.strerror}")
+    if out.crng_after == "ready":
+        note = refresh_random_seed(paths.random_seed)
+        if note:
+            out.notes.append(note)
+
+
+def save_status(out: Outcome, paths: Paths) -> None:
+    """Write the outcome's status files; a failure is a note, never an error."""
+    try:
+        write_status(paths.status, out.status())
+        out.status_written = True
+    except SeedtoolError as e:
+        out.notes.append(f"status not written: {short(e, 400)}")
+    except OSError as e:
+        out.notes.append(f"status not written: {e.strerror}")
+
+
 def credit_seed(
     data: bytes | str | None,
     origin: str,
@@ -398,121 +451,45 @@ def credit_seed(
         clock[0] = t
 
     out.crng_before = kernel.crng_state()
-    policy_ok = True
-    if policy is None:
-        try:
-            policy = load_policy(paths.policy)
-        except PolicyError as e:
-            # Policy() only to go on mixing: nothing is credited, and the entry points
-            # report `failure()` as an error (never as if fail_closed were false)
-            policy, policy_ok = Policy(), False
-            out.policy_error = _short(e, 400)
-            out.notes.append(out.policy_error)
-    out.fail_closed = policy.fail_closed or not policy_ok
+    policy, out.policy_error = read_policy(paths, policy)
+    if out.policy_error:
+        out.notes.append(out.policy_error)
+    out.fail_closed = policy.fail_closed or bool(out.policy_error)
     mark("policy")
 
-    to_credit: tuple[bytes, int] | None = None
-    to_mix: list[bytes] = []
-    if not policy_ok:
-        out.reason = "policy invalid"
-    if data is not None:
-        try:
-            env = envelope.parse(data)
-        except MalformedEnvelope as e:
-            out.reason = out.reason or f"malformed: {_short(e)}"
-        else:
-            out.seed_id, out.key_id = env.seed_id_hex, env.key_id_hex
-            to_mix.append(env.uncredited_seed)
-            if uncreditable and policy_ok:
-                out.reason = uncreditable
-            elif policy_ok:
-                verified, out.reason = _verify(env, paths, policy, wall, out.notes)
-                mark("signature")
-                if verified is not None:
-                    # the ledger is the last check: `verified` means signature, time
-                    # and never seen before all passed, i.e. the seed may be credited
-                    try:
-                        fresh = Ledger(paths.ledger).consume(env.seed_id_hex, origin, wall)
-                    except LedgerError as e:
-                        invalid = isinstance(e, LedgerInvalid)
-                        out.reason = "ledger invalid" if invalid else "ledger not writable"
-                        out.notes.append(_short(e, 400))
-                    else:
-                        if fresh:
-                            out.verified = True
-                            to_credit = (verified.seed, verified.creditable_bits)
-                        else:
-                            out.reason = "already consumed"
+    env, malformed = decision.parse(data)
+    verified, refused, ledger = None, "", ""
+    # an envelope that may not be credited anyway is never checked nor recorded
+    if env is not None and not out.policy_error and not uncreditable:
+        keys = _load_trusted(paths, policy, out.notes)
+        verified, refused = decision.check(env, keys, policy, wall)
+        mark("signature")
+        if verified is not None:
+            ledger, note = record_in_ledger(paths.ledger, verified.seed_id_hex, origin, wall)
+            if note:
+                out.notes.append(note)
     # decided from what the guest observes: the platform's name and the bytes
     pseed = (platform_seed if isinstance(platform_seed, DatasourceSeed)
              and platform_seed.platform == platform.lower()
              else decode_platform_seed(platform, platform_seed))
-    if pseed:
-        to_mix.append(bytes(pseed))
-        if data is None and policy_ok:
-            if policy.trusts_platform(platform):
-                if pseed.creditable_bits:
-                    # the whole decoded seed goes in; only what its carrying bytes can
-                    # hold is credited (an OEM0 header is mixed, never counted)
-                    to_credit = (bytes(pseed), pseed.creditable_bits)
-                else:
-                    out.reason = (f"platform {platform.lower() or '-'} seed not creditable: "
-                                  f"{pseed.reason}")
-            elif not policy.credit_datasource:
-                out.reason = "datasource seeds are not credited by policy"
-            else:
-                out.reason = f"platform {platform or '-'} not trusted"
-    if data is None and not pseed and not out.reason:
-        out.reason = "no seed offered"
-    if to_credit is not None and data is not None and pseed:
-        # the envelope is credited; the datasource seed still goes in, uncounted
-        to_credit = (to_credit[0] + bytes(pseed), to_credit[1])
+    d = decision.decide(
+        offered=data is not None, policy=policy, env=env, malformed=malformed,
+        policy_error=out.policy_error, uncreditable=uncreditable, verified=verified,
+        refused=refused, ledger=ledger, platform_seed=pseed, platform=platform,
+    )
+    out.seed_id, out.key_id, out.verified, out.reason = d.seed_id, d.key_id, d.verified, d.reason
     mark("ledger")
 
     out.boot_id = _read_small(paths.boot_id, 64).decode("ascii", "replace").strip()
     local = local_inputs(instance_id, paths)
     out.local_inputs = [f"{name}:{len(value)}" for name, value in local]
     digest = mix(local, LOCAL_DIGEST_LEN, b"seedtool guest local inputs")
-    urandom = paths.urandom
-    if to_credit is not None:
-        seed, bits = to_credit
-        try:
-            kernel.add_entropy(urandom, seed + digest, bits)
-            out.credited_bits = bits
-            out.reason = ""
-        except OSError as e:
-            if e.errno in (errno.EPERM, errno.EACCES):
-                out.reason = "not permitted"
-            elif e.errno == errno.ENOENT:
-                out.reason = f"no {urandom}"
-            else:
-                out.reason = f"credit failed: {e.strerror or 'error'}"
-    if not out.credited:
-        try:
-            kernel.write_uncredited(urandom, b"".join(to_mix) + digest)
-        except OSError as e:
-            out.notes.append(f"could not mix into {urandom}: {e.strerror}")
-    kernel.reseed(urandom)
+    out.credited_bits, out.reason, notes = credit_or_mix(d, digest, paths.urandom)
+    out.notes += notes
     out.crng_after = kernel.crng_state()
     mark("credit")
-    # the kernel log line right away, so its time stamp is the credit's; before the
-    # status file, so a failure to write it is recorded there
-    try:
-        kernel.kmsg(paths.kmsg, out.line())
-        out.kmsg_written = True
-    except OSError as e:
-        out.notes.append(f"kmsg unavailable: {e.strerror}")
-    if out.crng_after == "ready":
-        note = refresh_random_seed(paths.random_seed)
-        if note:
-            out.notes.append(note)
+    announce(out, paths)
     mark("random-seed")
-    try:
-        write_status(paths.status, out.status())
-        out.status_written = True
-    except SeedtoolError as e:
-        out.notes.append(f"status not written: {_short(e, 400)}")
-    except OSError as e:
-        out.notes.append(f"status not written: {e.strerror}")
+    save_status(out, paths)
     mark("status")
     return out

@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from seedtool.generate import SeedFactory
-from seedtool.guest import core, kernel
+from seedtool.guest import core, decision, kernel
 from seedtool.guest.core import Paths, credit_seed
 from seedtool.guest.policy import Policy
 from seedtool.keys import generate_keypair, load_private_key, public_of
 from seedtool.shared import envelope
 from seedtool.shared.pubkeys import key_id
+from tests.guest.audit import recording
 
 REPO = Path(__file__).resolve().parents[2]
 LINE_CREDITED = re.compile(
@@ -592,3 +593,60 @@ def test_paths_under_root() -> None:
     assert p.ledger == "/r/var/lib/seedtool/ledger"
     assert p.kmsg == "/r/dev/kmsg" and p.in_root("/etc/x") == "/r/etc/x"
     assert p.replace(kmsg="/k").kmsg == "/k" and p.replace(kmsg="/k").ledger == p.ledger
+
+
+# ---- the effects alone, and their order ------------------------------------------------
+
+
+def test_record_in_ledger_gives_the_ledgers_answer(tmp_path: Path) -> None:
+    path, sid = str(tmp_path / "ledger"), "ab" * 16
+    assert core.record_in_ledger(path, sid, "disk", 1_800_000_000) == (decision.LEDGER_FRESH, "")
+    assert Path(path).read_text() == f"{sid} 1800000000 disk\n"
+    assert core.record_in_ledger(path, sid, "disk", 1_800_000_001) == (
+        decision.LEDGER_REPLAY, "")
+    Path(path).write_text("not a record\n")
+    state, note = core.record_in_ledger(path, sid, "disk", 0)
+    assert state == decision.LEDGER_INVALID and "line 1 is not a seedtool ledger record" in note
+    (tmp_path / "file").write_text("")
+    state, note = core.record_in_ledger(str(tmp_path / "file/ledger"), sid, "disk", 0)
+    assert state == decision.LEDGER_UNWRITABLE and note.startswith("cannot write ledger")
+
+
+def a_decision(credit: bytes | None, reason: str = "") -> decision.Decision:
+    return decision.Decision(seed_id=None, key_id=None, verified=False, credit=credit,
+                             bits=8 * len(credit) if credit else 0, mix=os.urandom(32),
+                             reason=reason)
+
+
+@needs_root
+def test_credit_or_mix_carries_out_a_decision_on_the_real_pool() -> None:
+    digest = os.urandom(core.LOCAL_DIGEST_LEN)
+    assert core.credit_or_mix(a_decision(os.urandom(32)), digest, "/dev/urandom") == (
+        256, "", [])
+    assert core.credit_or_mix(a_decision(None, "expired"), digest, "/dev/urandom") == (
+        0, "expired", [])
+
+
+def test_credit_or_mix_without_the_device_says_so(tmp_path: Path) -> None:
+    missing = str(tmp_path / "urandom")
+    note = f"could not mix into {missing}: No such file or directory"
+    digest = os.urandom(core.LOCAL_DIGEST_LEN)
+    assert core.credit_or_mix(a_decision(os.urandom(32)), digest, missing) == (
+        0, f"no {missing}", [note])
+    assert core.credit_or_mix(a_decision(None, "expired"), digest, missing) == (
+        0, "expired", [note])
+
+
+@needs_root
+def test_the_seed_id_is_in_the_ledger_before_the_kernel_is_given_the_seed(guest: Guest) -> None:
+    new = SeedFactory(guest.private_key).new()
+    with recording() as seen:
+        out = credit_seed(new.text, "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
+    assert out.credited
+    events = [(e, a[0]) for e, a in seen if e in ("open", "fcntl.ioctl")]
+    first_device_use = events.index(("open", guest.paths.urandom))
+    ledger_writes = [i for i, (e, a) in enumerate(events)
+                     if e == "open" and a == guest.paths.ledger]
+    # the ledger was opened (and, by Ledger.consume, written and fsynced) before it
+    assert ledger_writes and max(ledger_writes) < first_device_use
+    assert guest.ledger().startswith(new.seed_id + " ")
