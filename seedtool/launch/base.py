@@ -41,6 +41,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..clouds import redact
 from ..deliver import userdata
 from ..shared import envelope
 from ..shared.errors import (
@@ -62,8 +63,6 @@ LAUNCHED, FAILED, NOT_STARTED, DRY_RUN, EXISTING = (
 #: launch ids most clouds accept in a tag (1-64 letters, digits, '.', '_', '-')
 LAUNCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LAUNCH_ID_RULE = "1-64 letters, digits, '.', '_' or '-'"
-# runs of base64/hex-like text in a server's message (an echoed user-data or token)
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -255,22 +254,6 @@ def check_launch_id(launch_id: str, pattern: re.Pattern[str] = LAUNCH_ID,
             f"({rule})"
         )
     return launch_id
-
-
-def redact(message: str) -> str:
-    """A server's message made safe to repeat: whitespace collapsed, long runs that
-    could be base64 or hex data (an echoed user-data value, a token) cut, at most 200
-    characters. A lowercase resource path (with '/', no capitals) stays readable."""
-
-    def cut(m: re.Match[str]) -> str:
-        run = m.group(0)
-        if "/" in run and not re.search(r"[A-Z+=]", run):
-            return run
-        return "..."
-
-    text = " ".join(str(message).split())
-    text = _LONG_TOKEN.sub(cut, text)
-    return text[:200].rstrip(" .")
 
 
 def carries_seed(data: bytes | None) -> bool:

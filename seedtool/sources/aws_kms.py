@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..quiet import Quieter
+from ..clouds import aws
 from ..shared.errors import SourceError, UsageError
 from .base import Availability, Source, positive_number, positive_whole_number
 
@@ -32,47 +32,13 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_MAX_ATTEMPTS = 3  # botocore's "standard" retry mode default: 1 call + 2 retries
 
-_CREDENTIALS_FIX = "run aws configure / aws sso login or set AWS_PROFILE"
-_NO_REGION = "no AWS region is set; pass region= or set AWS_REGION (or AWS_DEFAULT_REGION)"
-# Error codes, as botocore reports them in ClientError.response["Error"]["Code"].
-_BAD_CREDENTIALS = frozenset(
-    {
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "RequestExpired",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "InvalidToken",
-    }
+WORDS = aws.Words(
+    feature="the aws-kms source", profile="profile=", region="region=",
+    endpoint="endpoint_url=",
+    credentials_fix="run aws configure / aws sso login or set AWS_PROFILE",
+    error=SourceError, usage=SourceError,
 )
 _ACCESS_DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
-# The same list botocore's standard retry mode treats as throttling.
-_THROTTLED = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
-_SERVER_SIDE = frozenset({"KMSInternalException", "DependencyTimeoutException"})
-
-
-_QUIET_LOGGERS = ("botocore.parsers",)
-_no_body_logging = Quieter(*_QUIET_LOGGERS)
 
 
 class AwsKmsSource(Source):
@@ -112,48 +78,23 @@ class AwsKmsSource(Source):
 
     # -- setting up -------------------------------------------------------------
 
-    def _boto3(self) -> Any:
-        try:
-            import boto3
-        except ImportError:
-            raise SourceError(
-                "the aws-kms source needs boto3; pip install 'seedtool[aws]'"
-            ) from None
-        return boto3
-
     def _get_session(self) -> Any:
         if self._session is None:
-            boto3 = self._boto3()
-            from botocore.exceptions import ProfileNotFound
-
-            try:
-                self._session = boto3.session.Session(
-                    profile_name=self.profile, region_name=self.region
-                )
-            except ProfileNotFound:
-                raise SourceError(
-                    f"AWS profile '{self.profile}' is not configured; "
-                    f"run aws configure --profile {self.profile} or pass another profile="
-                ) from None
+            self._session = aws.session(self.profile, self.region, WORDS)
         return self._session
 
     def _get_client(self) -> Any:
         if self._client is None:
             session = self._get_session()
-            if not session.region_name:
-                raise SourceError(_NO_REGION)
-            from botocore.config import Config
-
-            config = Config(
-                # total_max_attempts counts the first call; botocore's max_attempts does not.
-                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-            )
             try:
-                self._client = session.client(
-                    "kms", endpoint_url=self.endpoint_url, config=config
+                self._client = aws.client(
+                    session, "kms", WORDS, endpoint_url=self.endpoint_url,
+                    # total_max_attempts counts the first call; botocore's max_attempts does not
+                    retries={"total_max_attempts": self.max_attempts},
+                    connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                 )
+            except SourceError:
+                raise
             except Exception as e:  # noqa: BLE001 - mapped to one sentence below
                 raise self._translate(e) from None
         return self._client
@@ -162,23 +103,11 @@ class AwsKmsSource(Source):
 
     def available(self) -> Availability:
         try:
-            self._boto3()
+            creds = aws.credentials(self._get_session(), WORDS, self._call())
         except SourceError as e:
             return Availability.no(str(e))
-        try:
-            session = self._get_session()
-        except SourceError as e:
-            return Availability.no(str(e))
-        if not session.region_name:
-            return Availability.no(_NO_REGION)
-        try:
-            creds = session.get_credentials()
-        except Exception as e:  # noqa: BLE001 - botocore raises many kinds here
-            return Availability.no(str(self._translate(e)))
-        if creds is None:
-            return Availability.no(f"no AWS credentials were found; {_CREDENTIALS_FIX}")
         detail = {
-            "region": str(session.region_name),
+            "region": str(self._session.region_name),
             "credentials": str(getattr(creds, "method", "unknown")),
         }
         if self.endpoint_url:
@@ -200,7 +129,7 @@ class AwsKmsSource(Source):
             if self.custom_key_store:
                 params["CustomKeyStoreId"] = self.custom_key_store
             try:
-                with _no_body_logging():
+                with aws.quiet():
                     reply = client.generate_random(**params)
             except Exception as e:  # noqa: BLE001 - mapped to one sentence below
                 raise self._translate(e) from None
@@ -221,112 +150,52 @@ class AwsKmsSource(Source):
 
     # -- errors -----------------------------------------------------------------
 
-    def _where(self) -> str:
+    def _call(self) -> aws.Call:
         if self._client is not None:
-            return str(self._client.meta.endpoint_url)
-        return self.endpoint_url or "the AWS KMS endpoint"
+            where = str(self._client.meta.endpoint_url)
+        else:
+            where = self.endpoint_url or "the AWS KMS endpoint"
+        return aws.Call(
+            service="AWS KMS", op="GenerateRandom", where=where,
+            patience=f"within {self.read_timeout:g} s in {self.max_attempts} attempts",
+            retry="retry later, or check the network or raise read_timeout=",
+            throttled="retry later, raise max_attempts= or ask AWS for a higher KMS request "
+                      "quota",
+            refused="check region=, custom_key_store= and endpoint_url=",
+        )
 
     def _translate(self, e: Exception) -> SourceError:
-        """One actionable sentence for anything boto3/botocore raised (never its text)."""
-        try:
-            from botocore import exceptions as bx
-        except ImportError:  # pragma: no cover - boto3 always brings botocore
-            return SourceError(f"AWS KMS failed ({type(e).__name__})")
+        """One actionable sentence for anything boto3/botocore raised (never its payload)."""
+        err = aws.translate(e, WORDS, self._call(), self._explain)
+        return err if isinstance(err, SourceError) else SourceError(str(err))
 
-        if isinstance(e, bx.ClientError):
-            return self._translate_client_error(e)
-        if isinstance(e, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-            return SourceError(f"no usable AWS credentials were found; {_CREDENTIALS_FIX}")
-        refresh_errors = tuple(
-            getattr(bx, n)
-            for n in (
-                "SSOTokenLoadError",
-                "UnauthorizedSSOTokenError",
-                "TokenRetrievalError",
-                "CredentialRetrievalError",
-                "RefreshWithMFAUnsupportedError",
-                "InvalidConfigError",
-            )
-            if hasattr(bx, n)
-        )
-        if isinstance(e, refresh_errors):
-            return SourceError(
-                f"AWS credentials could not be loaded or refreshed ({type(e).__name__}); "
-                f"{_CREDENTIALS_FIX}"
-            )
-        if isinstance(e, bx.ProfileNotFound):
-            return SourceError(
-                f"AWS profile '{self.profile}' is not configured; "
-                "run aws configure --profile NAME or pass another profile="
-            )
-        if isinstance(e, bx.NoRegionError):
-            return SourceError(_NO_REGION)
-        if isinstance(e, bx.ReadTimeoutError):
-            return SourceError(
-                f"AWS KMS at {self._where()} did not answer within {self.read_timeout:g} s "
-                f"in {self.max_attempts} attempts; check the network or raise read_timeout="
-            )
-        if isinstance(e, (bx.ConnectTimeoutError, bx.EndpointConnectionError)):
-            return SourceError(
-                f"could not connect to AWS KMS at {self._where()} in {self.max_attempts} "
-                "attempts; check the network, region= or endpoint_url= (e.g. a VPC endpoint)"
-            )
-        if isinstance(e, bx.BotoCoreError):
-            return SourceError(
-                f"AWS KMS GenerateRandom failed ({type(e).__name__}) at {self._where()}; "
-                "check the network, region= and endpoint_url="
-            )
-        return SourceError(f"AWS KMS GenerateRandom failed unexpectedly ({type(e).__name__})")
-
-    def _translate_client_error(self, e: Any) -> SourceError:
-        err = e.response.get("Error", {})
-        meta = e.response.get("ResponseMetadata", {})
-        code = str(err.get("Code") or "unknown")
-        status = meta.get("HTTPStatusCode")
-        attempts = int(meta.get("RetryAttempts", 0)) + 1
+    def _explain(self, info: aws.ClientErrorInfo) -> SourceError | None:
+        """KMS's own error codes (API reference, GenerateRandom "Errors")."""
         store = self.custom_key_store
-        if code in _BAD_CREDENTIALS:
-            return SourceError(
-                f"AWS did not accept the credentials ({code}); {_CREDENTIALS_FIX}"
-            )
-        if code in _ACCESS_DENIED:
+        if info.code in _ACCESS_DENIED:
             return SourceError(
                 "AWS KMS denied GenerateRandom (AccessDeniedException); "
                 "allow kms:GenerateRandom for this identity in an IAM policy"
             )
-        if code in _THROTTLED:
-            return SourceError(
-                f"AWS KMS kept throttling GenerateRandom ({code}) through {attempts} attempts; "
-                "retry later, raise max_attempts= or ask AWS for a higher KMS request quota"
-            )
-        if code == "CustomKeyStoreInvalidStateException":
+        if info.code == "CustomKeyStoreInvalidStateException":
             return SourceError(
                 f"the CloudHSM key store '{store}' is not connected; run "
                 f"aws kms connect-custom-key-store --custom-key-store-id {store} "
                 "and wait until it is CONNECTED"
             )
-        if code == "CustomKeyStoreNotFoundException":
+        if info.code == "CustomKeyStoreNotFoundException":
             return SourceError(
                 f"AWS KMS has no custom key store '{store}' in {self._region()}; "
                 "check custom_key_store= and region="
             )
-        if code == "UnsupportedOperationException":
+        if info.code == "UnsupportedOperationException":
             return SourceError(
                 f"AWS KMS cannot GenerateRandom in key store '{store}'; "
                 "only CloudHSM key stores support it, so pass a CloudHSM key store id or none"
             )
-        if code in _SERVER_SIDE or (isinstance(status, int) and status >= 500):
-            return SourceError(
-                f"AWS KMS failed on its side ({code}, HTTP {status}) through {attempts} "
-                "attempts; retry later"
-            )
-        return SourceError(
-            f"AWS KMS refused GenerateRandom ({code}, HTTP {status}); "
-            "check region=, custom_key_store= and endpoint_url="
-        )
+        return None
 
     def _region(self) -> str:
         if self._session is not None and self._session.region_name:
             return str(self._session.region_name)
         return self.region or "this region"
-

@@ -25,11 +25,9 @@ records are dropped while this source's own calls are in flight.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from ..quiet import Quieter
+from ..clouds import gcp
 from ..shared.errors import SourceError, UsageError
 from .base import Availability, Source, positive_number
 
@@ -40,14 +38,8 @@ DEFAULT_TIMEOUT = 10.0  # seconds per HTTP request
 DEFAULT_RETRY_DEADLINE = 30.0  # seconds across all retries of one call
 SCOPE = "https://www.googleapis.com/auth/cloudkms"
 
-_ADC_FIX = "run gcloud auth application-default login or set GOOGLE_APPLICATION_CREDENTIALS"
-
-
-_QUIET_LOGGERS = (
-    "google.cloud.kms_v1.services.key_management_service.transports.rest",
-    "google.cloud.kms_v1.services.key_management_service.client",
-)
-_no_payload_logging = Quieter(*_QUIET_LOGGERS)
+WORDS = gcp.Words(project="project=", endpoint="endpoint=", error=SourceError,
+                  refused=SourceError, usage=SourceError)
 
 
 def _crc32c_table() -> list[int]:
@@ -74,28 +66,6 @@ def crc32c(data: bytes) -> int:
     for b in data:
         crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
-
-
-def _adc_may_exist() -> bool:
-    """True when Application Default Credentials could be found without a slow probe."""
-    env = os.environ
-    if env.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        return True
-    if any(env.get(v) for v in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "K_SERVICE",
-                                "FUNCTION_TARGET")):
-        return True
-    if os.name == "nt":
-        base = Path(env.get("CLOUDSDK_CONFIG") or Path(env.get("APPDATA", "")) / "gcloud")
-    else:
-        base = Path(env.get("CLOUDSDK_CONFIG") or Path.home() / ".config" / "gcloud")
-    if (base / "application_default_credentials.json").is_file():
-        return True
-    try:
-        # What google-auth itself checks on Linux to recognise a Compute Engine VM.
-        product = Path("/sys/class/dmi/id/product_name").read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return False
-    return product.startswith("Google")
 
 
 class GcpKmsSource(Source):
@@ -153,75 +123,18 @@ class GcpKmsSource(Source):
             ) from None
         return kms_v1
 
-    def _resolve_credentials(self) -> Any:
-        creds = self._credentials
-        if isinstance(creds, str):  # "anonymous", the only string __init__ lets through
-            from google.auth.credentials import AnonymousCredentials
-
-            return AnonymousCredentials()
-        if creds is not None:
-            return creds
-        if not _adc_may_exist():
-            raise SourceError(f"no Google Application Default Credentials found; {_ADC_FIX}")
-        import google.auth
-        from google.auth import exceptions as gax
-
-        try:
-            creds, adc_project = google.auth.default(scopes=[SCOPE])
-        except gax.DefaultCredentialsError:
-            raise SourceError(
-                f"no usable Google Application Default Credentials found; {_ADC_FIX}"
-            ) from None
-        if self.project is None:
-            self.project = adc_project or None
-        return creds
-
     def _get_client(self) -> Any:
         if self._client is not None:
             return self._client
         kms_v1 = self._import()
-        creds = self._resolve_credentials()
-        if self.project is None:
-            self.project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
+        creds, self.project = gcp.credentials(self._credentials, self.project, SCOPE, WORDS)
         if self.project is None:
             raise SourceError(
                 "no Google Cloud project is set; pass project= or set GOOGLE_CLOUD_PROJECT"
             )
-        client_options = {"api_endpoint": self.endpoint} if self.endpoint else None
-        self._client = kms_v1.KeyManagementServiceClient(
-            credentials=creds, transport="rest", client_options=client_options
-        )
-        self._retry = self._make_retry()
+        self._client = gcp.client(kms_v1.KeyManagementServiceClient, creds, self.endpoint)
+        self._retry = gcp.retry(self.retry_deadline)
         return self._client
-
-    def _make_retry(self) -> Any:
-        import requests
-        from google.api_core import exceptions as ex
-        from google.api_core import retry as retries
-
-        # Transient answers: quota (429), server trouble (5xx), network trouble.
-        # Retrying is safe: a failed call spends nothing and a new call gives new bytes.
-        transient = retries.if_exception_type(
-            ex.TooManyRequests,
-            ex.ResourceExhausted,
-            ex.InternalServerError,
-            ex.BadGateway,
-            ex.ServiceUnavailable,
-            ex.GatewayTimeout,
-            ex.DeadlineExceeded,
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-        )
-        kwargs: dict[str, Any] = {
-            "predicate": transient,
-            "initial": 0.2,
-            "maximum": 5.0,
-            "multiplier": 2.0,
-        }
-        try:
-            return retries.Retry(timeout=self.retry_deadline, **kwargs)
-        except TypeError:  # google-api-core before 2.16 calls it `deadline`
-            return retries.Retry(deadline=self.retry_deadline, **kwargs)
 
     # -- the Source interface ---------------------------------------------------
 
@@ -255,7 +168,7 @@ class GcpKmsSource(Source):
                 "protection_level": ProtectionLevel.HSM,
             }
             try:
-                with _no_payload_logging():
+                with gcp.quiet():
                     reply = client.generate_random_bytes(
                         request=request, retry=self._retry, timeout=self.timeout
                     )
@@ -277,39 +190,27 @@ class GcpKmsSource(Source):
 
     def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            client.transport.close()
+        gcp.close([client] if client is not None else [])
 
     # -- errors -----------------------------------------------------------------
 
-    def _where(self) -> str:
-        return self.endpoint or "cloudkms.googleapis.com"
-
     def _translate(self, e: BaseException) -> SourceError:
         """One actionable sentence for what the client raised (never its text)."""
-        import requests
+        call = gcp.Call(
+            service="Cloud KMS", what="generate random bytes",
+            where=self.endpoint or "cloudkms.googleapis.com", retry="retry later",
+            patience=f"within {self.timeout:g} s", deadline=self.retry_deadline,
+            throttled="retry later or ask for a higher Cloud KMS quota",
+            refused="check project=, location= and endpoint=",
+        )
+        err = gcp.translate(e, WORDS, call, self._explain)
+        return err if isinstance(err, SourceError) else SourceError(str(err))
+
+    def _explain(self, e: BaseException, retried: str) -> SourceError | None:
+        """What Cloud KMS's own answers mean (REST reference, generateRandomBytes)."""
         from google.api_core import exceptions as ex
-        from google.auth import exceptions as gax
         from google.protobuf import json_format
 
-        retried = ""
-        if isinstance(e, ex.RetryError):
-            retried = f" for {self.retry_deadline:g} s of retries"
-            if e.cause is None:
-                return SourceError(
-                    f"Cloud KMS at {self._where()} gave no good answer{retried}; retry later"
-                )
-            e = e.cause
-        if isinstance(e, gax.DefaultCredentialsError):
-            return SourceError(f"no usable Google Application Default Credentials; {_ADC_FIX}")
-        if isinstance(e, gax.GoogleAuthError):
-            return SourceError(
-                f"Google credentials could not be refreshed ({type(e).__name__}); {_ADC_FIX}"
-            )
-        # The REST transport raises the HTTP-named classes (Unauthorized, Forbidden),
-        # gRPC the status-named ones; both mean the same here.
-        if isinstance(e, (ex.Unauthenticated, ex.Unauthorized)):
-            return SourceError(f"Cloud KMS did not accept the credentials (HTTP 401); {_ADC_FIX}")
         if isinstance(e, (ex.PermissionDenied, ex.Forbidden)):
             return SourceError(
                 f"Cloud KMS denied generateRandomBytes in {self.parent} (HTTP 403); grant "
@@ -320,44 +221,14 @@ class GcpKmsSource(Source):
             return SourceError(
                 f"Cloud KMS has no {self.parent} (HTTP 404); check project= and location="
             )
-        if isinstance(e, (ex.TooManyRequests, ex.ResourceExhausted)):
-            return SourceError(
-                f"Cloud KMS kept refusing for quota (HTTP 429){retried}; retry later or ask "
-                "for a higher Cloud KMS quota"
-            )
-        if isinstance(e, (ex.ServerError, ex.DeadlineExceeded)):
-            code = getattr(e, "code", None)
-            return SourceError(
-                f"Cloud KMS failed on its side (HTTP {code}){retried}; retry later"
-            )
         if isinstance(e, (ex.BadRequest, ex.InvalidArgument)):
             return SourceError(
                 f"Cloud KMS rejected the request for {self.parent} (HTTP 400); check that "
                 "location= is a Cloud KMS location with Cloud HSM"
             )
-        if isinstance(e, ex.GoogleAPICallError):
-            code = getattr(e, "code", None)
-            return SourceError(
-                f"Cloud KMS refused generateRandomBytes (HTTP {code}); "
-                "check project=, location= and endpoint="
-            )
-        if isinstance(e, requests.exceptions.Timeout) and not isinstance(
-            e, requests.exceptions.ConnectTimeout
-        ):
-            return SourceError(
-                f"Cloud KMS at {self._where()} did not answer within {self.timeout:g} s"
-                f"{retried}; check the network or raise timeout="
-            )
-        if isinstance(e, requests.exceptions.ConnectionError):
-            return SourceError(
-                f"could not connect to Cloud KMS at {self._where()}{retried}; "
-                "check the network or endpoint="
-            )
         if isinstance(e, json_format.ParseError):
             return SourceError(
-                f"Cloud KMS at {self._where()} sent a reply that is not a "
-                "generateRandomBytes response; check endpoint="
+                f"Cloud KMS at {self.endpoint or 'cloudkms.googleapis.com'} sent a reply that "
+                "is not a generateRandomBytes response; check endpoint="
             )
-        return SourceError(
-            f"Cloud KMS generateRandomBytes failed unexpectedly ({type(e).__name__})"
-        )
+        return None
