@@ -26,6 +26,7 @@ from typing import Callable
 from seedtool.sources.entropykey_protocol import (
     ENTROPY_PER_FRAME,
     MAX_SEQUENCE,
+    HostSession,
     SessionKeys,
     build_frame,
     derive_session_key,
@@ -138,6 +139,18 @@ class EntropyKeySim:
 
     def stream(self, nframes: int) -> bytes:
         return b"".join(self.next_frame() for _ in range(nframes))
+
+    def converse(self, host: HostSession, nframes: int) -> bytes:
+        """`nframes` frames of a conversation with `host` (a started HostSession): each
+        turn hands the host's writes to the device and its next frame to the host; the
+        bytes the device sent."""
+        stream = bytearray()
+        for _ in range(nframes):
+            self.host_write(host.take_writes())
+            frame = self.next_frame()
+            stream += frame
+            host.receive(frame)
+        return bytes(stream)
 
 
 class PtySimulator:

@@ -148,14 +148,9 @@ def _host() -> ekp.HostSession:
 def _record(nframes: int, info_every: int = 0) -> tuple[bytes, list[bytes]]:
     """An honest conversation: what the device sent, and the entropy it sent."""
     sim, host = _sim(info_every), _host()
-    stream = bytearray()
-    for _ in range(nframes):
-        sim.host_write(host.take_writes())
-        frame = sim.next_frame()
-        stream += frame
-        host.receive(frame)
+    stream = sim.converse(host, nframes)
     assert host.available == ekp.ENTROPY_PER_FRAME * len(sim.sent_entropy)
-    return bytes(stream), sim.sent_entropy
+    return stream, sim.sent_entropy
 
 
 with _Memoised():
