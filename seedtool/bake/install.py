@@ -3,11 +3,13 @@
 Used by the image builder and `seedtool bake`. `install_guest(root, keys, policy)`
 writes, below `root`:
 
-* `/usr/lib/seedtool/python/seedtool/...`: the guest code (envelope, ed25519,
-  keys, mix, errors, fileio and `seedtool.guest`), in a private directory so a pip-installed
-  seedtool never clashes with it; never the CLI, click or a cloud SDK;
+* `/usr/lib/seedtool/python/seedtool/...`: the code that runs at boot, which is
+  exactly the packages `seedtool.shared` and `seedtool.guest` (and `seedtool/__init__.py`),
+  copied whole (`guest_code`), in a private directory so a pip-installed seedtool
+  never clashes with it; never the CLI, this module, click or a cloud SDK;
 * `/usr/lib/python3/dist-packages/cc_seedtool.py`: the cloud-init module (cloud-init
-  looks for a top-level `cc_<name>` on sys.path before its own package);
+  looks for a top-level `cc_<name>` on sys.path before its own package: 22.4 and 25.1
+  cloudinit/config/modules.py, `importer.find_module(name, ["", "cloudinit.config"], ...)`);
 * `/usr/lib/seedtool/seedtool-early` and `/usr/lib/systemd/system/seedtool-early.service`,
   enabled by the symlink systemctl would make in `sysinit.target.wants/`;
 * `/etc/seedtool/trusted-keys/*.pub` (exactly the given keys) and
@@ -15,7 +17,10 @@ writes, below `root`:
 * `/etc/cloud/cloud.cfg.d/90_seedtool.cfg` when the root has cloud-init: the root's
   own `cloud_init_modules`, every entry kept in its own form, with seedtool right
   after `seed_random` (before `ssh`). A cloud.cfg.d file replaces the whole list
-  (FACTS "cloud-init"), so the list must be complete;
+  (cloud-init 22.4 and 25.1, cloudinit/util.py: `read_conf_d` merges the files in
+  reverse name order with `mergemanydict`, which never replaces a key already set, so
+  the last file by name that sets the key gives the whole list), so the list must be
+  complete;
 * byte code (`__pycache__/*.pyc`) for the guest code and the module, made for the
   image's own python3 when that is possible here (see `compile_bytecode`): at boot,
   under emulation, compiling the sources again costs seconds before the seed is
@@ -58,9 +63,11 @@ STATE_DIR = "var/lib/seedtool"
 #: refuses an unknown module name given as a plain string (its enum of modules);
 #: the frequency equals the module's own meta frequency
 MODULE_ENTRY = "[seedtool, once-per-instance]"
-#: what runs at boot: these packages of seedtool, copied whole (their closure over the
-#: standard library is checked by tests/test_guest_closure.py)
+#: what runs at boot: these packages of seedtool, copied whole (that they import nothing
+#: but each other and the standard library is checked by tests/guest/test_closure.py)
 GUEST_PACKAGES = ("shared", "guest")
+#: in seedtool/guest: the files installed elsewhere (the module, the launcher, the unit)
+DATA_DIR = "data"
 
 #: what gets byte code: the private guest package and the cloud-init module
 GUEST_SOURCES = (f"{PRIVATE_DIR}/seedtool", CC_MODULE)
@@ -91,18 +98,29 @@ def _data(name: str) -> bytes:
         ) from None
 
 
+def guest_code() -> list[tuple[str, Path]]:
+    """The code that runs at boot: (path below PRIVATE_DIR, source file) for
+    seedtool/__init__.py and every module of GUEST_PACKAGES, subpackages included
+    (not guest/data/, whose files are installed in their own places)."""
+    files = [("seedtool/__init__.py", _PKG / "__init__.py")]
+    for package in GUEST_PACKAGES:
+        base = _PKG / package
+        for src in sorted(base.rglob("*.py")):
+            rel = src.relative_to(base)
+            if rel.parts[0] == DATA_DIR or "__pycache__" in rel.parts:
+                continue
+            files.append((f"seedtool/{package}/{rel.as_posix()}", src))
+    return files
+
+
 def _install_code(root: Path, written: list[str]) -> None:
     target = root / PRIVATE_DIR / "seedtool"
     if target.is_symlink():
         raise DeliveryError(f"{target} is a symlink; refusing to write through it")
     if target.exists():
         shutil.rmtree(target)  # our private directory: drop modules of older versions
-    _write(root, f"{PRIVATE_DIR}/seedtool/__init__.py", (_PKG / "__init__.py").read_bytes(),
-           0o644, written)
-    for package in GUEST_PACKAGES:
-        for src in sorted((_PKG / package).glob("*.py")):
-            _write(root, f"{PRIVATE_DIR}/seedtool/{package}/{src.name}", src.read_bytes(), 0o644,
-                   written)
+    for rel, src in guest_code():
+        _write(root, f"{PRIVATE_DIR}/{rel}", src.read_bytes(), 0o644, written)
 
 
 def _install_keys(root: Path, trusted_keys: Sequence[str | os.PathLike[str]],
