@@ -136,13 +136,12 @@ class OpenStackLauncher(Launcher):
     max_attempts = 3
 
     def __init__(self, conn: Any, request: ServerRequest, *, launch_id: str,
-                 user_data: bytes | None = None, count: int = 1,
-                 cloud_name: str | None = None) -> None:
+                 user_data: bytes | None = None, cloud_name: str | None = None) -> None:
         self.conn = conn
         self.request = request
         self.launch_id = check_launch_id(launch_id)
         self.user_data = user_data
-        self.count = count
+        self.count = 1  # set by check_request: names get an index when it is above 1
         self.cloud_name = cloud_name
         self._attrs: dict[str, Any] | None = None
         self._resume = f"re-run with --launch-id {self.launch_id}"
@@ -278,9 +277,10 @@ class OpenStackLauncher(Launcher):
             raise CreateAgain
         if status >= 500 or (not status and isinstance(err, OpenStackLaunchError)):
             # a lost reply may have made the server anyway: find it rather than make two
-            for _, server in self._ours(only=index):
-                mine = (server.metadata or {}).get(META_SEED_ID) == seed_id
-                return self._result(index, LAUNCHED if mine else EXISTING, server)
+            made = [s for _, s in self._ours(only=index)
+                    if (s.metadata or {}).get(META_SEED_ID) == seed_id]
+            if made:
+                return self._result(index, LAUNCHED, made[0])
             if again:
                 raise CreateAgain
             raise err  # the cloud's own trouble: other indices may still succeed
