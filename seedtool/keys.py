@@ -39,10 +39,7 @@ def generate_keypair(
         else serialization.NoEncryption()
     )
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-    raw_pub = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    pub = PublicKey(raw_pub, comment)
+    pub = public_of(key).replace(comment=comment)
     # both files are written in full beside their targets before either is renamed into
     # place, so a full disk leaves neither (not a lone private key, nor a replaced half)
     staged: list[tuple[str, str]] = []

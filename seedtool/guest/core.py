@@ -42,7 +42,7 @@ import time
 from ..shared.errors import EnvelopeError, SeedtoolError, SigningKeyError
 from ..shared.fileio import atomic_write
 from ..shared.mix import mix
-from ..shared.pubkeys import PublicKey, load_public_keys
+from ..shared.pubkeys import PublicKey, key_files, load_public_keys
 from ..shared.record import Record
 from . import decision, kernel
 from .decision import Decision, short
@@ -223,12 +223,8 @@ def policy_failure(paths: Paths) -> str:
 def _load_trusted(paths: Paths, policy: Policy, notes: list[str]) -> list[PublicKey]:
     """Every readable trusted key; unreadable files are skipped and noted."""
     where = paths.in_root(policy.trusted_keys)
-    if os.path.isdir(where):
-        files = [os.path.join(where, n) for n in sorted(os.listdir(where)) if n.endswith(".pub")]
-    else:
-        files = [where] if os.path.exists(where) else []
     keys: list[PublicKey] = []
-    for f in files:
+    for f in key_files(where) if os.path.exists(where) else []:
         try:
             keys.extend(load_public_keys([f]))
         except SigningKeyError:

@@ -302,14 +302,21 @@ class Scrubber:
             count += n
         return data, count
 
+    def _may_open(self, depth: int) -> bool:
+        """Whether a container found at `depth` may be opened: time is left (else _Stop)
+        and the depth limit is not reached (else noted)."""
+        self._check_time()
+        if depth >= self.max_depth:
+            self._note("depth")
+            return False
+        return True
+
     def _gzip_members(self, data: bytes, depth: int) -> tuple[bytes, int]:
         count = 0
         buf: bytearray | None = None
         i = data.find(_GZIP_MEMBER)
         while i >= 0:
-            self._check_time()
-            if depth >= self.max_depth:
-                self._note("depth")
+            if not self._may_open(depth):
                 break
             end = i + 3
             member = self._gunzip_at(data, i)
@@ -329,9 +336,7 @@ class Scrubber:
         count = 0
         buf: bytearray | None = None
         for m in _B64_RUN.finditer(compacted):
-            self._check_time()
-            if depth >= self.max_depth:
-                self._note("depth")
+            if not self._may_open(depth):
                 break
             a, b = m.span()
             starts, pos = [], a
@@ -360,9 +365,7 @@ class Scrubber:
         count = 0
         buf: bytearray | None = None
         for m in _BYTES_LITERAL.finditer(data):
-            self._check_time()
-            if depth >= self.max_depth:
-                self._note("depth")
+            if not self._may_open(depth):
                 break
             for inner in _unrepr(m.group("c")):
                 if len(inner) < self._min_len or not self._spend(len(inner)):

@@ -75,16 +75,18 @@ def parse_public_keys(text: str, origin: str = "public key file") -> list[Public
     return keys
 
 
+def key_files(path: str) -> list[str]:
+    """The key files `path` names: every `*.pub` in it (by name) if a directory, else itself."""
+    if os.path.isdir(path):
+        return [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".pub")]
+    return [path]
+
+
 def load_public_keys(paths: Iterable[str | os.PathLike[str]]) -> list[PublicKey]:
     """Read keys from files and directories (every `*.pub` in a directory)."""
     keys: list[PublicKey] = []
     for p in paths:
-        path = os.fspath(p)
-        if os.path.isdir(path):
-            files = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".pub")]
-        else:
-            files = [path]
-        for f in files:
+        for f in key_files(os.fspath(p)):
             try:
                 with open(f, encoding="utf-8") as fh:
                     text = fh.read()
