@@ -269,3 +269,149 @@ def test_generate_imports_no_extra_packages(tmp_path: Path, keys: tuple[Path, Pa
                 for line in p.stderr.splitlines() if line.startswith("import time:")}
     assert "click" in imported and "cryptography" in imported
     assert not imported & {"boto3", "botocore", "google", "usb", "pycdlib", "grpc", "requests"}
+
+
+# --- -v: the cause chain and the longer diagnostic -------------------------------------
+
+
+def _error_lines(p: subprocess.CompletedProcess[bytes]) -> list[str]:
+    assert p.returncode != 0, p
+    return p.stderr.decode().strip().splitlines()
+
+
+def test_verbose_shows_the_cause_of_an_unreadable_key(tmp_path: Path) -> None:
+    missing, out = tmp_path / "missing.key", tmp_path / "s.env"
+    plain = one_line_error(run("generate", "--key", str(missing), "-o", str(out)))
+    assert plain.startswith(f"seedtool: error: cannot read signing key {missing}: ")
+    lines = _error_lines(run("-v", "generate", "--key", str(missing), "-o", str(out)))
+    # raised `from None`, yet -v finds the OSError in __context__
+    assert lines == [plain, f"  caused by: FileNotFoundError: [Errno 2] No such file or "
+                            f"directory: '{missing}'"]
+    vv = _error_lines(run("-vv", "generate", "--key", str(missing), "-o", str(out)))
+    assert vv[0] == plain and len(vv) == 4
+    assert vv[1].startswith("  raised at keys.py:") and vv[1].endswith(" in load_private_key")
+    assert vv[2] == lines[1] and vv[3].startswith("    raised at ")
+    assert not out.exists()
+
+
+def test_verbose_shows_the_cause_of_a_bad_option(tmp_path: Path,
+                                                 keys: tuple[Path, Path]) -> None:
+    args = ["generate", "--key", str(keys[0]), "--ttl", "5x", "-o", str(tmp_path / "s.env")]
+    plain = one_line_error(run(*args))
+    assert _error_lines(run("--verbose", *args)) == [
+        plain, "  caused by: ValueError: invalid literal for int() with base 10: '5x'"]
+
+
+def test_verbose_shows_an_errors_longer_diagnostic(tmp_path: Path,
+                                                   keys: tuple[Path, Path]) -> None:
+    priv, _ = keys
+    env = tmp_path / "g.env"
+    assert run("generate", "--key", str(priv), "-o", str(env)).returncode == 0
+    assert run("keygen", "-o", str(tmp_path / "o.key"), "--comment", "other").returncode == 0
+    args = ["verify", str(env), "--trusted-key", str(tmp_path / "o.pub")]
+    plain = one_line_error(run(*args))
+    assert "not among the trusted public keys" in plain
+    other = load_public_keys([tmp_path / "o.pub"])[0].key_id.hex()
+    assert _error_lines(run("-v", *args)) == [plain, "  trusted keys:",
+                                              f"    {other} (other)"]
+
+
+def test_verbose_through_click_runner(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from seedtool.cli import cli
+
+    missing = tmp_path / "missing.key"
+    args = ["generate", "--key", str(missing), "-o", str(tmp_path / "s.env")]
+    quiet = CliRunner().invoke(cli, args)
+    loud = CliRunner().invoke(cli, ["-v", *args])
+    assert quiet.exit_code == loud.exit_code == 1
+    assert quiet.stderr.count("\n") == 1 and quiet.stderr.startswith("seedtool: error: ")
+    assert loud.stderr.startswith(quiet.stderr)
+    assert "  caused by: FileNotFoundError: " in loud.stderr
+
+
+def test_verbose_never_quotes_data_from_a_foreign_cause() -> None:
+    from seedtool.cli import _explain
+    from seedtool.shared.errors import EnvelopeError
+
+    secret = os.urandom(32)
+    for cause in (ValueError(f"bad value {secret!r}"), ValueError(secret.hex()),
+                  ValueError(base64.b64encode(secret).decode()),
+                  UnicodeDecodeError("utf-8", secret, 0, 1, "invalid start byte")):
+        try:
+            try:
+                raise cause
+            except ValueError:
+                raise EnvelopeError("the envelope is not readable; check the file") from None
+        except EnvelopeError as e:
+            lines = _explain(e, 2)
+        text = "\n".join(lines)
+        assert f"caused by: {type(cause).__name__}: " in text
+        assert_no_seed(secret, text.encode())
+        assert secret.hex()[:8] not in text
+
+
+# --- help: current, and it imports nothing heavy -----------------------------------------
+
+#: never imported to print help: cloud SDKs, device and ISO libraries, and cryptography
+HEAVY = {"boto3", "botocore", "google", "grpc", "requests", "usb", "pycdlib", "openstack",
+         "keystoneauth1", "cryptography", "yaml"}
+
+
+def _help_invocations() -> list[list[str]]:
+    import click
+
+    from seedtool.cli import cli
+
+    ctx = click.Context(cli)
+    found: list[list[str]] = [[]]
+    for name in cli.list_commands(ctx):
+        found.append([name])
+        sub = cli.get_command(ctx, name)
+        if isinstance(sub, click.Group):
+            found += [[name, s] for s in sub.list_commands(click.Context(sub))]
+    return found
+
+
+def test_help_imports_no_cloud_sdk_and_no_cryptography() -> None:
+    invocations = _help_invocations()
+    assert ["launch", "aws"] in invocations and ["image", "seed"] in invocations
+    for args in invocations:
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "seedtool", *args,
+                            "--help"], capture_output=True, timeout=60, text=True)
+        assert p.returncode == 0, (args, p.stderr)
+        imported = {line.split("|")[-1].strip().split(".")[0]
+                    for line in p.stderr.splitlines() if line.startswith("import time:")}
+        assert "click" in imported, args
+        assert not imported & HEAVY, (args, imported & HEAVY)
+
+
+def test_top_level_help_lists_every_command_and_launcher() -> None:
+    p = run("--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.decode().split())
+    from seedtool.cli import COMMANDS
+
+    for name in COMMANDS:
+        assert f" {name} {COMMANDS.help(name)}" in text, name
+    assert "QEMU now" not in text
+    launchers = [args[1] for args in _help_invocations() if args[:1] == ["launch"]
+                 and len(args) == 2]
+    words = {"aws": "EC2", "gce": "GCE", "qemu": "QEMU"}
+    assert set(launchers) <= set(words), "a new launcher: name it in seedtool --help"
+    assert all(words[n] in COMMANDS.help("launch") for n in launchers)
+
+
+def test_one_user_data_reader_takes_standard_input(tmp_path: Path,
+                                                   keys: tuple[Path, Path]) -> None:
+    iso = tmp_path / "seed.iso"
+    p = run("nocloud", "--key", str(keys[0]), "--user-data", "-", "-o", str(iso),
+            input=b"#cloud-config\nhostname: from-stdin\n")
+    assert p.returncode == 0, p.stderr
+    assert b"hostname: from-stdin" in iso.read_bytes()
+    missing = tmp_path / "missing.yaml"
+    err = one_line_error(run("nocloud", "--key", str(keys[0]), "--user-data", str(missing),
+                             "-o", str(iso)))
+    assert err == (f"seedtool: error: cannot read user-data {missing}: No such file or "
+                   "directory; check the path")

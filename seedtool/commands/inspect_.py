@@ -7,8 +7,8 @@ import time
 import click
 
 from ..shared import envelope
+from ._io import read_envelope_file
 from ._options import echo_json
-from .verify import read_envelope_file
 
 
 @click.command("inspect")

@@ -6,26 +6,15 @@ import json
 
 import click
 
-from ..shared.errors import DeliveryError
+from ._io import read_user_data  # also imported from here by commands/launch*.py
 from ._options import SeedOptions, seed_options
-
-
-def read_user_data(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise DeliveryError(
-            f"cannot read user-data file {path}: {e.strerror}; check the path"
-        ) from None
 
 
 @click.command("nocloud")
 @seed_options
 @click.option("--user-data", "user_data_path", metavar="FILE", default=None,
-              help="Your own user-data; the seed is added to it, every part kept as is.")
+              help="Your own user-data ('-' is standard input); the seed is added to it, "
+                   "every part kept as is.")
 @click.option("--instance-id", default=None, metavar="ID",
               help="Instance id for meta-data (default: a fresh one, so cloud-init runs "
                    "its first-boot modules).")

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..shared import envelope
-from ..shared.errors import EnvelopeError, UsageError
+from ..shared.errors import UsageError
 from ..shared.pubkeys import load_public_keys, trusted_pairs
+from ._io import read_envelope_file
 from ._options import echo_json
-
-
-def read_envelope_file(path: str) -> bytes:
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(envelope.MAX_TEXT + 1)
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read(envelope.MAX_TEXT + 1)
-    except OSError as e:
-        raise EnvelopeError(f"cannot read envelope {path}: {e.strerror}") from None
-    if not data.strip():
-        raise EnvelopeError(f"envelope {path} is empty")
-    return data
 
 
 @click.command("verify")
@@ -42,7 +27,12 @@ def command(file: str, trusted: tuple[str, ...], skew: int, as_json: bool) -> No
     keys = load_public_keys(trusted)
     if not keys:
         raise UsageError("no trusted public keys found in the given --trusted-key paths")
-    env = envelope.verify(read_envelope_file(file), trusted_pairs(keys), skew=skew)
+    try:
+        env = envelope.verify(read_envelope_file(file), trusted_pairs(keys), skew=skew)
+    except envelope.UntrustedKey as e:
+        e.detail = "trusted keys:\n" + "\n".join(
+            f"  {k.key_id.hex()}" + (f" ({k.comment})" if k.comment else "") for k in keys)
+        raise
     result = env.summary()
     result["verified"] = True
     result["creditable_bits"] = env.creditable_bits

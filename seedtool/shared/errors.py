@@ -9,9 +9,18 @@ from __future__ import annotations
 
 
 class SeedtoolError(Exception):
-    """Base class: `str(err)` is the one-line diagnostic the CLI prints."""
+    """Base class: `str(err)` is the one-line diagnostic the CLI prints.
+
+    `detail` is an optional longer diagnostic (several lines: what was looked at, what
+    was found) that the CLI shows only under -v; like the message, it never holds data.
+    """
 
     exit_code = 1
+    detail = ""
+
+    def __init__(self, *args: object, detail: str = "") -> None:
+        super().__init__(*args)
+        self.detail = detail
 
 
 class UsageError(SeedtoolError):

@@ -8,14 +8,14 @@ class declares the options it takes (`Source.known_options`); any other is refus
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from ..registry import Registry
 from ..shared.errors import UsageError
 from .base import Availability, Source
 
 #: name -> "module:Class", in the order `seedtool sources` lists them
-REGISTRY: dict[str, str] = {
+REGISTRY: Registry[type[Source]] = Registry("source", {
     "os": "seedtool.sources.os:OsSource",
     "hwrng": "seedtool.sources.hwrng:HwrngSource",
     "tpm": "seedtool.sources.tpm:TpmSource",
@@ -26,18 +26,12 @@ REGISTRY: dict[str, str] = {
     "onerng": "seedtool.sources.onerng:OneRngSource",
     "chaoskey": "seedtool.sources.chaoskey:ChaosKeySource",
     "entropykey": "seedtool.sources.entropykey:EntropyKeySource",
-}
+})
 
 
 def source_class(name: str) -> type[Source]:
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        known = ", ".join(REGISTRY)
-        raise UsageError(f"unknown source '{name}'; known sources are: {known}") from None
-    module, _, cls = target.partition(":")
-    found: type[Source] = getattr(importlib.import_module(module), cls)
-    return found
+    """The class of source `name`, imported now; an unknown name is a UsageError."""
+    return REGISTRY.load(name)
 
 
 def make_source(name: str, **options: Any) -> Source:
