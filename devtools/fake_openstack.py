@@ -34,8 +34,8 @@ Tests script failures with `fail(op, status, ...)` (op: "token", "create", "list
 "show", "delete"; optionally only for the server whose metadata `seedtool:index` is
 `index`, `times` times, after doing the work to model a lost reply, with a
 `Retry-After`, or repeating the request's user_data as nova's schema errors do).
-`hold(indices)` / `wait_held(n)` / `release()` keep creates of those indices waiting so
-a client can be interrupted with calls in flight. Every request is recorded in
+`gate.hold(indices)` / `gate.wait_held(n)` / `gate.release()` keep creates of those
+indices waiting so a client can be interrupted with calls in flight. Every request is recorded in
 `requests`; every server keeps its decoded user-data for assertions.
 """
 
@@ -50,9 +50,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from ._http import Gate, serve, stop, url_of
 
 USERNAME, PASSWORD, PROJECT, DOMAIN = "demo", "secret", "demo", "Default"
 REGION = "RegionOne"
@@ -138,36 +140,13 @@ class FakeOpenStack:
         self.rules: list[Rule] = []
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
-        self._held: set[int] = set()
-        self._release = threading.Event()
-        self._release.set()
-        self._arrived = threading.Condition()
-        self.waiting = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                fake._serve(self)
-
-            do_POST = do_DELETE = do_PUT = do_GET  # noqa: N815
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        #: `gate.hold(indices)` / `gate.wait_held(n)` / `gate.release()`: creates of
+        #: those indices wait (a client can be interrupted with calls in flight)
+        self.gate = Gate()
+        self._server = serve(self._serve)
+        self.url = url_of(self._server)
 
     # -- test controls --------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def auth_url(self) -> str:
@@ -185,17 +164,6 @@ class FakeOpenStack:
         with self.lock:
             self.rules.append(Rule(op, status, **kw))
 
-    def hold(self, indices: set[int]) -> None:
-        self._held = set(indices)
-        self._release.clear()
-
-    def release(self) -> None:
-        self._release.set()
-
-    def wait_held(self, n: int, timeout: float = 60) -> bool:
-        with self._arrived:
-            return self._arrived.wait_for(lambda: self.waiting >= n, timeout)
-
     def set_status(self, server_id: str, status: str) -> None:
         with self.lock:
             self.servers[server_id].status = status
@@ -205,9 +173,8 @@ class FakeOpenStack:
             return [r for r in self.requests if r.method == "POST" and r.path.endswith("/servers")]
 
     def close(self) -> None:
-        self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self.gate.release()
+        stop(self._server)
 
     # -- HTTP -----------------------------------------------------------------------
 
@@ -353,11 +320,7 @@ class FakeOpenStack:
         except (TypeError, ValueError):
             index = None
         rule = self._scripted("create", index, spec)
-        if index in self._held:
-            with self._arrived:
-                self.waiting += 1
-                self._arrived.notify_all()
-            self._release.wait()
+        self.gate.arrive(index)
         user_data = self._check_server(spec, metadata)
         count = int(spec.get("max_count") or spec.get("min_count") or 1)
         made = []

@@ -100,19 +100,16 @@ def translate(e: BaseException, *, op: str, where: str = "OpenStack", resume: st
         from openstack import exceptions as ox
     except ImportError:  # pragma: no cover - a connection implies both
         return error(f"OpenStack {op} failed ({type(e).__name__})")
-    if isinstance(e, ox.ConfigException):
+    if isinstance(e, (ox.ConfigException, ka.MissingRequiredOptions, ka.MissingAuthPlugin,
+                      ka.NoMatchingPlugin)):
+        said = redact(str(e)) if isinstance(e, ox.ConfigException) else type(e).__name__
         return UsageError(
-            f"OpenStack configuration problem ({redact(str(e))}); pass --os-cloud with a cloud "
-            "from clouds.yaml (or set OS_CLOUD), or source the project's openrc file"
-        )
-    if isinstance(e, (ka.MissingRequiredOptions, ka.MissingAuthPlugin, ka.NoMatchingPlugin)):
-        return UsageError(
-            f"no usable OpenStack credentials in {where} ({type(e).__name__}); pass --os-cloud "
-            "with a cloud from clouds.yaml (or set OS_CLOUD), or source the project's openrc"
+            f"no usable OpenStack configuration in {where} ({said}); pass --os-cloud with a "
+            "cloud from clouds.yaml (or set OS_CLOUD), or source the project's openrc file"
         )
     if isinstance(e, ka.Unauthorized) or status_of(e) == 401:
-        return error(f"OpenStack did not accept the credentials of {where} "
-                              f"(HTTP 401); {_CREDENTIALS_FIX}")
+        return error(f"OpenStack did not accept the credentials of {where} (HTTP 401); "
+                     f"{_CREDENTIALS_FIX}")
     if isinstance(e, ka.SSLError):
         return error(
             f"the TLS connection to OpenStack for {where} failed ({type(e).__name__}); set "
