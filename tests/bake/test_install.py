@@ -1,6 +1,6 @@
 """install_guest: on copies of Debian 12's and 13's real /etc/cloud, and on odd configs.
 
-The real cloud.cfg files come from the cached Debian roots that tests/vm builds
+The real cloud.cfg files come from the cached Debian roots that devtools/images.py builds
 (cloud-init 22.4.2 in bookworm, 25.1.4 in trixie).
 """
 

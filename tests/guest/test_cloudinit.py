@@ -1,6 +1,6 @@
 """cc_seedtool and the early launcher run by the REAL code of Debian 12 and 13.
 
-Each test takes the cached debootstrap root of tests/vm (cloud-init 22.4.2 in
+Each test takes the cached debootstrap root of devtools/images.py (cloud-init 22.4.2 in
 bookworm, 25.1.4 in trixie, Debian's own python3 and python3-cryptography), lays
 a writable overlay on it, installs the guest with `install_guest`, gives it a
 NoCloud seed directory, and runs `cloud-init init --local` and `cloud-init init`

@@ -215,7 +215,8 @@ def test_unit_waits_for_a_read_only_root_to_be_remounted(tmp_path: Path) -> None
     assert json.loads(out.stdout) == [False, True, True]
 
 
-def test_launcher_puts_private_code_and_dist_packages_on_the_path(tmp_path: Path) -> None:
+def test_launcher_puts_the_private_code_and_the_standard_library_on_the_path(
+        tmp_path: Path) -> None:
     # the unit runs `python3 -s -S`: the launcher builds sys.path itself
     import subprocess
     import sys
@@ -223,11 +224,13 @@ def test_launcher_puts_private_code_and_dist_packages_on_the_path(tmp_path: Path
     probe = tmp_path / "probe.py"
     text = (DATA / "seedtool-early").read_text()
     probe.write_text(text.replace("from seedtool.guest.early import main  # noqa: E402\n\n"
-                                  "sys.exit(main())", "print(repr(sys.path))"))
+                                  "sys.exit(main())",
+                                  "print(repr([sys.path, 'site' in sys.modules]))"))
     out = subprocess.run([sys.executable, "-s", "-S", str(probe)], capture_output=True,
                          text=True, check=True)
-    path = eval(out.stdout)  # noqa: S307 - our own repr of a list of strings
-    assert path[0] == "/usr/lib/seedtool/python"
+    path, site = eval(out.stdout)  # noqa: S307 - our own repr of a list of strings
+    assert path[0] == "/usr/lib/seedtool/python" and not site
     assert str(tmp_path) not in path  # the launcher's own directory is dropped
-    if os.path.isdir("/usr/lib/python3/dist-packages"):
-        assert path[-1] == "/usr/lib/python3/dist-packages"
+    # nothing but the standard library after it: no dist-packages, no site-packages
+    assert path[1:] and all(p.startswith(sys.base_prefix) and "-packages" not in p
+                            for p in path[1:]), path
