@@ -415,3 +415,18 @@ def test_one_user_data_reader_takes_standard_input(tmp_path: Path,
                              "-o", str(iso)))
     assert err == (f"seedtool: error: cannot read user-data {missing}: No such file or "
                    "directory; check the path")
+
+
+def test_generate_refuses_a_terminal_in_one_sentence(keys: tuple[Path, Path]) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "seedtool", "generate", "--key", str(keys[0])],
+                           stdout=follower, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert p.returncode == 2
+    assert p.stderr.decode().splitlines() == [
+        "seedtool: error: refusing to print a seed to a terminal; use -o FILE or a pipe"]

@@ -31,6 +31,10 @@ DEFAULT_KEY_ENV = "SEEDTOOL_KEY"
 PASSPHRASE_ENV = "SEEDTOOL_KEY_PASSPHRASE"
 
 
+#: where the signing key is when --key (keygen: -o) is not given, for help texts
+KEY_DEFAULT_HELP = f"(default ${DEFAULT_KEY_ENV} or ~/.config/seedtool/signing.key)"
+
+
 def default_key_path() -> str:
     env = os.environ.get(DEFAULT_KEY_ENV)
     if env:
@@ -112,8 +116,7 @@ def seed_options(f: F) -> F:
             "key_path",
             metavar="FILE",
             default=None,
-            help=f"Ed25519 signing key (default ${DEFAULT_KEY_ENV} or "
-            "~/.config/seedtool/signing.key).",
+            help=f"Ed25519 signing key {KEY_DEFAULT_HELP}.",
         ),
         click.option(
             "--passphrase-file",

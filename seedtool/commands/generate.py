@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..shared.errors import UsageError
 from ..shared.fileio import atomic_write
 from ._options import SeedOptions, seed_options
 
@@ -30,9 +31,7 @@ def command(seeds: SeedOptions, output: str,
     text = (seed.text + "\n").encode()
     if output == "-":
         if sys.stdout.isatty():
-            raise click.UsageError(
-                "refusing to print a seed to a terminal; use -o FILE or a pipe"
-            )
+            raise UsageError("refusing to print a seed to a terminal; use -o FILE or a pipe")
         sys.stdout.buffer.write(text)
         sys.stdout.flush()
     else:

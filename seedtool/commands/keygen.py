@@ -7,16 +7,23 @@ import os
 import click
 
 from ..keys import generate_keypair
-from ._options import default_key_path, echo_json, read_passphrase
+from ._options import (
+    KEY_DEFAULT_HELP,
+    PASSPHRASE_ENV,
+    default_key_path,
+    echo_json,
+    read_passphrase,
+)
 
 
 @click.command("keygen")
 @click.option("-o", "--out", "key_path", metavar="FILE", default=None,
-              help="Private key path (default ~/.config/seedtool/signing.key).")
+              help=f"Private key path {KEY_DEFAULT_HELP}.")
 @click.option("--pub", "pub_path", metavar="FILE", default=None,
               help="Public key path (default: the private key path with .pub).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), default=None,
-              help="Encrypt the private key with the passphrase in this file.")
+              help="Encrypt the private key with the passphrase in this file (or in "
+                   f"${PASSPHRASE_ENV}).")
 @click.option("--comment", default="", help="Comment stored in the public key line.")
 @click.option("--force", is_flag=True, help="Replace existing key files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
