@@ -143,8 +143,8 @@ class FakeOpenStack:
         #: `gate.hold(indices)` / `gate.wait_held(n)` / `gate.release()`: creates of
         #: those indices wait (a client can be interrupted with calls in flight)
         self.gate = Gate()
-        self._server = serve(self._serve)
-        self.url = url_of(self._server)
+        self.http = serve(self._serve)
+        self.url = url_of(self.http)
 
     # -- test controls --------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class FakeOpenStack:
 
     def close(self) -> None:
         self.gate.release()
-        stop(self._server)
+        stop(self.http)
 
     # -- HTTP -----------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class FakeOpenStack:
 
         nova = version("v2.1", "/compute/v2.1", version=MAX_MICROVERSION, min_version="2.1")
         keystone = {**version("v3.14", "/identity/v3"), "status": "stable"}
-        docs = {
+        docs: dict[str, dict[str, Any]] = {
             "/identity": {"versions": {"values": [keystone]}},
             "/identity/v3": {"version": keystone},
             "/compute": {"versions": [nova]},
@@ -316,7 +316,7 @@ class FakeOpenStack:
             raise _error(400, "Invalid input: 'server' is a required property")
         metadata = spec.get("metadata") or {}
         try:
-            index: int | None = int(metadata.get(INDEX_KEY))
+            index: int | None = int(str(metadata.get(INDEX_KEY)))
         except (TypeError, ValueError):
             index = None
         rule = self._scripted("create", index, spec)
@@ -428,7 +428,7 @@ class FakeOpenStack:
     # -- flavors, images, networks ---------------------------------------------------
 
     def _named(self, table: dict[str, str], r: Seen, key: str, extra: dict[str, Any]) -> _Answer:
-        name = (r.query.get("name") or [None])[-1]
+        name = r.query["name"][-1] if "name" in r.query else None
         items = [{"id": i, "name": n, **extra} for i, n in table.items()
                  if name is None or n == name]
         return _Answer(200, {key: items})
