@@ -35,7 +35,7 @@ COMMANDS: Registry[click.Command] = Registry("command", {
     "verify": ("seedtool.commands.verify:command",
                "Check an envelope's signature and validity period."),
     "launch": ("seedtool.commands.launch:command",
-               "Start EC2, GCE or local QEMU VMs, each with its own fresh seed, and report."),
+               "Start cloud instances or local QEMU VMs, each with its own fresh seed."),
     "nocloud": ("seedtool.commands.nocloud:command",
                 "Write a NoCloud cidata ISO whose user-data carries a fresh seed."),
     "userdata": ("seedtool.commands.userdata:command",
