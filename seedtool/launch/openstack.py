@@ -52,8 +52,10 @@ from .base import (
 META_SEED_ID = "seedtool:seed-id"
 META_LAUNCH_ID = "seedtool:launch-id"
 META_INDEX = "seedtool:index"
-#: nova's schema for user_data: base64 text of at most this many characters
+#: nova's schema for user_data: base64 text of at most this many characters, which is
+#: at most this many bytes before base64
 USER_DATA_B64_MAX = 65535
+USER_DATA_RAW_MAX = USER_DATA_B64_MAX // 4 * 3
 #: statuses of a server that does not count as launched (a resume makes the index again)
 DEAD_STATUSES = ("ERROR", "DELETED", "SOFT_DELETED")
 #: the longest Retry-After waited out before one more try
@@ -155,8 +157,9 @@ class OpenStackLauncher(Launcher):
                                    _fits(gzip.compress(self.user_data, mtime=0))):
             raise UsageError(
                 f"the --user-data file is {len(self.user_data)} bytes, over nova's limit of "
-                f"{USER_DATA_B64_MAX} bytes of base64 (49149 bytes) even gzipped and before "
-                "the seed is added; shorten it or move large parts behind an #include URL"
+                f"{USER_DATA_B64_MAX} bytes of base64 ({USER_DATA_RAW_MAX} bytes) even gzipped "
+                "and before the seed is added; shorten it or move large parts behind an "
+                "#include URL"
             )
         req = self.request
         image = self._find("image", req.image, self.conn.image.find_image)
@@ -303,6 +306,7 @@ __all__ = [
     "META_LAUNCH_ID",
     "META_SEED_ID",
     "USER_DATA_B64_MAX",
+    "USER_DATA_RAW_MAX",
     "OpenStackLaunchError",
     "OpenStackLauncher",
     "ServerRequest",
