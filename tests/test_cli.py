@@ -432,3 +432,30 @@ def test_generate_refuses_a_terminal_in_one_sentence(keys: tuple[Path, Path]) ->
     assert p.returncode == 2
     assert p.stderr.decode().splitlines() == [
         "seedtool: error: refusing to print a seed to a terminal; use -o FILE or a pipe"]
+
+
+def test_every_seed_command_takes_one_seed_options_value() -> None:
+    import inspect
+
+    import click
+
+    from seedtool.cli import cli
+    from seedtool.commands._options import _SEED_PARAMS
+
+    ctx = click.Context(cli)
+    seed_commands = []
+    for args in _help_invocations()[1:]:
+        cmd = cli.get_command(ctx, args[0])
+        if len(args) == 2:
+            assert isinstance(cmd, click.Group)
+            cmd = cmd.get_command(ctx, args[1])
+        assert cmd is not None and cmd.callback is not None, args
+        names = {p.name for p in cmd.params}
+        if "key_path" not in names or args == ["keygen"]:
+            continue
+        seed_commands.append(" ".join(args))
+        assert set(_SEED_PARAMS) <= names, args
+        signature = inspect.signature(inspect.unwrap(cmd.callback)).parameters
+        assert "seeds" in signature and not set(_SEED_PARAMS) & set(signature), args
+    assert {"generate", "userdata", "nocloud", "image seed", "launch qemu", "launch aws",
+            "launch gce"} <= set(seed_commands)
