@@ -1,6 +1,7 @@
-"""What the cloud launch commands (`launch aws`, `launch gce`) share on the command line:
-reading a --params file, saying at once what Ctrl-C does, and the closing verdict
-that names every instance that exists and how to resume."""
+"""What the launch commands share on the command line: reading a --params file, saying
+the launch id first and at once what Ctrl-C does, progress while the launch engine
+(seedtool.launch.base.run_launch) runs, and the closing verdict that names every
+instance that exists and how to resume."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..launch.runner import InstanceResult
 from ..shared.errors import UsageError
+
+if TYPE_CHECKING:
+    from ..launch.base import InstanceResult, Launcher, LaunchReport
 
 
 def read_params(path: str | None, what: str, example: str) -> dict[str, Any]:
@@ -84,13 +87,28 @@ def announce_launch(launch_id: str, notes: Sequence[str]) -> None:
         click.echo(f"seedtool: {note}", err=True)
 
 
-def launch_with_progress(launcher: Any, count: int, *, concurrency: int, resume: bool) -> Any:
-    """Run `launcher.launch` with a progress bar on a terminal, else a line per instance."""
+def launch_with_progress(launcher: Launcher, factory: Any, count: int, *, concurrency: int,
+                         resume: bool) -> LaunchReport:
+    """`run_launch` with the launch id and notes first, then a progress bar on a
+    terminal, else a line per instance."""
+    from ..launch.base import run_launch
+
+    def notes(found: list[str]) -> None:
+        announce_launch(launcher.launch_id, found)
+
     if sys.stderr.isatty():
-        with click.progressbar(length=count, label="launching", file=sys.stderr) as bar:
-            return launcher.launch(count, concurrency=concurrency, resume=resume,
-                                   on_existing=lambda r: bar.update(1),
-                                   on_done=lambda r: bar.update(1))
+        with ExitStack() as stack:
+            bars: list[Any] = []
+
+            def notes_then_bar(found: list[str]) -> None:
+                notes(found)
+                bars.append(stack.enter_context(
+                    click.progressbar(length=count, label="launching", file=sys.stderr)))
+
+            return run_launch(launcher, factory, count, concurrency=concurrency,
+                              resume=resume, on_notes=notes_then_bar,
+                              on_existing=lambda r: bars[0].update(1),
+                              on_done=lambda r: bars[0].update(1))
     done = 0
 
     def line(r: InstanceResult) -> None:
@@ -100,5 +118,16 @@ def launch_with_progress(launcher: Any, count: int, *, concurrency: int, resume:
         click.echo(f"  [{done}/{count}] index {r.index}: {r.status} {r.instance_id or '-'} "
                    f"(seed {r.seed_id or '-'}){extra}", err=True)
 
-    return launcher.launch(count, concurrency=concurrency, resume=resume,
-                           on_existing=line, on_done=line)
+    return run_launch(launcher, factory, count, concurrency=concurrency, resume=resume,
+                      on_notes=notes, on_existing=line, on_done=line)
+
+
+def finish(report: LaunchReport, count: int) -> None:
+    """Raise the closing error when not every instance was launched (exit 1, or 130
+    after Ctrl-C), naming every instance that exists and how to resume."""
+    from ..launch.base import LaunchError, LaunchInterrupted
+
+    message = failure(report.results, count, report.launch_id, report.existing_ids(),
+                      report.interrupted)
+    if message:
+        raise (LaunchInterrupted if report.interrupted else LaunchError)(message)

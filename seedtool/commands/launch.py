@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ def qemu(seeds: SeedOptions, image: str, count: int,
 
     The VMs are powered off after reporting unless --keep-running is given.
     """
-    from ..launch.qemu import MachineConfig, find_tool, launch
+    from ..launch.base import run_launch
+    from ..launch.qemu import MachineConfig, QemuLauncher, find_tool, terminate_as_interrupt
     from .nocloud import read_user_data
 
     find_tool("qemu-system-x86_64")
@@ -110,16 +112,21 @@ def qemu(seeds: SeedOptions, image: str, count: int,
     if interactive:
         click.echo(f"booting {count} VM(s) from {image}; under TCG a boot takes about a "
                    "minute", err=True)
-    with seeds.factory() as f:
-        reports = launch(config, f, count=count, user_data=user_data, parallel=parallel,
-                         keep_running=keep_running, workdir=_path(workdir),
-                         timeout=float(timeout), progress=progress)
+    launcher = QemuLauncher(config, user_data=user_data, keep_running=keep_running,
+                            workdir=_path(workdir), timeout=float(timeout), progress=progress)
+    # Ctrl-C or SIGTERM: the engine stops, the launcher kills this launch's VMs
+    with seeds.factory() as f, launcher, terminate_as_interrupt():
+        report = run_launch(launcher, f, count,
+                            concurrency=parallel or max(1, os.cpu_count() or 1))
+    reports = launcher.vm_reports(report)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2, sort_keys=True))
     else:
         _print_table(reports)
         if keep_running:
             _print_access(reports)
+    if report.interrupted:
+        raise KeyboardInterrupt
     if any(r.error for r in reports):
         sys.exit(1)
 

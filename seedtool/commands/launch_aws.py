@@ -6,17 +6,9 @@ progress on stderr and prints the table or JSON. Never prints a seed or user-dat
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from ._launching import (
-    announce_interrupt,
-    announce_launch,
-    failure,
-    launch_with_progress,
-    read_params,
-)
+from ._launching import announce_interrupt, finish, launch_with_progress, read_params
 from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
@@ -97,7 +89,7 @@ def command(seeds: SeedOptions, image_id: str | None,
             profile: str | None, region: str | None, endpoint_url: str | None,
             as_json: bool) -> None:
     from ..launch import aws
-    from ..launch.runner import render_table
+    from ..launch.base import render_table
     from .nocloud import read_user_data
 
     request = aws.LaunchRequest(
@@ -113,29 +105,18 @@ def command(seeds: SeedOptions, image_id: str | None,
     lid = aws.check_launch_id(launch_id) if launch_id else aws.new_launch_id()
     user_data = read_user_data(user_data_path)
     client = aws.make_client(profile=profile, region=region, endpoint_url=endpoint_url)
+    launcher = aws.AwsLauncher(client, request, launch_id=lid, user_data=user_data,
+                               dry_run=dry_run)
 
-    with seeds.factory() as f:
-        launcher = aws.AwsLauncher(client, request, f, launch_id=lid, user_data=user_data,
-                                   dry_run=dry_run)
-        announce_launch(lid, launcher.prepare())
-        with announce_interrupt(lid):
-            report = launch_with_progress(launcher, count, concurrency=concurrency,
-                                          resume=resume)
+    with seeds.factory() as f, announce_interrupt(lid):
+        report = launch_with_progress(launcher, f, count, concurrency=concurrency,
+                                      resume=resume)
 
     if as_json:
         echo_json(report.as_dict())
     else:
         click.echo(render_table(report.results))
-    _finish(report, count)
-
-
-def _finish(report: Any, count: int) -> None:
-    from ..launch import aws
-
-    message = failure(report.results, count, report.launch_id, report.existing_ids(),
-                      report.interrupted)
-    if message:
-        raise (aws.LaunchInterrupted if report.interrupted else aws.AwsLaunchError)(message)
+    finish(report, count)
     if report.dry_run:
         click.echo(f"seedtool: dry run: EC2 would accept all {len(report.results)} calls; "
                    "nothing was launched", err=True)

@@ -11,13 +11,7 @@ from typing import Any
 
 import click
 
-from ._launching import (
-    announce_interrupt,
-    announce_launch,
-    failure,
-    launch_with_progress,
-    read_params,
-)
+from ._launching import announce_interrupt, finish, launch_with_progress, read_params
 from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT Compute Engine instances, each by its own instances.insert with
@@ -111,7 +105,7 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
             launch_id: str | None, scrub_after_boot: bool, scrub_timeout: int,
             endpoint: str | None, as_json: bool) -> None:
     from ..launch import gce
-    from ..launch.runner import InstanceResult
+    from ..launch.base import InstanceResult
     from .nocloud import read_user_data
 
     spec = gce.GceSpec(
@@ -131,16 +125,15 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
     lid = gce.check_launch_id(launch_id) if launch_id else gce.new_launch_id()
 
     with seeds.factory() as f, \
-            gce.GceLauncher(spec, f, launch_id=lid, project=project,
+            gce.GceLauncher(spec, launch_id=lid, project=project,
                             endpoint=endpoint) as launcher:
-        announce_launch(lid, launcher.prepare())
 
         def scrub_line(r: InstanceResult) -> None:
             what = "seed removed from metadata" if r.extra.get("scrubbed") else "not scrubbed"
             click.echo(f"  index {r.index}: {r.instance_id}: {what}", err=True)
 
         with announce_interrupt(lid):
-            report = launch_with_progress(launcher, count, concurrency=concurrency,
+            report = launch_with_progress(launcher, f, count, concurrency=concurrency,
                                           resume=resume)
             if scrub_after_boot and not report.interrupted:
                 click.echo(f"seedtool: waiting up to {scrub_timeout} s for the guests to "
@@ -158,9 +151,9 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
 
 
 def _table(report: Any) -> None:
-    from ..launch.runner import render_table
+    from ..launch.base import render_table
 
-    if not report.scrubbed:
+    if "scrubbed" not in report.columns:
         click.echo(render_table(report.results))
         return
     shown = [dataclasses.replace(r, extra={"scrubbed": "yes" if r.extra.get("scrubbed")
@@ -171,16 +164,12 @@ def _table(report: Any) -> None:
 def _finish(report: Any, count: int) -> None:
     from ..launch import gce
 
-    lid = report.launch_id
     bad = [r for r in report.results if not r.ok]
     if report.interrupted and not bad:
         left = [str(r.instance_id) for r in report.results if not r.extra.get("scrubbed")]
         raise gce.LaunchInterrupted(
             f"interrupted while waiting for the guests: the seed is still in the metadata of "
-            f"{', '.join(left) or 'no instance'}; re-run with --launch-id {lid} "
+            f"{', '.join(left) or 'no instance'}; re-run with --launch-id {report.launch_id} "
             "--scrub-after-boot and the same options to remove it"
         )
-    message = failure(report.results, count, lid, report.existing_names(),
-                      report.interrupted)
-    if message:
-        raise (gce.LaunchInterrupted if report.interrupted else gce.GceLaunchError)(message)
+    finish(report, count)

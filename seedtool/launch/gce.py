@@ -6,7 +6,8 @@ makes it binary), a `requestId` derived from the launch id and its index, and th
 labels `seedtool-launch-id`, `seedtool-index` and `seedtool-seed-id` (the seed's public
 id, never the seed). bulkInsert, instance templates and managed instance groups are
 never used to carry a seed: every instance they make gets the same metadata, and a
-shared seed is worse than none (FACTS "Clouds").
+shared seed is worse than none (Compute Engine documentation, "About instance templates"
+and "bulkInsert").
 
 requestId: the API ignores a second request with the same id and returns the first
 one's operation (REST reference, instances.insert `requestId`, kept for at least 60
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -45,11 +45,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clouds import gcp, redact
 from ..deliver import userdata
-from ..quiet import Quieter
 from ..shared import envelope
-from ..shared.errors import CloudError, SeedtoolError, UsageError
-from .runner import EXISTING, FAILED, LAUNCHED, NOT_STARTED, InstanceResult, run_all
+from ..shared.errors import SeedtoolError, UsageError
+from .base import (
+    EXISTING,
+    LAUNCHED,
+    CreateAgain,
+    InstanceResult,
+    Launcher,
+    LaunchError,
+    LaunchInterrupted,
+    LaunchReport,
+    SharedSeedRefused,
+    carries_seed,
+)
+from .base import check_launch_id as _check_launch_id
+from .base import new_launch_id as _new_launch_id
 
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 LABEL_LAUNCH_ID = "seedtool-launch-id"
@@ -73,7 +86,6 @@ MAX_FINGERPRINT_RETRIES = 5
 #: the namespace of every requestId (uuid5), so ids are stable across machines
 REQUEST_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "seedtool:gce:request-id")
 
-_ADC_FIX = "run gcloud auth application-default login or set GOOGLE_APPLICATION_CREDENTIALS"
 _INSTALL = "pip install 'seedtool[gcp]'"
 # GCE resource names (RFC 1035) and label rules (REST reference, "Labels").
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -82,7 +94,6 @@ _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
 _LAUNCH_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
 _NOT_FOUND = re.compile(r"The resource '([^']{1,300})' was not found")
 # Instance fields seedtool sets itself from its own flags, or refuses in --params.
 _SHARED_SEED_PARAMS = {
@@ -99,7 +110,7 @@ _TEMPLATE = re.compile(
 )
 
 
-class GceLaunchError(CloudError):
+class GceLaunchError(LaunchError):
     """Compute Engine refused or failed a request of `seedtool launch gce`."""
 
 
@@ -107,27 +118,11 @@ class GceRefused(GceLaunchError):
     """A refusal every instance of the launch would get (credentials, permission, a
     missing image or zone, a bad request): no further launches are started."""
 
-
-class SharedSeedRefused(UsageError):
-    """The request would give several instances one seed."""
+    stops_all = True
 
 
-class LaunchInterrupted(GceLaunchError):
-    """Ctrl-C stopped a launch; the report lists every instance that exists."""
-
-    exit_code = 130
-
-
-# --- quiet the REST transport while our calls run ------------------------------------
-
-
-_QUIET_LOGGERS = tuple(
-    f"google.cloud.compute_v1.services.{svc}.{part}"
-    for svc in ("instances", "zone_operations", "instance_templates",
-                "region_instance_templates")
-    for part in ("client", "transports.rest")
-)
-_quiet = Quieter(*_QUIET_LOGGERS)
+WORDS = gcp.Words(project="--project", endpoint="--endpoint", error=GceLaunchError,
+                  refused=GceRefused, usage=UsageError)
 
 
 # --- small parsers the command line uses ---------------------------------------------
@@ -135,16 +130,12 @@ _quiet = Quieter(*_QUIET_LOGGERS)
 
 def new_launch_id() -> str:
     """A fresh launch id that is a valid label value: UTC time plus 32 random bits."""
-    return time.strftime("%Y%m%dt%H%M%Sz", time.gmtime()) + "-" + secrets.token_hex(4)
+    return _new_launch_id(lowercase=True)
 
 
 def check_launch_id(launch_id: str) -> str:
-    if not _LAUNCH_ID.fullmatch(launch_id):
-        raise UsageError(
-            f"launch id '{launch_id[:80]}' is not valid; use the id an earlier run printed "
-            "(1-63 lowercase letters, digits, '_' or '-', as GCE labels require)"
-        )
-    return launch_id
+    return _check_launch_id(launch_id, _LAUNCH_ID, "1-63 lowercase letters, digits, '_' or "
+                            "'-', as GCE labels require")
 
 
 def request_id(project: str, zone: str, launch_id: str, index: int, name: str,
@@ -209,21 +200,6 @@ def instance_names(pattern: str, count: int) -> list[str]:
             )
         names.append(name)
     return names
-
-
-def _redact(message: str) -> str:
-    """A server message made safe to show: long runs that could be base64 or hex data
-    (an echoed metadata value) are cut; lowercase resource paths stay readable."""
-
-    def cut(m: re.Match[str]) -> str:
-        run = m.group(0)
-        if re.search(r"[A-Z+=]", run) or re.fullmatch(r"[0-9a-f]{48,}", run):
-            return "..."
-        return run
-
-    text = " ".join(str(message).split())
-    text = _LONG_TOKEN.sub(cut, text)
-    return text[:200].rstrip(" .")
 
 
 # --- what to launch ------------------------------------------------------------------
@@ -296,6 +272,7 @@ class GceSpec:
         self.instance_body("check", 0, "0" * 32, {"user-data": ""})
 
     @property
+
     def region(self) -> str:
         return self.zone.rsplit("-", 1)[0]
 
@@ -382,80 +359,23 @@ def _import_compute() -> Any:
     return compute_v1
 
 
-def resolve_credentials(credentials: Any, project: str | None) -> tuple[Any, str]:
-    """(credentials, project) from what was given, else Application Default Credentials."""
-    import os
 
-    if credentials is None:
-        from ..sources.gcp_kms import _adc_may_exist
+class GceLauncher(Launcher):
+    """One `instances.insert` and one fresh seed per instance.
 
-        if not _adc_may_exist():
-            raise GceLaunchError(f"no Google Application Default Credentials found; {_ADC_FIX}")
-        import google.auth
-        from google.auth import exceptions as gax
-
-        try:
-            credentials, adc_project = google.auth.default(scopes=[COMPUTE_SCOPE])
-        except gax.DefaultCredentialsError:
-            raise GceLaunchError(
-                f"no usable Google Application Default Credentials found; {_ADC_FIX}"
-            ) from None
-        except gax.GoogleAuthError as e:
-            raise GceLaunchError(
-                f"the Google Application Default Credentials could not be used "
-                f"({type(e).__name__}); {_ADC_FIX}, or pass --project"
-            ) from None
-        project = project or adc_project
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
-    if not project:
-        raise UsageError("no Google Cloud project is set; pass --project or set "
-                         "GOOGLE_CLOUD_PROJECT (or a quota project in your ADC)")
-    return credentials, project
-
-
-@dataclass
-class LaunchReport:
-    launch_id: str
-    project: str
-    zone: str
-    results: list[InstanceResult]
-    interrupted: bool
-    scrubbed: bool = False  # whether scrubbing was asked for
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(r.ok for r in self.results)
-
-    def existing_names(self) -> list[str]:
-        return [r.instance_id for r in self.results
-                if r.instance_id and r.status in (LAUNCHED, EXISTING)]
-
-    def warnings(self) -> list[tuple[InstanceResult, str]]:
-        return [(r, str(r.extra["warning"])) for r in self.results if r.extra.get("warning")]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "launch_id": self.launch_id,
-            "project": self.project,
-            "zone": self.zone,
-            "interrupted": self.interrupted,
-            "instances": [r.as_dict() for r in self.results],
-        }
-
-
-class GceLauncher:
-    """Launches instances, one `instances.insert` and one fresh seed each.
-
-    `factory` is a `SeedFactory` (anything with `new()` returning a `NewSeed`).
     `credentials` is a google-auth credentials object (tests pass
     `AnonymousCredentials()`); None means Application Default Credentials.
-    Call `prepare()` once, then `launch()`, then `scrub()` if asked for.
+    `run_launch` (seedtool.launch.base) calls `prepare()`, then `create()` per index;
+    then `scrub()` if asked for.
     """
+
+    name = "gce"
+    target = "gce"
+    max_attempts = MAX_REQUEST_GENERATIONS
 
     def __init__(
         self,
         spec: GceSpec,
-        factory: Any,
         *,
         launch_id: str,
         project: str | None = None,
@@ -468,8 +388,8 @@ class GceLauncher:
     ) -> None:
         spec.check()
         self.spec = spec
-        self.factory = factory
         self.launch_id = check_launch_id(launch_id)
+        self.user_data = spec.user_data
         self.project = project
         self.endpoint = endpoint
         self.operation_timeout = operation_timeout
@@ -481,52 +401,35 @@ class GceLauncher:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._clients_lock = threading.Lock()
-        self._seed_lock = threading.Lock()
-        self._stop_lock = threading.Lock()
-        self._stopped_by: tuple[int, str] | None = None
         self._retry: Any = None
         self._template: str | None = None
-        self._base_user_data: bytes | None = spec.user_data
         self._base_items: dict[str, str] = {}
         self._base_labels: dict[str, str] = {}
         self._names: dict[int, str] = {}
-        self._resume = False
 
     # -- set-up ---------------------------------------------------------------------
 
     @property
+
     def where(self) -> str:
         return self.endpoint or "compute.googleapis.com"
 
-    def prepare(self) -> list[str]:
+    def check_request(self, count: int) -> list[str]:
         """Import the client, resolve credentials and project, read a source template
         (refusing one that holds a seed); return notes for the user."""
+        instance_names(self.spec.name, count)  # refuse bad names before any call
         self._compute = _import_compute()
-        self._credentials, self.project = resolve_credentials(self._credentials, self.project)
-        self._retry = self._make_retry()
-        self._check_credentials()
-        notes: list[str] = []
+        self._credentials, project = gcp.credentials(self._credentials, self.project,
+                                                     COMPUTE_SCOPE, WORDS)
+        if not project:
+            raise UsageError("no Google Cloud project is set; pass --project or set "
+                             "GOOGLE_CLOUD_PROJECT (or a quota project in your ADC)")
+        self.project = project
+        self._retry = gcp.retry(self.retry_deadline, initial=self.retry_initial, maximum=16.0)
+        gcp.refresh(self._credentials, WORDS, self._about("authenticate"))
+        self.user_data = self.spec.user_data
         tpl = self.spec.params.get("sourceInstanceTemplate")
-        if tpl:
-            notes += self._read_template(str(tpl))
-        return notes
-
-    def _check_credentials(self) -> None:
-        """Refresh once now, so missing or expired credentials give one sentence before
-        any seed is made, not one failure per instance."""
-        from google.auth.credentials import AnonymousCredentials
-
-        creds = self._credentials
-        if isinstance(creds, AnonymousCredentials) or not hasattr(creds, "refresh"):
-            return
-        if getattr(creds, "valid", False):
-            return
-        import google.auth.transport.requests
-
-        try:
-            creds.refresh(google.auth.transport.requests.Request())
-        except Exception as e:  # noqa: BLE001 - mapped to one sentence
-            raise self.translate(e, "authenticate") from None
+        return self._read_template(str(tpl)) if tpl else []
 
     def _client(self, kind: str) -> Any:
         """One client of each kind per thread (each has its own HTTP session)."""
@@ -538,9 +441,7 @@ class GceLauncher:
                    "operations": self._compute.ZoneOperationsClient,
                    "templates": self._compute.InstanceTemplatesClient,
                    "region_templates": self._compute.RegionInstanceTemplatesClient}[kind]
-            options = {"api_endpoint": self.endpoint} if self.endpoint else None
-            clients[kind] = cls(credentials=self._credentials, transport="rest",
-                                client_options=options)
+            clients[kind] = gcp.client(cls, self._credentials, self.endpoint)
             with self._clients_lock:
                 self._clients.append(clients[kind])
         return clients[kind]
@@ -548,46 +449,17 @@ class GceLauncher:
     def close(self) -> None:
         with self._clients_lock:
             clients, self._clients = self._clients, []
-        for c in clients:
-            try:
-                c.transport.close()
-            except Exception:  # noqa: BLE001,S110 - closing is best effort
-                pass
+        gcp.close(clients)
 
     def __enter__(self) -> GceLauncher:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _make_retry(self) -> Any:
-        import requests
-        from google.api_core import exceptions as ex
-        from google.api_core import retry as retries
-
-        def transient(e: BaseException) -> bool:
-            if isinstance(e, (ex.TooManyRequests, ex.ResourceExhausted, ex.InternalServerError,
-                              ex.BadGateway, ex.ServiceUnavailable, ex.GatewayTimeout,
-                              requests.exceptions.ConnectionError,
-                              requests.exceptions.Timeout)):
-                return True
-            # Compute Engine answers some rate limits with 403 rateLimitExceeded
-            return isinstance(e, ex.Forbidden) and _reason(e) in (
-                "rateLimitExceeded", "userRateLimitExceeded")
-
-        kwargs: dict[str, Any] = {"predicate": transient, "initial": self.retry_initial,
-                                  "maximum": 16.0, "multiplier": 2.0}
-        try:
-            return retries.Retry(timeout=self.retry_deadline, **kwargs)
-        except TypeError:  # google-api-core before 2.16 calls it `deadline`
-            return retries.Retry(deadline=self.retry_deadline, **kwargs)
 
     def _call(self, kind: str, method: str, request: Any, what: str,
               name: str | None = None) -> Any:
         # zoneOperations.wait may hold the request for up to 2 minutes (REST reference)
         timeout = 150.0 if method == "wait" else 60.0
         try:
-            with _quiet():
+            with gcp.quiet():
                 return getattr(self._client(kind), method)(request=request, retry=self._retry,
                                                            timeout=timeout)
         except Exception as e:  # noqa: BLE001 - mapped to one sentence
@@ -609,7 +481,7 @@ class GceLauncher:
         items = {i.key: i.value for i in props.metadata.items} if props.metadata else {}
         notes: list[str] = []
         template_data = _decode_user_data(items)
-        if template_data is not None and has_seedtool_seed(template_data):
+        if carries_seed(template_data):
             raise SharedSeedRefused(
                 f"instance template {m.group('name')} already holds a seed in its user-data, "
                 "and every instance made from it would share that seed; remove the seed "
@@ -617,7 +489,7 @@ class GceLauncher:
             )
         if template_data is not None:
             if self.spec.user_data is None:
-                self._base_user_data = template_data
+                self.user_data = template_data
                 notes.append(f"using the user-data of instance template {m.group('name')}; "
                              "each instance gets it plus its own seed")
             else:
@@ -634,99 +506,70 @@ class GceLauncher:
 
     # -- errors -------------------------------------------------------------------------
 
+    def _about(self, what: str) -> gcp.Call:
+        resume = f"re-run with --launch-id {self.launch_id} to resume"
+        return gcp.Call(
+            service="Compute Engine", what=what, where=self.where,
+            retry=f"{resume} later (its requestIds make that safe)",
+            deadline=self.retry_deadline,
+            throttled=f"lower --concurrency and {resume}",
+            refused="check --project, --zone and --endpoint",
+        )
+
     def translate(self, e: BaseException, what: str, name: str | None = None) -> SeedtoolError:
         """One actionable sentence for anything the client raised (never its payload)."""
-        import requests
-        from google.api_core import exceptions as ex
-        from google.auth import exceptions as gax
+        return gcp.translate(e, WORDS, self._about(what), self._explainer(what, name))
 
-        if isinstance(e, SeedtoolError):
-            return e
+    def _explainer(self, what: str, name: str | None) -> Callable[[BaseException, str],
+                                                                  SeedtoolError | None]:
+        """What Compute Engine's own answers mean (REST reference, "Errors")."""
+        from google.api_core import exceptions as ex
+
         resume = f"re-run with --launch-id {self.launch_id} to resume"
-        retried = ""
-        if isinstance(e, ex.RetryError):
-            retried = f" for {self.retry_deadline:g} s of retries"
-            if e.cause is None:
-                return GceLaunchError(f"Compute Engine at {self.where} gave no good answer to "
-                                      f"{what}{retried}; {resume} later")
-            e = e.cause
-        if isinstance(e, gax.DefaultCredentialsError):
-            return GceRefused(f"no usable Google Application Default Credentials; {_ADC_FIX}")
-        if isinstance(e, (gax.RefreshError, getattr(gax, "OAuthError", gax.RefreshError))):
-            return GceRefused(
-                "the Google credentials could not be refreshed (expired or revoked); "
-                f"{_ADC_FIX}"
-            )
-        if isinstance(e, gax.GoogleAuthError):
-            return GceRefused(f"the Google credentials could not be used "
-                                  f"({type(e).__name__}); {_ADC_FIX}")
-        if isinstance(e, (ex.Unauthenticated, ex.Unauthorized)):
-            return GceRefused(
-                f"Compute Engine did not accept the credentials (HTTP 401); {_ADC_FIX}")
-        reason = _reason(e) if isinstance(e, ex.GoogleAPICallError) else ""
-        if isinstance(e, (ex.PermissionDenied, ex.Forbidden)):
-            if reason in ("quotaExceeded", "rateLimitExceeded", "userRateLimitExceeded"):
-                return GceLaunchError(
-                    f"Compute Engine refused to {what} for quota or rate limits "
-                    f"(HTTP 403 {reason}){retried}; ask for more quota or lower --concurrency, "
-                    f"then {resume}"
+
+        def explain(e: BaseException, retried: str) -> SeedtoolError | None:
+            reason = gcp.reason(e) if isinstance(e, ex.GoogleAPICallError) else ""
+            if isinstance(e, (ex.PermissionDenied, ex.Forbidden)):
+                if reason in ("quotaExceeded", *gcp.RATE_LIMIT_REASONS):
+                    return GceLaunchError(
+                        f"Compute Engine refused to {what} for quota or rate limits "
+                        f"(HTTP 403 {reason}){retried}; ask for more quota or lower "
+                        f"--concurrency, then {resume}"
+                    )
+                return GceRefused(
+                    f"Compute Engine denied permission to {what} in project {self.project} "
+                    "(HTTP 403); grant roles/compute.instanceAdmin.v1 (and "
+                    "roles/iam.serviceAccountUser for --service-account) and enable the "
+                    "Compute Engine API"
                 )
-            return GceRefused(
-                f"Compute Engine denied permission to {what} in project {self.project} "
-                "(HTTP 403); grant roles/compute.instanceAdmin.v1 (and "
-                "roles/iam.serviceAccountUser for --service-account) and enable the Compute "
-                "Engine API"
-            )
-        if isinstance(e, ex.NotFound):
-            m = _NOT_FOUND.search(str(getattr(e, "message", "")))
-            resource = _redact(m.group(1)) if m else "such resource"
-            return GceRefused(
-                f"Compute Engine found no {resource} (HTTP 404) trying to {what}; check "
-                "--project, --zone, --image and the names in --params"
-            )
-        if isinstance(e, ex.Conflict):
-            return GceLaunchError(
-                f"an instance named {name or '?'} already exists in {self.project}/"
-                f"{self.spec.zone} (HTTP 409); if an earlier launch made it, resume that "
-                "launch with its --launch-id, else choose another --name"
-            )
-        if isinstance(e, (ex.TooManyRequests, ex.ResourceExhausted)):
-            return GceLaunchError(
-                f"Compute Engine kept answering HTTP 429 (rate limit) to {what}{retried}; "
-                f"lower --concurrency and {resume}"
-            )
-        if isinstance(e, (ex.ServerError, ex.DeadlineExceeded)):
-            code = getattr(e, "code", None)
-            return GceLaunchError(
-                f"Compute Engine failed on its side (HTTP {code}) to {what}{retried}; "
-                f"{resume} later (its requestIds make that safe)"
-            )
-        if isinstance(e, (ex.BadRequest, ex.InvalidArgument)):
-            message = _redact(getattr(e, "message", ""))
-            message = re.sub(r"^(POST|GET) \S+: ", "", message)
-            return GceRefused(
-                f"Compute Engine rejected the request to {what} (HTTP 400: {message}); check "
-                "--machine-type, --image, --params, --label and --metadata"
-            )
-        if isinstance(e, ex.GoogleAPICallError):
-            return GceLaunchError(
-                f"Compute Engine refused to {what} (HTTP {getattr(e, 'code', None)}); check "
-                "--project, --zone and --endpoint"
-            )
-        if isinstance(e, requests.exceptions.Timeout) and not isinstance(
-                e, requests.exceptions.ConnectTimeout):
-            return GceLaunchError(f"Compute Engine at {self.where} did not answer in time to "
-                                  f"{what}{retried}; {resume}")
-        if isinstance(e, requests.exceptions.ConnectionError):
-            return GceLaunchError(f"could not connect to Compute Engine at {self.where}"
-                                  f"{retried}; check the network or --endpoint")
-        return GceLaunchError(f"Compute Engine call to {what} failed ({type(e).__name__}) at "
-                              f"{self.where}; check the network and --endpoint")
+            if isinstance(e, ex.NotFound):
+                m = _NOT_FOUND.search(str(getattr(e, "message", "")))
+                resource = redact(m.group(1)) if m else "such resource"
+                return GceRefused(
+                    f"Compute Engine found no {resource} (HTTP 404) trying to {what}; check "
+                    "--project, --zone, --image and the names in --params"
+                )
+            if isinstance(e, ex.Conflict):
+                return GceLaunchError(
+                    f"an instance named {name or '?'} already exists in {self.project}/"
+                    f"{self.spec.zone} (HTTP 409); if an earlier launch made it, resume that "
+                    "launch with its --launch-id, else choose another --name"
+                )
+            if isinstance(e, (ex.BadRequest, ex.InvalidArgument)):
+                message = redact(getattr(e, "message", ""))
+                message = re.sub(r"^(POST|GET) \S+: ", "", message)
+                return GceRefused(
+                    f"Compute Engine rejected the request to {what} (HTTP 400: {message}); "
+                    "check --machine-type, --image, --params, --label and --metadata"
+                )
+            return None
+
+        return explain
 
     def _operation_error(self, op: Any, name: str) -> GceLaunchError:
         errs = list(op.error.errors) if op.error else []
         code = errs[0].code if errs else str(op.http_error_status_code or "unknown")
-        message = _redact(errs[0].message if errs else op.http_error_message or "")
+        message = redact(errs[0].message if errs else op.http_error_message or "")
         resume = f"re-run with --launch-id {self.launch_id} to resume"
         if "QUOTA" in code:
             return GceLaunchError(
@@ -772,76 +615,47 @@ class GceLauncher:
 
     # -- one instance --------------------------------------------------------------------
 
-    def _stop_others(self, index: int, reason: str) -> None:
-        with self._stop_lock:
-            if self._stopped_by is None:
-                self._stopped_by = (index, reason)
-
     def name_of(self, index: int) -> str:
         if index not in self._names:
             self._names[index] = instance_names(self.spec.name, index + 1)[index]
         return self._names[index]
 
-    def launch_one(self, index: int) -> InstanceResult:
-        """Launch one instance with one fresh seed; never raises a SeedtoolError."""
-        stopped = self._stopped_by
-        if stopped is not None:
-            return InstanceResult(
-                index, NOT_STARTED,
-                error=f"not started: index {stopped[0]} failed in a way every launch would")
+    def create(self, index: int, user_data: bytes, seed_id: str,
+               attempt: int = 0) -> InstanceResult:
+        """One insert (requestId generation `attempt`) carrying `user_data`; waits for
+        its operation. CreateAgain when a resumed launch's requestId replayed an earlier
+        run's failed operation and the instance does not exist."""
         name = self.name_of(index)
-        seed_id = None
-        for generation in range(MAX_REQUEST_GENERATIONS):
-            try:
-                with self._seed_lock:  # sources are read by one thread at a time
-                    seed = self.factory.new()
-            except SeedtoolError as e:
-                self._stop_others(index, str(e))
-                return InstanceResult(index, FAILED, error=str(e))
-            seed_id = seed.seed_id
-            try:
-                data = userdata.add_seed(self._base_user_data, seed.text, target="gce")
-            except SeedtoolError as e:
-                self._stop_others(index, str(e))
-                return InstanceResult(index, FAILED, seed_id=seed_id, instance_id=name,
-                                      error=str(e))
-            del seed
-            items = dict(self._base_items)
-            items.update(self.spec.metadata)
-            if self.spec.scrub_after_boot:
-                items[GUEST_ATTRIBUTES_KEY] = "TRUE"
-            items.update(userdata.gce_metadata(data))
-            del data
-            try:
-                body = self.spec.instance_body(
-                    name, index, seed_id, items, launch_id=self.launch_id,
-                    project=self.project, base_labels=self._base_labels)
-                items.clear()
-                request = self._compute.InsertInstanceRequest(
-                    project=self.project, zone=self.spec.zone, instance_resource=body,
-                    request_id=request_id(str(self.project), self.spec.zone, self.launch_id,
-                                          index, name, generation))
-                if self._template:
-                    request.source_instance_template = self._template
-                del body
-                op = self._call("instances", "insert_unary", request, "create instances",
-                                name)
-                del request
-                replayed = op.status == self._compute.Operation.Status.DONE
-                op = self._wait(op, f"creating {name}", name)
-            except SeedtoolError as e:
-                return self._failed(index, seed_id, name, e)
-            if not str(op.target_link).endswith(f"/instances/{name}"):
-                return InstanceResult(index, FAILED, seed_id=seed_id, error=(
-                    f"Compute Engine answered the insert of {name} with an operation on "
-                    f"another resource ({_redact(op.target_link)}); start a new launch "
-                    "without --launch-id"))
-            if op.error and op.error.errors:
-                if self._resume and replayed and generation + 1 < MAX_REQUEST_GENERATIONS \
-                        and not self._exists(name):
-                    continue  # an earlier run's failed operation: try the next requestId
-                return self._failed(index, seed_id, name, self._operation_error(op, name))
-            break
+        items = dict(self._base_items)
+        items.update(self.spec.metadata)
+        if self.spec.scrub_after_boot:
+            items[GUEST_ATTRIBUTES_KEY] = "TRUE"
+        items.update(userdata.gce_metadata(user_data))
+        body = self.spec.instance_body(
+            name, index, seed_id, items, launch_id=self.launch_id,
+            project=self.project, base_labels=self._base_labels)
+        items.clear()
+        request = self._compute.InsertInstanceRequest(
+            project=self.project, zone=self.spec.zone, instance_resource=body,
+            request_id=request_id(str(self.project), self.spec.zone, self.launch_id,
+                                  index, name, attempt))
+        if self._template:
+            request.source_instance_template = self._template
+        del body
+        op = self._call("instances", "insert_unary", request, "create instances", name)
+        del request
+        replayed = op.status == self._compute.Operation.Status.DONE
+        op = self._wait(op, f"creating {name}", name)
+        if not str(op.target_link).endswith(f"/instances/{name}"):
+            raise GceLaunchError(
+                f"Compute Engine answered the insert of {name} with an operation on "
+                f"another resource ({redact(op.target_link)}); start a new launch "
+                "without --launch-id")
+        if op.error and op.error.errors:
+            if self.resuming and replayed and attempt + 1 < MAX_REQUEST_GENERATIONS \
+                    and not self._exists(name):
+                raise CreateAgain  # an earlier run's failed operation: the next requestId
+            raise self._operation_error(op, name)
         return self._created(index, name, seed_id)
 
     def _exists(self, name: str) -> bool:
@@ -869,21 +683,15 @@ class GceLauncher:
             return InstanceResult(index, EXISTING, seed_id=actual, instance_id=name)
         return InstanceResult(index, LAUNCHED, seed_id=seed_id, instance_id=name)
 
-    def _failed(self, index: int, seed_id: str | None, name: str,
-                err: SeedtoolError) -> InstanceResult:
-        if isinstance(err, GceRefused):
-            self._stop_others(index, str(err))
-        return InstanceResult(index, FAILED, seed_id=seed_id, instance_id=None, error=str(err))
+    # -- resume ------------------------------------------------------------------------
 
-    # -- all of them -----------------------------------------------------------------
-
-    def existing(self, count: int) -> dict[int, InstanceResult]:
+    def existing(self) -> dict[int, InstanceResult]:
         """Instances of this launch id that already exist (for resuming)."""
         req = self._compute.ListInstancesRequest(
             project=self.project, zone=self.spec.zone,
             filter=f'labels.{LABEL_LAUNCH_ID} = "{self.launch_id}"')
         try:
-            with _quiet():
+            with gcp.quiet():
                 found = list(self._client("instances").list(request=req, retry=self._retry,
                                                              timeout=60.0))
         except Exception as e:  # noqa: BLE001
@@ -897,36 +705,13 @@ class GceLauncher:
                 index = int(labels.get(LABEL_INDEX, ""))
             except ValueError:
                 continue
-            if 0 <= index < count and index not in out:
+            if index not in out:
                 out[index] = InstanceResult(index, EXISTING, seed_id=labels.get(LABEL_SEED_ID),
                                             instance_id=inst.name)
         return out
 
-    def launch(
-        self,
-        count: int,
-        *,
-        concurrency: int = 4,
-        resume: bool = False,
-        on_existing: Callable[[InstanceResult], None] | None = None,
-        on_done: Callable[[InstanceResult], None] | None = None,
-    ) -> LaunchReport:
-        """Launch indices 0..count-1 that do not exist yet; report every index."""
-        if self._compute is None:
-            self.prepare()
-        instance_names(self.spec.name, count)  # refuse bad names before any call
-        self._resume = resume
-        existing = self.existing(count) if resume else {}
-        for r in sorted(existing.values(), key=lambda r: r.index):
-            if on_existing:
-                on_existing(r)
-        todo = [i for i in range(count) if i not in existing]
-        results, interrupted = run_all(todo, self.launch_one, concurrency=concurrency,
-                                       on_done=on_done)
-        merged = {r.index: r for r in results}
-        merged.update(existing)
-        return LaunchReport(self.launch_id, str(self.project), self.spec.zone,
-                            [merged[i] for i in sorted(merged)], interrupted)
+    def report_fields(self) -> dict[str, Any]:
+        return {"project": self.project, "zone": self.spec.zone}
 
     # -- scrubbing ---------------------------------------------------------------------
 
@@ -938,7 +723,7 @@ class GceLauncher:
             project=self.project, zone=self.spec.zone, instance=name,
             query_path=f"{GUEST_NAMESPACE}/")
         try:
-            with _quiet():
+            with gcp.quiet():
                 attrs = self._client("instances").get_guest_attributes(
                     request=req, retry=self._retry, timeout=60.0)
         except ex.NotFound as e:
@@ -957,8 +742,7 @@ class GceLauncher:
         """Remove the seed from one instance's metadata; (scrubbed?, warning)."""
         from google.api_core import exceptions as ex
 
-        original = self.spec.user_data if self.spec.user_data is not None \
-            else self._base_user_data
+        original = self.user_data
         want = userdata.gce_metadata(original) if original else {}
         for _attempt in range(MAX_FINGERPRINT_RETRIES):
             inst = self._get(name)
@@ -993,7 +777,7 @@ class GceLauncher:
                                           f"{self.spec.zone}/{self.launch_id}/{name}/scrub/"
                                           f"{inst.metadata.fingerprint}")))
             try:
-                with _quiet():
+                with gcp.quiet():
                     op = self._client("instances").set_metadata_unary(
                         request=req, retry=self._retry, timeout=60.0)
             except (ex.PreconditionFailed, ex.FailedPrecondition):
@@ -1004,7 +788,7 @@ class GceLauncher:
             if op.error and op.error.errors:
                 err = op.error.errors[0]
                 return False, (f"seed still in metadata: setMetadata on {name} failed "
-                               f"({err.code}: {_redact(err.message)})")
+                               f"({err.code}: {redact(err.message)})")
             return True, None
         return False, (f"seed still in metadata: the metadata of {name} kept changing under "
                        f"{MAX_FINGERPRINT_RETRIES} attempts (HTTP 412); run the launch again "
@@ -1020,7 +804,8 @@ class GceLauncher:
         """Wait for each launched instance's guest to report its seed, then remove the
         seed from its metadata. Sets `extra["scrubbed"]` (and a `warning` when not)
         on each result; returns True when interrupted by Ctrl-C."""
-        report.scrubbed = True
+        if "scrubbed" not in report.columns:
+            report.columns.append("scrubbed")
         pending = {r.index: r for r in report.results
                    if r.status in (LAUNCHED, EXISTING) and r.instance_id and r.seed_id}
         for r in report.results:
@@ -1072,17 +857,6 @@ class GceLauncher:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _reason(e: Any) -> str:
-    try:
-        errors = list(getattr(e, "errors", None) or [])
-    except TypeError:
-        return ""
-    for err in errors:
-        if isinstance(err, dict) and err.get("reason"):
-            return str(err["reason"])
-    return str(getattr(e, "reason", "") or "")
-
-
 def _decode_user_data(items: Mapping[str, str]) -> bytes | None:
     """The user-data bytes of metadata items, as cloud-init's GCE datasource reads them."""
     import base64
@@ -1115,10 +889,6 @@ def _seed_id_in(data: bytes | None) -> str | None:
         return None
 
 
-def has_seedtool_seed(data: bytes | None) -> bool:
-    return _seed_id_in(data) is not None
-
-
 __all__ = [
     "COMPUTE_SCOPE",
     "LABEL_INDEX",
@@ -1126,6 +896,7 @@ __all__ = [
     "LABEL_SEED_ID",
     "GceLaunchError",
     "GceLauncher",
+    "GceRefused",
     "GceSpec",
     "LaunchInterrupted",
     "LaunchReport",
@@ -1133,7 +904,6 @@ __all__ = [
     "check_labels",
     "check_launch_id",
     "check_metadata",
-    "has_seedtool_seed",
     "instance_names",
     "new_launch_id",
     "parse_pairs",

@@ -29,12 +29,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..shared.errors import CloudError, SeedtoolError, UsageError
+from .base import FAILED, LAUNCHED, InstanceResult, Launcher, LaunchReport, new_launch_id
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -499,87 +499,111 @@ def _ours(lines: list[SeedtoolLine], seed_id: str) -> SeedtoolLine | None:
     return None
 
 
-def launch(
-    config: MachineConfig,
-    factory: Any,
-    *,
-    count: int = 1,
-    user_data: bytes | None = None,
-    parallel: int | None = None,
-    keep_running: bool = False,
-    workdir: Path | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    progress: ProgressFn | None = None,
-    add_seed: Callable[[bytes | None, str], bytes] | None = None,
-) -> list[VMReport]:
-    """Boot `count` VMs, each with a fresh seed from `factory`, and report on each.
+class QemuLauncher(Launcher):
+    """Boots one VM per index under the launch engine (seedtool.launch.base): `create`
+    starts QEMU with the VM's own seed ISO and overlay (the "call" the probe waits
+    for), `settle` watches its console until it has reported.
 
-    At most `parallel` VMs boot at a time (default: the number of CPUs, since every
-    booting TCG VM keeps one busy; with `keep_running` the VMs that have reported stay
-    up, mostly idle, while the next ones boot). Without `keep_running` each VM is
-    powered off once it has reported, and its overlay is deleted unless `workdir` was
-    given.
+    At most `concurrency` VMs boot at a time (the command's --parallel, default the
+    number of CPUs, since every booting TCG VM keeps one busy; with `keep_running` the
+    VMs that have reported stay up, mostly idle, while the next ones boot). Without
+    `keep_running` each VM is powered off once it has reported, and its overlay is
+    deleted unless `workdir` was given. Local VMs cannot be resumed: `existing()` is
+    empty.
     """
-    from ..deliver.nocloud import new_instance_id, write_iso
 
-    if add_seed is None:
-        from ..deliver.userdata import add_seed as _add_seed
+    name = "qemu"
 
-        add_seed = _add_seed
-    if count < 1:
-        raise UsageError("--count must be at least 1")
-    config.check()
-    find_tool(QEMU)
-    base_format = image_format(config.image)
-    if parallel is None:
-        parallel = max(1, os.cpu_count() or 1)
-    own_workdir = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="seedtool-qemu-")) if workdir is None else workdir
-    root.mkdir(parents=True, exist_ok=True)
-    note = progress or (lambda _vm, _msg: None)
-    seed_lock = threading.Lock()
-    width = len(str(count))
-    #: set when the launch is interrupted: no VM starts after it, every one is killed
-    cancelled = threading.Event()
-    mine: list[QemuVM] = []
+    def __init__(self, config: MachineConfig, *, user_data: bytes | None = None,
+                 keep_running: bool = False, workdir: Path | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, progress: ProgressFn | None = None) -> None:
+        self.config = config
+        self.user_data = user_data
+        self.keep_running = keep_running
+        self.workdir = workdir
+        self.timeout = timeout
+        self.launch_id = new_launch_id()
+        self._note = progress or (lambda _vm, _msg: None)
+        self._root: Path | None = None
+        self._base_format = ""
+        self._width = 1
+        self._lock = threading.Lock()
+        #: set when the launch is interrupted: no VM starts after it, every one is killed
+        self._cancelled = threading.Event()
+        self._vms: dict[int, QemuVM] = {}
 
-    def one(i: int) -> VMReport:
-        name = f"vm{i + 1:0{width}d}"
-        vdir = root / name
+    def check_request(self, count: int) -> list[str]:
+        self.config.check()
+        find_tool(QEMU)
+        self._base_format = image_format(self.config.image)
+        self._width = len(str(count))
+        if self._root is None:
+            root = self.workdir or Path(tempfile.mkdtemp(prefix="seedtool-qemu-"))
+            root.mkdir(parents=True, exist_ok=True)
+            self._root = root
+        return []
+
+    def existing(self) -> dict[int, InstanceResult]:
+        return {}
+
+    def vm_name(self, index: int) -> str:
+        return f"vm{index + 1:0{self._width}d}"
+
+    def create(self, index: int, user_data: bytes, seed_id: str,
+               attempt: int = 0) -> InstanceResult:
+        """Write the VM's seed ISO and overlay and start QEMU."""
+        from ..deliver.nocloud import new_instance_id, write_iso
+
+        assert self._root is not None, "prepare() must be called before launching"
+        name = self.vm_name(index)
+        vdir = self._root / name
         vdir.mkdir(parents=True, exist_ok=True)
-        with seed_lock:  # one factory for the launch, one new() per VM
-            seed = factory.new()
         iid = new_instance_id()
         iso = vdir / "seed.iso"
-        report = VMReport(name, iid, seed.seed_id, str(seed.summary["key_id"]), "failed",
-                          workdir=str(vdir))
         vm: QemuVM | None = None
         try:
-            write_iso(iso, add_seed(user_data, seed.text), instance_id=iid)
+            write_iso(iso, user_data, instance_id=iid)
             overlay = vdir / "disk.qcow2"
-            create_overlay(config.image, overlay, base_format)
-            port = free_port() if config.network else None
-            vm = QemuVM(name, vdir, overlay, config, seed_iso=iso, ssh_port=port)
-            with seed_lock:
-                if cancelled.is_set():
+            create_overlay(self.config.image, overlay, self._base_format)
+            port = free_port() if self.config.network else None
+            vm = QemuVM(name, vdir, overlay, self.config, seed_iso=iso, ssh_port=port)
+            with self._lock:
+                if self._cancelled.is_set():
                     raise QemuError(f"{name}: not started: the launch was interrupted")
                 vm.start()
-                mine.append(vm)
-            report.accel, report.ssh_port, report.pid = vm.accel, port, vm.pid
-            note(name, f"booting ({vm.accel}), seed {seed.seed_id}")
+                self._vms[index] = vm
+        except BaseException:
+            if vm is not None:
+                vm.kill()
+            iso.unlink(missing_ok=True)
+            raise
+        self._note(name, f"booting ({vm.accel}), seed {seed_id}")
+        report = VMReport(name, iid, seed_id, _key_id(user_data), "failed", accel=vm.accel,
+                          ssh_port=port, pid=vm.pid, workdir=str(vdir))
+        return InstanceResult(index, LAUNCHED, seed_id=seed_id, instance_id=name,
+                              extra={"vm": report})
+
+    def settle(self, result: InstanceResult) -> InstanceResult:
+        """Watch the console for the seed's kmsg line and the host keys; power off."""
+        vm = self._vms[result.index]
+        report: VMReport = result.extra["vm"]
+        seed_id = report.seed_id
+        try:
             seen: dict[str, bool] = {}
 
             def reported(text: str) -> bool:
-                line = _ours(seedtool_lines(text), seed.seed_id)
+                line = _ours(seedtool_lines(text), seed_id)
                 if line is not None and "line" not in seen:
                     seen["line"] = True
-                    note(name, "seed credited" if line.credited else f"seed refused: {line.reason}")
+                    self._note(vm.name, "seed credited" if line.credited
+                               else f"seed refused: {line.reason}")
                 return host_keys(text) is not None
 
-            text = vm.wait_until(reported, timeout, "SSH host key fingerprints on the console")
+            text = vm.wait_until(reported, self.timeout, "SSH host key fingerprints on the "
+                                 "console")
             report.boot_seconds = round(time.monotonic() - vm.started_at, 1)
             report.host_keys = host_keys(text) or []
-            line = _ours(seedtool_lines(text), seed.seed_id)
+            line = _ours(seedtool_lines(text), seed_id)
             if line is None:
                 report.verdict = "no-seedtool"
                 report.reason = ("no seedtool line on the console: the image has no seedtool "
@@ -588,43 +612,59 @@ def launch(
                 report.verdict = "credited" if line.credited else "uncredited"
                 report.credited_bits = line.bits
                 report.reason = line.reason
-            note(name, f"reported after {report.boot_seconds:.0f} s")
+            self._note(vm.name, f"reported after {report.boot_seconds:.0f} s")
         except SeedtoolError as e:  # one VM failing must not hide the others' reports
+            vm.kill()
             report.error = str(e)
-            if vm is not None:
-                vm.kill()
+            report.pid = None
+            result.status, result.error = FAILED, str(e)
+            return result
         except BaseException:
-            if vm is not None:
-                vm.kill()
+            vm.kill()
             raise
         finally:
-            iso.unlink(missing_ok=True)  # QEMU keeps its open file; the seed leaves our disk
-        if vm is not None and not keep_running and vm.exited() is None:
-            note(name, "powering off")
+            # QEMU keeps its open file; the seed leaves our disk
+            (vm.workdir / "seed.iso").unlink(missing_ok=True)
+        if not self.keep_running and vm.exited() is None:
+            self._note(vm.name, "powering off")
             vm.power_off()
             report.pid = None
-        elif vm is not None and vm.exited() is not None:
+        elif vm.exited() is not None:
             report.pid = None
-        return report
+        return result
 
-    pool = ThreadPoolExecutor(max_workers=min(parallel, count))
-    try:
-        # Ctrl-C or SIGTERM: QEMU runs in its own session (so a --keep-running VM can
-        # outlive us) and never sees the signal; kill this launch's VMs here
-        with terminate_as_interrupt():
-            futures = [pool.submit(one, i) for i in range(count)]
-            reports = [f.result() for f in futures]
-    except BaseException:
-        with seed_lock:
-            cancelled.set()
-        for vm in mine:
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: QEMU runs in its own session (so a --keep-running VM can
+        outlive us) and never sees the signal; kill this launch's VMs here."""
+        with self._lock:
+            self._cancelled.set()
+            vms = list(self._vms.values())
+        for vm in vms:
             vm.kill()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if own_workdir and not keep_running:
-            shutil.rmtree(root, ignore_errors=True)
-    if own_workdir and not keep_running:
-        for r in reports:
-            r.workdir = ""
-    return reports
+
+    def close(self) -> None:
+        if self.workdir is None and not self.keep_running and self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def vm_reports(self, report: LaunchReport) -> list[VMReport]:
+        """Each index of a launch as a VMReport (a VM that never started included)."""
+        out = []
+        for r in report.results:
+            vm = r.extra.get("vm")
+            if not isinstance(vm, VMReport):
+                vm = VMReport(self.vm_name(r.index), "", r.seed_id or "", "", "failed")
+            if r.error and not vm.error:
+                vm.error = r.error
+            if self.workdir is None and not self.keep_running:
+                vm.workdir = ""
+            out.append(vm)
+        return out
+
+
+def _key_id(user_data: bytes) -> str:
+    """The signing key's id, from the envelope in the VM's user-data (public)."""
+    from ..deliver.userdata import find_seed
+    from ..shared import envelope
+
+    text = find_seed(user_data)
+    return envelope.parse(text).key_id_hex if text else ""

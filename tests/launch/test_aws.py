@@ -26,7 +26,15 @@ from devtools.fake_ec2 import DEFAULT_IMAGE, FakeEc2
 from seedtool.deliver import userdata
 from seedtool.generate import SeedFactory
 from seedtool.launch import aws
-from seedtool.launch.runner import DRY_RUN, EXISTING, FAILED, LAUNCHED, NOT_STARTED
+from seedtool.launch.base import (
+    DRY_RUN,
+    EXISTING,
+    FAILED,
+    LAUNCHED,
+    NOT_STARTED,
+    LaunchReport,
+    run_launch,
+)
 from seedtool.shared import envelope
 from seedtool.shared.errors import UsageError
 from seedtool.shared.pubkeys import PublicKey, trusted_pairs
@@ -122,14 +130,18 @@ def pub(keypair: tuple[Path, Path, PublicKey]) -> PublicKey:
     return keypair[2]
 
 
-def launcher(fake: FakeEc2, private_key: object, *, launch_id: str = "L1",
-             user_data: bytes | None = USER_SCRIPT, dry_run: bool = False,
-             **req: Any) -> aws.AwsLauncher:
+def launcher(fake: FakeEc2, *, launch_id: str = "L1", user_data: bytes | None = USER_SCRIPT,
+             dry_run: bool = False, **req: Any) -> aws.AwsLauncher:
     req.setdefault("image_id", DEFAULT_IMAGE)
     req.setdefault("instance_type", "t3.micro")
     client = aws.make_client(endpoint_url=fake.url)
-    return aws.AwsLauncher(client, aws.LaunchRequest(**req), SeedFactory(private_key),
-                           launch_id=launch_id, user_data=user_data, dry_run=dry_run)
+    return aws.AwsLauncher(client, aws.LaunchRequest(**req), launch_id=launch_id,
+                           user_data=user_data, dry_run=dry_run)
+
+
+def go(la: aws.AwsLauncher, private_key: object, count: int, **kw: Any) -> LaunchReport:
+    """The launch engine with a fresh factory, as the command runs it."""
+    return run_launch(la, SeedFactory(private_key), count, **kw)
 
 
 # --- against moto: what ends up on the instances ----------------------------------------
@@ -246,8 +258,8 @@ def test_launch_template_holding_a_seed_is_refused(
 def test_every_call_is_one_instance_with_its_own_token_seed_and_imdsv2(
     fake: FakeEc2, private_key: object, pub: PublicKey
 ) -> None:
-    la = launcher(fake, private_key, launch_id="calls")
-    report = la.launch(5, concurrency=3)
+    la = launcher(fake, launch_id="calls")
+    report = go(la, private_key, 5, concurrency=3)
     assert report.ok and [r.status for r in report.results] == [LAUNCHED] * 5
     reqs = fake.run_requests()
     assert len(reqs) == 5
@@ -264,8 +276,8 @@ def test_every_call_is_one_instance_with_its_own_token_seed_and_imdsv2(
 
 
 def test_allow_imdsv1_sends_no_metadata_options(fake: FakeEc2, private_key: object) -> None:
-    la = launcher(fake, private_key, allow_imdsv1=True)
-    assert la.launch(1).ok
+    la = launcher(fake, allow_imdsv1=True)
+    assert go(la, private_key, 1).ok
     assert not any(k.startswith("MetadataOptions") for k in fake.run_requests()[0].params)
 
 
@@ -278,7 +290,7 @@ def test_a_lost_reply_is_retried_with_the_same_token_and_launches_once(
     fake: FakeEc2, private_key: object
 ) -> None:
     fake.fail("RunInstances", "InternalError", status=500, after_work=True)
-    report = launcher(fake, private_key).launch(1)
+    report = go(launcher(fake), private_key, 1)
     assert report.ok
     reqs = fake.run_requests()
     assert len(reqs) == 2 and reqs[0].params == reqs[1].params
@@ -287,7 +299,7 @@ def test_a_lost_reply_is_retried_with_the_same_token_and_launches_once(
 
 def test_throttling_is_retried_then_succeeds(fake: FakeEc2, private_key: object) -> None:
     fake.fail("RunInstances", "RequestLimitExceeded", status=503, times=2)
-    report = launcher(fake, private_key).launch(1)
+    report = go(launcher(fake), private_key, 1)
     assert report.ok and len(fake.run_requests()) == 3 and len(fake.instances) == 1
 
 
@@ -296,7 +308,7 @@ def test_throttling_after_all_retries_stops_the_launch(
 ) -> None:
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     fake.fail("RunInstances", "RequestLimitExceeded", status=503, times=None)
-    report = launcher(fake, private_key).launch(3, concurrency=1)
+    report = go(launcher(fake), private_key, 3, concurrency=1)
     assert [r.status for r in report.results] == [FAILED, NOT_STARTED, NOT_STARTED]
     err = report.results[0].error or ""
     assert "throttling" in err and "2 attempts" in err and "--launch-id L1" in err
@@ -340,9 +352,9 @@ def test_capacity_failure_of_one_index_is_reported_and_a_rerun_uses_a_new_seed(
 def test_rerun_after_the_instance_was_terminated_gets_idempotent_mismatch(
     fake: FakeEc2, private_key: object
 ) -> None:
-    first = launcher(fake, private_key, launch_id="gone").launch(1)
+    first = go(launcher(fake, launch_id="gone"), private_key, 1)
     fake.set_state(str(first.results[0].instance_id), "terminated")
-    again = launcher(fake, private_key, launch_id="gone").launch(1, resume=True)
+    again = go(launcher(fake, launch_id="gone"), private_key, 1, resume=True)
     r = again.results[0]
     assert r.status == FAILED and len(fake.instances) == 1
     assert "earlier run with launch id gone used different parameters" in (r.error or "")
@@ -353,7 +365,7 @@ def test_user_data_near_the_limit_is_gzipped_and_accepted(
     fake: FakeEc2, private_key: object, pub: PublicKey
 ) -> None:
     big = b"#!/bin/sh\n" + b"echo the same line again and again\n" * 600  # ~21 KB
-    report = launcher(fake, private_key, user_data=big).launch(2)
+    report = go(launcher(fake, user_data=big), private_key, 2)
     assert report.ok
     for inst in fake.instances.values():
         assert len(inst.user_data) <= 16384 and inst.user_data[:2] == b"\x1f\x8b"
@@ -397,7 +409,7 @@ def test_user_data_already_holding_a_seed_is_refused(
 ) -> None:
     once = userdata.add_seed(USER_SCRIPT, SeedFactory(private_key).new().text)
     with pytest.raises(aws.SharedSeedRefused, match="already carries a seedtool seed"):
-        launcher(fake, private_key, user_data=once).prepare()
+        launcher(fake, user_data=once).prepare()
 
 
 @pytest.mark.parametrize(("code", "status", "words"), [
@@ -413,7 +425,7 @@ def test_errors_that_every_launch_would_hit_stop_the_rest(
     fake: FakeEc2, private_key: object, code: str, status: int, words: list[str]
 ) -> None:
     fake.fail("RunInstances", code, status=status, index=1, times=None)
-    report = launcher(fake, private_key).launch(4, concurrency=1)
+    report = go(launcher(fake), private_key, 4, concurrency=1)
     assert [r.status for r in report.results] == [LAUNCHED, FAILED, NOT_STARTED, NOT_STARTED]
     err = report.results[1].error or ""
     for w in words:
@@ -423,17 +435,17 @@ def test_errors_that_every_launch_would_hit_stop_the_rest(
 
 
 def test_unknown_ami_from_the_fake_itself(fake: FakeEc2, private_key: object) -> None:
-    report = launcher(fake, private_key, image_id="ami-00000000deadbeef0").launch(1)
+    report = go(launcher(fake, image_id="ami-00000000deadbeef0"), private_key, 1)
     assert "no usable AMI ami-00000000deadbeef0 in us-east-1" in (report.results[0].error or "")
 
 
 def test_dry_run_reports_success_and_unauthorized(fake: FakeEc2, private_key: object) -> None:
-    report = launcher(fake, private_key, dry_run=True).launch(2)
+    report = go(launcher(fake, dry_run=True), private_key, 2)
     assert [r.status for r in report.results] == [DRY_RUN, DRY_RUN] and report.ok
     assert all(r.params.get("DryRun") == "true" for r in fake.run_requests())
     assert not fake.instances
     fake.fail("RunInstances", "UnauthorizedOperation", status=403, times=None)
-    denied = launcher(fake, private_key, dry_run=True).launch(2)
+    denied = go(launcher(fake, dry_run=True), private_key, 2)
     assert denied.results[0].status == FAILED and not denied.ok
     assert "UnauthorizedOperation" in (denied.results[0].error or "")
 
@@ -456,10 +468,10 @@ def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_launch_template_in_the_fake(fake: FakeEc2, private_key: object) -> None:
     with pytest.raises(aws.AwsLaunchError, match="no such launch template"):
-        launcher(fake, private_key, image_id=None, launch_template="nope").prepare()
+        launcher(fake, image_id=None, launch_template="nope").prepare()
     fake.add_template("plain", USER_SCRIPT)
-    la = launcher(fake, private_key, image_id=None, launch_template="plain:1", user_data=None)
-    assert la.launch(1).ok
+    la = launcher(fake, image_id=None, launch_template="plain:1", user_data=None)
+    assert go(la, private_key, 1).ok
     sent = fake.run_requests()[0].params
     assert sent["LaunchTemplate.LaunchTemplateName"] == "plain"
     assert sent["LaunchTemplate.Version"] == "1"
@@ -490,12 +502,12 @@ def test_request_refusals(params: dict[str, Any], words: str) -> None:
 def test_params_are_merged_and_checked_against_the_api_model(
     fake: FakeEc2, private_key: object
 ) -> None:
-    la = launcher(fake, private_key, params={"EbsOptimized": True, "MinCount": 1,
+    la = launcher(fake, params={"EbsOptimized": True, "MinCount": 1,
                                              "MetadataOptions": {"HttpPutResponseHopLimit": 2}},
                   security_group_ids=aws.parse_security_groups(["sg-1,sg-2", "sg-3"]),
                   iam_instance_profile="arn:aws:iam::123456789012:instance-profile/web",
                   tags=aws.parse_tags(["Name=x=y"]))
-    assert la.launch(1).ok
+    assert go(la, private_key, 1).ok
     sent = fake.run_requests()[0].params
     assert sent["EbsOptimized"] == "true"
     assert sent["MetadataOptions.HttpPutResponseHopLimit"] == "2"
@@ -504,9 +516,9 @@ def test_params_are_merged_and_checked_against_the_api_model(
     assert sent["IamInstanceProfile.Arn"].endswith("instance-profile/web")
     assert fake.run_requests()[0].tags()["Name"] == "x=y"
     with pytest.raises(UsageError, match="'EbsOptimised', which is not a RunInstances"):
-        launcher(fake, private_key, params={"EbsOptimised": True}).prepare()
+        launcher(fake, params={"EbsOptimised": True}).prepare()
     with pytest.raises(UsageError, match="not valid"):
-        launcher(fake, private_key, params={"EbsOptimized": "very"}).prepare()
+        launcher(fake, params={"EbsOptimized": "very"}).prepare()
 
 
 def test_cli_refusals_exit_2_before_any_call(
@@ -535,7 +547,7 @@ def test_botocore_debug_logs_never_carry_the_seed(
     fake: FakeEc2, private_key: object, pub: PublicKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    assert launcher(fake, private_key).launch(2).ok
+    assert go(launcher(fake), private_key, 2).ok
     text = "\n".join(r.getMessage() for r in caplog.records).encode()
     envs = [verified(i.user_data, pub) for i in fake.instances.values()]
     texts = [str(userdata.find_seed(i.user_data)) for i in fake.instances.values()]

@@ -31,7 +31,13 @@ from devtools.fake_compute import IMAGE, PROJECT, ZONE, FakeCompute, Reply  # no
 from seedtool.deliver import userdata  # noqa: E402
 from seedtool.generate import SeedFactory  # noqa: E402
 from seedtool.launch import gce  # noqa: E402
-from seedtool.launch.runner import EXISTING, FAILED, LAUNCHED, NOT_STARTED  # noqa: E402
+from seedtool.launch.base import (  # noqa: E402
+    EXISTING,
+    FAILED,
+    LAUNCHED,
+    NOT_STARTED,
+    run_launch,
+)
 from seedtool.shared import envelope  # noqa: E402
 from seedtool.shared.errors import UsageError  # noqa: E402
 from seedtool.shared.pubkeys import PublicKey  # noqa: E402
@@ -57,7 +63,7 @@ def make(fake: FakeCompute, factory: SeedFactory, *, launch_id: str = "test-laun
     spec.setdefault("name", "vm")
     spec.setdefault("image", IMAGE)
     launcher = gce.GceLauncher(
-        gce.GceSpec(**spec), factory, launch_id=launch_id, project=PROJECT,
+        gce.GceSpec(**spec), launch_id=launch_id, project=PROJECT,
         endpoint=fake.endpoint, credentials=AnonymousCredentials(),
         retry_deadline=3.0, retry_initial=0.01, poll_interval=0.01,
     )
@@ -111,7 +117,7 @@ def test_each_instance_gets_its_own_valid_seed(fake: FakeCompute, factory: SeedF
                                                keypair: tuple[Path, Path, PublicKey]) -> None:
     with make(fake, factory, user_data=USER_DATA, labels={"env": "test"},
               metadata={"startup-note": "x"}) as launcher:
-        report = launcher.launch(3, concurrency=3)
+        report = run_launch(launcher, factory, 3, concurrency=3)
     assert report.ok and [r.status for r in report.results] == [LAUNCHED] * 3
     assert [r.instance_id for r in report.results] == ["vm-0", "vm-1", "vm-2"]
     ids = set()
@@ -154,7 +160,7 @@ def test_gzip_user_data_travels_base64(fake: FakeCompute, factory: SeedFactory,
                                        keypair: tuple[Path, Path, PublicKey]) -> None:
     original = gzip.compress(USER_DATA, mtime=0)
     with make(fake, factory, user_data=original) as launcher:
-        assert launcher.launch(1).ok
+        assert run_launch(launcher, factory, 1).ok
     md = fake.metadata("vm-0")
     assert md["user-data-encoding"] == "base64"
     data = base64.b64decode(md["user-data"])
@@ -168,7 +174,7 @@ def test_gzip_user_data_travels_base64(fake: FakeCompute, factory: SeedFactory,
 def test_no_user_data_gives_a_seed_only_document(fake: FakeCompute,
                                                  factory: SeedFactory) -> None:
     with make(fake, factory, name="web-{index}-x") as launcher:
-        report = launcher.launch(2)
+        report = run_launch(launcher, factory, 2)
     assert [r.instance_id for r in report.results] == ["web-0-x", "web-1-x"]
     for r in report.results:
         assert userdata.user_parts(user_data_of(fake, str(r.instance_id))) == []
@@ -180,7 +186,7 @@ def test_lost_response_is_retried_with_the_same_request_id(fake: FakeCompute,
                                                            factory: SeedFactory) -> None:
     fake.push(Reply(503, method="insert", process=True))  # made, but the answer is lost
     with make(fake, factory) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
     assert report.ok
     inserts = fake.calls("insert")
     assert [s.status for s in inserts] == [503, 200]
@@ -193,14 +199,14 @@ def test_lost_response_is_retried_with_the_same_request_id(fake: FakeCompute,
 def test_throttling_is_retried_then_reported(fake: FakeCompute, factory: SeedFactory) -> None:
     fake.push(Reply(429, method="insert"), Reply(503, method="operations.wait"))
     with make(fake, factory) as launcher:
-        assert launcher.launch(1).ok
+        assert run_launch(launcher, factory, 1).ok
     assert len(fake.instances) == 1
 
     fake2 = FakeCompute().start()
     try:
         fake2.push(*[Reply(429, method="insert") for _ in range(500)])
         with make(fake2, factory) as launcher:
-            report = launcher.launch(1)
+            report = run_launch(launcher, factory, 1)
         r = report.results[0]
         assert r.status == FAILED and not fake2.instances
         assert "HTTP 429" in str(r.error) and "--launch-id test-launch" in str(r.error)
@@ -213,24 +219,24 @@ def test_quota_failure_in_the_operation_is_reported_per_instance(
     fake.fail_next_insert("QUOTA_EXCEEDED",
                           "Quota 'CPUS' exceeded.  Limit: 8.0 in region us-central1.")
     with make(fake, factory) as launcher:
-        report = launcher.launch(3, concurrency=1)
+        report = run_launch(launcher, factory, 3, concurrency=1)
     by = {r.index: r for r in report.results}
     assert by[0].status == FAILED and [by[1].status, by[2].status] == [LAUNCHED, LAUNCHED]
     assert "quota" in str(by[0].error) and "QUOTA_EXCEEDED" in str(by[0].error)
     assert "CPUS" in str(by[0].error) and "--launch-id test-launch" in str(by[0].error)
     assert (PROJECT, ZONE, "vm-0") not in fake.instances
-    assert not report.ok and report.existing_names() == ["vm-1", "vm-2"]
+    assert not report.ok and report.existing_ids() == ["vm-1", "vm-2"]
 
 
 def test_resume_launches_only_the_missing_with_new_seeds(fake: FakeCompute,
                                                          factory: SeedFactory) -> None:
     fake.fail_next_insert("QUOTA_EXCEEDED", "Quota 'CPUS' exceeded.")
     with make(fake, factory) as launcher:
-        first = launcher.launch(3, concurrency=1)
+        first = run_launch(launcher, factory, 3, concurrency=1)
     failed_seed = first.results[0].seed_id
     fake.page_size = 1  # the listing is paged: every page must be read
     with make(fake, factory) as launcher:
-        second = launcher.launch(3, concurrency=1, resume=True)
+        second = run_launch(launcher, factory, 3, concurrency=1, resume=True)
     by = {r.index: r for r in second.results}
     assert by[0].status == LAUNCHED and by[0].seed_id not in (None, failed_seed)
     assert [by[1].status, by[2].status] == [EXISTING, EXISTING]
@@ -250,7 +256,7 @@ def test_permission_denied_stops_further_launches(fake: FakeCompute,
     fake.push(Reply(403, method="insert", message="Required 'compute.instances.create' "
                     "permission for 'projects/test-project/zones/us-central1-a/instances/vm-0'"))
     with make(fake, factory) as launcher:
-        report = launcher.launch(3, concurrency=1)
+        report = run_launch(launcher, factory, 3, concurrency=1)
     statuses = [r.status for r in report.results]
     assert statuses == [FAILED, NOT_STARTED, NOT_STARTED]
     assert "HTTP 403" in str(report.results[0].error)
@@ -261,25 +267,25 @@ def test_permission_denied_stops_further_launches(fake: FakeCompute,
 def test_unknown_image_zone_and_project(fake: FakeCompute, factory: SeedFactory) -> None:
     missing = "projects/debian-cloud/global/images/family/debian-99"
     with make(fake, factory, image=missing) as launcher:
-        r = launcher.launch(1).results[0]
+        r = run_launch(launcher, factory, 1).results[0]
     assert r.status == FAILED and "HTTP 404" in str(r.error) and missing in str(r.error)
     with make(fake, factory, zone="europe-west9-z") as launcher:
-        r = launcher.launch(1).results[0]
+        r = run_launch(launcher, factory, 1).results[0]
     assert "projects/test-project/zones/europe-west9-z" in str(r.error)
-    launcher = gce.GceLauncher(gce.GceSpec(zone=ZONE, image=IMAGE), factory, launch_id="x",
+    launcher = gce.GceLauncher(gce.GceSpec(zone=ZONE, image=IMAGE), launch_id="x",
                                project="nope", endpoint=fake.endpoint,
                                credentials=AnonymousCredentials())
     launcher.prepare()
     with launcher:
-        r = launcher.launch(1).results[0]
+        r = run_launch(launcher, factory, 1).results[0]
     assert "projects/nope" in str(r.error) and "--project" in str(r.error)
 
 
 def test_name_conflict_gives_resume_advice(fake: FakeCompute, factory: SeedFactory) -> None:
     with make(fake, factory, launch_id="first") as launcher:
-        assert launcher.launch(1).ok
+        assert run_launch(launcher, factory, 1).ok
     with make(fake, factory, launch_id="second") as launcher:
-        r = launcher.launch(1).results[0]
+        r = run_launch(launcher, factory, 1).results[0]
     assert r.status == FAILED and "HTTP 409" in str(r.error)
     assert "vm-0 already exists" in str(r.error) and "--launch-id" in str(r.error)
     assert len(fake.instances) == 1
@@ -290,11 +296,11 @@ def test_interrupt_reports_instances_that_exist(fake: FakeCompute, factory: Seed
         raise KeyboardInterrupt  # as if Ctrl-C arrived after the first result
 
     with make(fake, factory) as launcher:
-        report = launcher.launch(4, concurrency=1, on_done=on_done)
+        report = run_launch(launcher, factory, 4, concurrency=1, on_done=on_done)
     assert report.interrupted and not report.ok
     assert report.results[0].status == LAUNCHED
     assert any(r.status == NOT_STARTED for r in report.results)
-    assert sorted(report.existing_names()) == sorted(n for (_, _, n) in fake.instances)
+    assert sorted(report.existing_ids()) == sorted(n for (_, _, n) in fake.instances)
     assert gce.LaunchInterrupted.exit_code == 130
 
 
@@ -310,7 +316,7 @@ def test_payload_logging_never_shows_the_seed(fake: FakeCompute, factory: SeedFa
     fake.guest = guest_reports_after(1)
     try:
         with make(fake, factory, user_data=USER_DATA, scrub_after_boot=True) as launcher:
-            report = launcher.launch(1)
+            report = run_launch(launcher, factory, 1)
             env = seed_in(fake, "vm-0")
             launcher.scrub(report, timeout=30)
     finally:
@@ -403,7 +409,7 @@ def test_template_user_data_gets_a_fresh_seed(fake: FakeCompute, factory: SeedFa
     })
     launcher = make(fake, factory, image=None, params={"sourceInstanceTemplate": tpl})
     with launcher:
-        report = launcher.launch(2)
+        report = run_launch(launcher, factory, 2)
     assert report.ok
     assert fake.calls("insert")[0].query["sourceInstanceTemplate"] == tpl
     seeds = set()
@@ -425,7 +431,7 @@ def test_template_user_data_gets_a_fresh_seed(fake: FakeCompute, factory: SeedFa
 def test_scrub_after_boot_removes_the_seed(fake: FakeCompute, factory: SeedFactory) -> None:
     fake.guest = guest_reports_after(3)
     with make(fake, factory, user_data=USER_DATA, scrub_after_boot=True) as launcher:
-        report = launcher.launch(2)
+        report = run_launch(launcher, factory, 2)
         for r in report.results:  # before the guest reports, the seed is there
             assert seed_in(fake, str(r.instance_id)) is not None
             assert fake.metadata(str(r.instance_id))["enable-guest-attributes"] == "TRUE"
@@ -445,12 +451,12 @@ def test_scrub_rebuilds_gzip_user_data_and_drops_it_when_there_was_none(
     fake.guest = guest_reports_after(1)
     original = gzip.compress(USER_DATA, mtime=0)
     with make(fake, factory, user_data=original, scrub_after_boot=True) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
         launcher.scrub(report, timeout=30)
     md = fake.metadata("vm-0")
     assert md["user-data-encoding"] == "base64" and base64.b64decode(md["user-data"]) == original
     with make(fake, factory, name="bare", scrub_after_boot=True) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
         launcher.scrub(report, timeout=30)
     assert report.results[0].extra["scrubbed"] is True, report.results[0].extra
     md = fake.metadata("bare-0")
@@ -466,7 +472,7 @@ def test_scrub_survives_a_fingerprint_race(fake: FakeCompute, factory: SeedFacto
 
     fake.race_next_set_metadata(other_writer)
     with make(fake, factory, user_data=USER_DATA, scrub_after_boot=True) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
         launcher.scrub(report, timeout=30)
     assert report.results[0].extra["scrubbed"] is True
     assert [s.status for s in fake.calls("setMetadata")] == [412, 200]
@@ -483,7 +489,7 @@ def test_scrub_leaves_changed_user_data_alone(fake: FakeCompute, factory: SeedFa
 
     fake.race_next_set_metadata(rewrite)
     with make(fake, factory, user_data=USER_DATA, scrub_after_boot=True) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
         launcher.scrub(report, timeout=30)
     r = report.results[0]
     assert r.extra["scrubbed"] is False and "changed since launch" in r.extra["warning"]
@@ -493,7 +499,7 @@ def test_scrub_leaves_changed_user_data_alone(fake: FakeCompute, factory: SeedFa
 def test_scrub_timeout_is_a_warning_not_a_silent_success(fake: FakeCompute,
                                                          factory: SeedFactory) -> None:
     with make(fake, factory, scrub_after_boot=True) as launcher:
-        report = launcher.launch(1)
+        report = run_launch(launcher, factory, 1)
         launcher.scrub(report, timeout=0.2)
     r = report.results[0]
     assert r.status == LAUNCHED and r.extra["scrubbed"] is False
