@@ -1,8 +1,8 @@
 """`seedtool launch`: start instances, each with its own fresh seed.
 
-Subcommands are loaded only when invoked, so `seedtool launch qemu` never imports a
-cloud SDK. To add a launcher: a click command in its own module and one line in
-`LAUNCHERS` ("module:attribute").
+The subcommands are the launchers of seedtool.launch.LAUNCHERS, loaded only when
+invoked, so `seedtool launch qemu` never imports a cloud SDK: `seedtool launch NAME`
+imports that launcher's class and runs its `command`.
 """
 
 from __future__ import annotations
@@ -12,38 +12,27 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
+from ..launch import LAUNCHERS
+from ._lazy import LazyGroup
 from ._options import SeedOptions, seed_options
 
-#: subcommand -> ("module:attribute" of its click command, one-line help)
-LAUNCHERS: dict[str, tuple[str, str]] = {
-    "qemu": ("seedtool.commands.launch:qemu", "Boot local QEMU VMs, each with its own seed."),
-    "aws": ("seedtool.commands.launch_aws:command", "EC2 instances, each with its own seed."),
-    "gce": ("seedtool.commands.launch_gce:command", "GCE instances, each with its own seed."),
-}
 
-
-class _LazyLaunchers(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(LAUNCHERS)
+class _Launchers(LazyGroup):
+    """The launcher registry's entries as subcommands: each launcher names its command."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = LAUNCHERS.get(cmd_name)
-        if entry is None:
+        launcher = LAUNCHERS.find(cmd_name)
+        if launcher is None:
             return None
-        module, _, attr = entry[0].partition(":")
-        cmd: click.Command = getattr(importlib.import_module(module), attr)
-        return cmd
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        with formatter.section("Launchers"):
-            formatter.write_dl([(name, LAUNCHERS[name][1]) for name in self.list_commands(ctx)])
+        module, _, attr = launcher.command.partition(":")
+        return cast(click.Command, getattr(importlib.import_module(module), attr))
 
 
-@click.group("launch", cls=_LazyLaunchers)
+@click.group("launch", cls=_Launchers, registry=LAUNCHERS, section="Launchers")
 def command() -> None:
     """Launch instances, each with its own fresh signed seed, and report what each credited."""
 

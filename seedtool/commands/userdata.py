@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from ..launch import LAUNCHERS
 from ..shared.errors import DeliveryError
 from ._options import SeedOptions, seed_options
 
@@ -45,10 +46,11 @@ def _read_input(path: str | None) -> bytes | None:
 @click.option("-o", "--output", default="-", metavar="FILE|-", show_default=True,
               help="Where to write the user-data with the seed; '-' is standard output "
                    "(refused on a terminal).")
-@click.option("--target", type=click.Choice(["raw", "aws", "gce"]), default="raw",
+@click.option("--target", type=click.Choice(["raw", *LAUNCHERS]), default="raw",
               show_default=True,
-              help="Size limit to respect: aws 16384 bytes before base64, gce 262144 per "
-                   "metadata value, raw none. Gzip is used when only it fits.")
+              help="The launcher whose user-data size limit to respect (aws 16384 bytes "
+                   "before base64, gce 262144 per metadata value), or raw for none. Gzip is "
+                   "used when only it fits.")
 @click.option("--compress", type=click.Choice(["auto", "always", "never"]), default="auto",
               show_default=True,
               help="auto: gzip when the input was gzip or only gzip fits the target.")
@@ -73,7 +75,8 @@ def command(seeds: SeedOptions, input_path: str | None,
     userdata.check(user_data)  # refuse bad input before reading any entropy source
     with seeds.factory() as f:
         seed = f.new()
-    result = userdata.build(user_data, seed.text, target=target, compress=compress)
+    limit = "raw" if target == "raw" else LAUNCHERS.load(target).target
+    result = userdata.build(user_data, seed.text, target=limit, compress=compress)
     if output == "-":
         sys.stdout.buffer.write(result.data)
         sys.stdout.flush()

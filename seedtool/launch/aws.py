@@ -358,6 +358,7 @@ class AwsLauncher(Launcher):
     """
 
     name = "aws"
+    command = "seedtool.commands.launch_aws:command"
     target = "aws"
 
     def __init__(

@@ -167,8 +167,10 @@ class Launcher(ABC):
     must fit) and, in `__init__`, `launch_id` and `user_data` (the user's own, or None).
     """
 
-    #: the launcher's name, as in `seedtool launch NAME`
+    #: the launcher's name, as in `seedtool launch NAME` (its line in launch.LAUNCHERS)
     name: ClassVar[str]
+    #: "module:attribute" of the click command `seedtool launch NAME` runs
+    command: ClassVar[str]
     #: the user-data target whose size limit applies ("raw" for none)
     target: ClassVar[str] = "raw"
     #: extra table columns (keys of each result's `extra`)

@@ -370,6 +370,7 @@ class GceLauncher(Launcher):
     """
 
     name = "gce"
+    command = "seedtool.commands.launch_gce:command"
     target = "gce"
     max_attempts = MAX_REQUEST_GENERATIONS
 

@@ -513,6 +513,7 @@ class QemuLauncher(Launcher):
     """
 
     name = "qemu"
+    command = "seedtool.commands.launch:qemu"
 
     def __init__(self, config: MachineConfig, *, user_data: bytes | None = None,
                  keep_running: bool = False, workdir: Path | None = None,

@@ -204,7 +204,8 @@ def test_resume_makes_only_the_missing_indices_with_new_seeds(
         first = run_launch(la, factory, 2)
     seen: list[int] = []
     with cloud.launcher("again") as la:
-        second = run_launch(la, factory, 3, resume=True, on_existing=lambda r: seen.append(r.index))
+        second = run_launch(la, factory, 3, resume=True,
+                            on_existing=lambda r: seen.append(r.index))
     assert seen == [0, 1]
     assert [r.status for r in second.results] == [EXISTING, EXISTING, LAUNCHED]
     assert [r.seed_id for r in second.results[:2]] == [r.seed_id for r in first.results]
@@ -242,3 +243,24 @@ def test_render_table() -> None:
     lines = render_table(results).splitlines()
     assert lines[0].split() == ["INDEX", "INSTANCE", "SEED", "STATUS"]
     assert "i-0" in lines[1] and "failed: quota exceeded" in lines[2]
+
+
+def test_every_registered_launcher_names_its_command_and_user_data_target() -> None:
+    """One registry line per launcher: `seedtool launch NAME` and `seedtool userdata
+    --target NAME` both come from it."""
+    import click
+
+    from seedtool.commands.launch import command as launch_group
+    from seedtool.commands.userdata import command as userdata_command
+    from seedtool.launch import LAUNCHERS
+
+    target_option = next(p for p in userdata_command.params if p.name == "target")
+    assert isinstance(target_option.type, click.Choice)
+    assert list(target_option.type.choices) == ["raw", *LAUNCHERS]
+    ctx = click.Context(launch_group)
+    assert launch_group.list_commands(ctx) == sorted(LAUNCHERS)
+    for name in LAUNCHERS:
+        cls = LAUNCHERS.load(name)
+        assert issubclass(cls, Launcher) and cls.name == name
+        assert cls.target in userdata.TARGETS
+        assert isinstance(launch_group.get_command(ctx, name), click.Command)
