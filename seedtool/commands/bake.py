@@ -7,55 +7,31 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..shared.errors import SeedtoolError, UsageError
+from ..shared.errors import UsageError
+
+if TYPE_CHECKING:
+    from ..image.fs import TargetFS
 
 
 @contextlib.contextmanager
-def _open_target(root: str | None, image: str | None, writable: bool,
-                 partition: int | None = None, backend: str = "auto") -> Iterator[Any]:
-    """The TargetFS for --root or --image, closed (and a disk image flushed) at the end.
+def _open(root: str | None, image: str | None, writable: bool, partition: int | None,
+          backend: str) -> Iterator[TargetFS]:
+    """--root DIR or --image DISK, opened by `open_target` (an image gets the same
+    refusals as `seedtool image seed`: not mounted, not in use, writable when written)."""
+    from ..image.open import Image, Root, open_target
 
-    A disk image gets the same refusals as `seedtool image seed`: not mounted, not in
-    use (an OFD lock is held on a raw image meanwhile), and writable when bake writes.
-    """
     if (root is None) == (image is None):
         raise UsageError("give exactly one target: --root DIR or --image DISK")
-    if root is not None:
-        if partition is not None or backend != "auto":
-            raise UsageError("--partition and --backend go with --image, not --root")
-        from ..image.localfs import LocalFS
-
-        fs = LocalFS(root)
-        try:
-            yield fs
-        finally:
-            fs.close()
-        return
-    assert image is not None
-    from ..deliver import image as img
-
-    if writable:
-        img.check_writable(image)
-    img.check_not_mounted(image)
-    lock: Any = contextlib.nullcontext()
-    if writable and img.detect_format(image) == "raw" and backend != "libguestfs":
-        lock = img.exclusive(image)  # libguestfs's QEMU takes its own lock
-    with lock:
-        opened = img.open_image(image, partition, backend)
-        ok = False
-        try:
-            yield opened.fs
-            ok = True
-        finally:
-            try:
-                opened.fs.close()
-            except SeedtoolError:
-                if ok:
-                    raise
+    if root is not None and (partition is not None or backend != "auto"):
+        raise UsageError("--partition and --backend go with --image, not --root")
+    target = Root(root) if root is not None else Image(str(image))
+    with open_target(target, writable=writable, partition=partition,
+                     backend=backend) as opened:
+        yield opened.fs
 
 
 def _print_findings(target: str, findings: list[Any], as_json: bool, strict: bool) -> int:
@@ -139,7 +115,7 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
         if trusted_keys or policy_path or dry_run:
             raise UsageError("--check only reads the target; drop --trusted-key, --policy "
                              "and --dry-run")
-        with _open_target(root, image, False, partition, backend) as fs:
+        with _open(root, image, False, partition, backend) as fs:
             findings = lib.check(fs, bounds)
             target = fs.description
         code = _print_findings(target, findings, as_json, strict)
@@ -159,7 +135,7 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
     live = root is not None and lib.is_live_root(root)
     if live and os.geteuid() != 0 and not dry_run:
         raise UsageError("baking the running system (--root /) needs root; run it with sudo")
-    with _open_target(root, image, not dry_run, partition, backend) as fs:
+    with _open(root, image, not dry_run, partition, backend) as fs:
         result = lib.bake(fs, list(trusted_keys), policy, dry_run=dry_run,
                           machine_id=machine_id, live=live, bounds=bounds)
     if as_json:

@@ -48,7 +48,7 @@ def seed(disk: str, seeds: SeedOptions,
     (no root, no mount); other formats and file systems go through libguestfs. Give
     each VM's disk its own seed: seed the copy, not the base image you clone from.
     """
-    from ..deliver.image import seed_image
+    from ..deliver.disk import seed_image
 
     with seeds.factory() as f:
         result = seed_image(disk, f, partition=partition, force=force, backend=backend,

@@ -20,7 +20,6 @@ Must never put file contents (a seed) into an error message or a log.
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 import secrets
@@ -31,7 +30,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 
 from ..shared.errors import DeliveryError
-from .fs import FileStat, check_file_target
+from .fs import FileStat, TargetFS
+from .guards import check_file_target, check_reads_back, file_to_remove, missing_dirs
 
 DEBUGFS = "debugfs"
 #: a debugfs run on a large image opens its group descriptors; minutes means it hangs
@@ -80,11 +80,11 @@ def _split(path: str) -> tuple[str, str]:
     return parent or "/", name
 
 
-class DebugfsTarget:
+class DebugfsTarget(TargetFS):
     """An ext2/3/4 file system at byte `offset` of the raw image file `image`.
 
     Works on image files the caller may write; does not check whether the image is in
-    use (that is `seedtool.deliver.image`'s job before it opens one).
+    use (`seedtool.image.open.open_target` refuses that before it opens one).
     """
 
     def __init__(self, image: str | os.PathLike[str], offset: int = 0,
@@ -229,15 +229,8 @@ class DebugfsTarget:
         self._check(path, data, mode, uid, gid)
 
     def _check(self, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-        st = self.stat(path)
-        ok = (st is not None and stat_mod.S_ISREG(st.mode)
-              and stat_mod.S_IMODE(st.mode) == mode & 0o7777
-              and (st.uid, st.gid) == (uid, gid))
-        if not ok or not hmac.compare_digest(self.read(path), data):
-            raise DebugfsError(
-                f"{path} in {self.description} did not read back as written; check the "
-                "image with e2fsck -fn: nothing was kept"
-            )
+        check_reads_back(self, path, data, mode, uid, gid, DebugfsError,
+                         "; check the image with e2fsck -fn: nothing was kept")
 
     def _discard(self, tmp: str) -> None:
         try:
@@ -250,18 +243,7 @@ class DebugfsTarget:
         """Create a directory and missing parents (each created one gets `mode`, owner
         root); fine if it exists; an existing non-directory is an error."""
         self._listed.clear()
-        parts = [p for p in path.split("/") if p]
-        cur = ""
-        for part in parts:
-            cur += "/" + part
-            st = self.stat(cur)
-            if st is not None:
-                if not stat_mod.S_ISDIR(st.mode):
-                    raise DebugfsError(
-                        f"cannot create {path} in {self.description}: {cur} exists and is "
-                        "not a directory"
-                    )
-                continue
+        for cur in missing_dirs(self, path, DebugfsError):
             q = _quote(cur)
             self._run([f"mkdir {q}", f"sif {q} mode 0{stat_mod.S_IFDIR | (mode & 0o7777):o}",
                        f"sif {q} uid 0", f"sif {q} gid 0"], write=True)
@@ -279,14 +261,8 @@ class DebugfsTarget:
     def remove(self, path: str) -> None:
         """Remove a file, symlink or other non-directory; fine if it is absent."""
         self._listed.clear()
-        st = self.stat(path)
-        if st is None:
-            return
-        if stat_mod.S_ISDIR(st.mode):
-            raise DebugfsError(
-                f"{path} in {self.description} is a directory; remove() takes files only"
-            )
-        self._run([f"rm {_quote(path)}"], write=True)
+        if file_to_remove(self, path, DebugfsError):
+            self._run([f"rm {_quote(path)}"], write=True)
 
     def listdir(self, path: str) -> list[str]:
         """Names in the directory `path`, without . and .., sorted."""
@@ -481,6 +457,9 @@ class DebugfsTarget:
             f"reading {path} from {self.description} did not give its size in bytes; check "
             "the image with e2fsck -fn"
         )
+
+    def mounts(self) -> set[str]:
+        return {"/"}  # one file system: debugfs follows no mounts
 
     def close(self) -> None:
         """Make what debugfs wrote durable (fsync the image) and drop temporary links."""

@@ -29,7 +29,10 @@ class FileStat:
 
 
 class TargetFS(Protocol):
-    """What image operations need; every method raises a `SeedtoolError` subclass."""
+    """What image operations need; every method raises a `SeedtoolError` subclass.
+
+    Each backend subclasses it (localfs.py, debugfs.py, guestfs.py), so a backend that
+    lacks an operation cannot be made (mypy: abstract class) and callers never probe."""
 
     #: a short human description, e.g. "disk.raw (ext4 partition 1, debugfs)"
     description: str
@@ -68,26 +71,13 @@ class TargetFS(Protocol):
         file this process may not read (permissions) yields (path, None) once and the
         others are still read. A path that is not a regular file is an error."""
 
+    def mounts(self) -> set[str]:
+        """The mount points of the file systems this target shows, "/" included: one
+        for a directory or a debugfs file system, the root's fstab mounts as libguestfs
+        mounted them."""
+
     def close(self) -> None:
         """Flush and release the target; after this nothing is half-written."""
-
-
-def check_file_target(fs: TargetFS, path: str, parent: str,
-                      error: type[Exception]) -> FileStat | None:
-    """Before `write`: the parent must be a directory and `path` must not be one.
-
-    Returns the current metadata of `path` (None if absent); raises `error`.
-    """
-    pst = fs.stat(parent)
-    if pst is None or not stat_mod.S_ISDIR(pst.mode):
-        raise error(
-            f"cannot write {path} in {fs.description}: {parent} is not a directory; "
-            "create it first"
-        )
-    old = fs.stat(path)
-    if old is not None and stat_mod.S_ISDIR(old.mode):
-        raise error(f"cannot write {path} in {fs.description}: it is a directory")
-    return old
 
 
 class SymlinkLoop(DeliveryError):

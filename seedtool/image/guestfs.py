@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import errno
 import glob
-import hmac
 import importlib.util
 import json
 import os
@@ -47,7 +46,8 @@ from types import ModuleType
 from typing import Any
 
 from ..shared.errors import DeliveryError
-from .fs import FileStat, check_file_target
+from .fs import FileStat, TargetFS
+from .guards import check_file_target, check_reads_back, file_to_remove, missing_dirs
 
 #: names per `lstatnslist` call and bytes per `pread` call: libguestfs' protocol limits a
 #: message to 4 MiB (GUESTFS_MESSAGE_MAX in its protocol definition)
@@ -297,7 +297,7 @@ def _handle(how: str) -> _InProcess | _Child:
 # ---- the target -------------------------------------------------------------------------
 
 
-class GuestfsTarget:
+class GuestfsTarget(TargetFS):
     """The Linux root file system (with its other mounts) of a disk image, via libguestfs.
 
     `root`: a device as libguestfs names it (e.g. "/dev/sda2") to use instead of
@@ -451,7 +451,7 @@ class GuestfsTarget:
                 self._call("umask", old_umask)
             self._call("chmod", mode & 0o7777, tmp)
             self._call("chown", uid, gid, tmp)
-            self._check(tmp, data, mode, uid, gid)
+            check_reads_back(self, tmp, data, mode, uid, gid, GuestfsError)
             self._call("rename", tmp, path)
         except _Call as e:
             self._discard(tmp)
@@ -459,14 +459,7 @@ class GuestfsTarget:
         except BaseException:
             self._discard(tmp)
             raise
-        self._check(path, data, mode, uid, gid)
-
-    def _check(self, path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
-        st = self.stat(path)
-        ok = (st is not None and stat_mod.S_ISREG(st.mode)
-              and stat_mod.S_IMODE(st.mode) == mode & 0o7777 and (st.uid, st.gid) == (uid, gid))
-        if not ok or not hmac.compare_digest(self.read(path), data):
-            raise GuestfsError(f"{path} in {self.description} did not read back as written")
+        check_reads_back(self, path, data, mode, uid, gid, GuestfsError)
 
     def _discard(self, tmp: str) -> None:
         try:
@@ -477,17 +470,7 @@ class GuestfsTarget:
     def mkdir(self, path: str, mode: int = 0o755) -> None:
         """Create a directory and missing parents (each created one gets `mode`, owner
         root); fine if it exists; an existing non-directory is an error."""
-        cur = ""
-        for part in [p for p in path.split("/") if p]:
-            cur += "/" + part
-            st = self.stat(cur)
-            if st is not None:
-                if not stat_mod.S_ISDIR(st.mode):
-                    raise GuestfsError(
-                        f"cannot create {path} in {self.description}: {cur} exists and is "
-                        "not a directory"
-                    )
-                continue
+        for cur in missing_dirs(self, path, GuestfsError):
             try:
                 self._call("mkdir_mode", cur, mode & 0o7777)
                 self._call("chmod", mode & 0o7777, cur)  # mkdir_mode is subject to umask
@@ -507,13 +490,8 @@ class GuestfsTarget:
 
     def remove(self, path: str) -> None:
         """Remove a file, symlink or other non-directory; fine if it is absent."""
-        st = self.stat(path)
-        if st is None:
+        if not file_to_remove(self, path, GuestfsError):
             return
-        if stat_mod.S_ISDIR(st.mode):
-            raise GuestfsError(
-                f"{path} in {self.description} is a directory; remove() takes files only"
-            )
         try:
             self._call("rm", path)
         except _Call as e:
@@ -594,6 +572,13 @@ class GuestfsTarget:
             ) from None
         finally:
             g.close()
+
+    def mounts(self) -> set[str]:
+        """The mount points libguestfs made, from its public `mountpoints` call
+        (guestfs(3): guestfs_mountpoints), normalised ("/var/" and "/var" alike)."""
+        points = self._call("mountpoints")
+        return {"/" + "/".join(q for q in str(mp).split("/") if q)
+                for mp in dict(points).values()}
 
     def close(self) -> None:
         """Sync, unmount and shut the appliance down; after this everything is on disk."""

@@ -22,10 +22,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..shared.errors import DeliveryError
-from .fs import FileStat, resolve_links
+from .fs import FileStat, TargetFS, resolve_links
 
 
-class LocalFS:
+class LocalFS(TargetFS):
     """A directory tree as a `TargetFS`."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -184,6 +184,9 @@ class LocalFS:
             os.replace(tmp, host)
         except OSError as e:
             raise self._error("create symlink", path, e) from None
+
+    def mounts(self) -> set[str]:
+        return {"/"}  # what is mounted below the root is part of the directory tree
 
     def close(self) -> None:
         """Nothing is buffered here: every write was synced and renamed into place."""

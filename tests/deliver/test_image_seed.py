@@ -18,16 +18,13 @@ from typing import Any
 
 import pytest
 
-from seedtool.deliver.image import (
-    ImageRefused,
-    NoLinuxRoot,
-    SeedResult,
-    detect_format,
-    seed_image,
-)
+from seedtool.deliver.disk import SeedResult, seed_image
 from seedtool.generate import SeedFactory
 from seedtool.image.debugfs import DebugfsError, DebugfsTarget, FileSystemFull
+from seedtool.image.formats import detect_format
 from seedtool.image.fstab import MountRefused
+from seedtool.image.inuse import ImageRefused
+from seedtool.image.open import NoLinuxRoot
 from seedtool.shared import envelope
 from seedtool.shared.pubkeys import PublicKey, trusted_pairs
 
