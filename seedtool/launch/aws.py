@@ -358,7 +358,6 @@ class AwsLauncher(Launcher):
     """
 
     name = "aws"
-    command = "seedtool.commands.launch_aws:command"
     target = "aws"
 
     def __init__(

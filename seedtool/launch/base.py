@@ -169,7 +169,8 @@ class Launcher(ABC):
 
     #: the launcher's name, as in `seedtool launch NAME` (its line in launch.LAUNCHERS)
     name: ClassVar[str]
-    #: "module:attribute" of the click command `seedtool launch NAME` runs
+    #: "module:attribute" of the click command `seedtool launch NAME` runs (default
+    #: seedtool.commands.launch_NAME:command)
     command: ClassVar[str]
     #: the user-data target whose size limit applies ("raw" for none)
     target: ClassVar[str] = "raw"
@@ -185,6 +186,11 @@ class Launcher(ABC):
     dry_run: bool = False
     #: set by `run_launch` before any call: whether this run resumes a launch id
     resuming: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "command" not in cls.__dict__ and "name" in cls.__dict__:
+            cls.command = f"seedtool.commands.launch_{cls.name}:command"
 
     def prepare(self, count: int = 1) -> list[str]:
         """Every refusal, before any seed is made; returns notes for the user.

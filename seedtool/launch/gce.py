@@ -370,7 +370,6 @@ class GceLauncher(Launcher):
     """
 
     name = "gce"
-    command = "seedtool.commands.launch_gce:command"
     target = "gce"
     max_attempts = MAX_REQUEST_GENERATIONS
 
