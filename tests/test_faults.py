@@ -6,20 +6,20 @@ Where each fault of issue 5 is covered (tests elsewhere are not repeated here; a
 ends a name prefix; test_fault_table_names_only_tests_that_exist keeps this list true):
 
 * a device disappears mid-read
-    - test_usb_sources.py::test_unplugged_mid_read
-    - test_usb_sources.py::test_onerng_unplugged_while_discarding_stale_output
-    - test_entropykey.py::test_usb_unplugged_mid_read
-    - test_entropykey.py::test_tty_unplugged_mid_read
-    - test_tpm.py::test_device_vanishing_mid_reply
-    - test_tpm.py::test_swtpm_killed_mid_session
-    - test_hwrng.py::test_short_read_is_an_error_without_the_data
+    - sources/test_usb_sources.py::test_unplugged_mid_read
+    - sources/test_usb_sources.py::test_onerng_unplugged_while_discarding_stale_output
+    - sources/test_entropykey.py::test_usb_unplugged_mid_read
+    - sources/test_entropykey.py::test_tty_unplugged_mid_read
+    - sources/test_tpm.py::test_device_vanishing_mid_reply
+    - sources/test_tpm.py::test_swtpm_killed_mid_session
+    - sources/test_hwrng.py::test_short_read_is_an_error_without_the_data
     - test_faults.py::test_generate_device_unplugged_mid_read_*  (through `seedtool generate`)
 * a device stuck at one value
     - test_health.py::test_stuck_source_fails_at_startup
-    - test_usb_sources.py::test_stuck_device_fails_health_tests
-    - test_usb_sources.py::test_required_stuck_usb_source_stops_seed_generation
-    - test_hwrng.py::test_stuck_device_fails_health_tests
-    - test_egd.py::test_health_tests_see_a_stuck_daemon
+    - sources/test_usb_sources.py::test_stuck_device_fails_health_tests
+    - sources/test_usb_sources.py::test_required_stuck_usb_source_stops_seed_generation
+    - sources/test_hwrng.py::test_stuck_device_fails_health_tests
+    - sources/test_egd.py::test_health_tests_see_a_stuck_daemon
     - test_cli.py::test_generate_bad_inputs_write_nothing  (/dev/zero, required)
     - test_cli.py::test_failing_optional_source_contributes_nothing
 * a device drifting in bias mid-stream (only the APT can see it)
@@ -29,42 +29,42 @@ ends a name prefix; test_fault_table_names_only_tests_that_exist keeps this list
     - test_faults.py::test_generate_optional_drifting_device_contributes_nothing
     - test_faults.py::test_drift_after_some_seeds_stops_the_source_for_the_rest
 * TPM error codes
-    - test_tpm.py::test_retry_codes_are_retried
-    - test_tpm.py::test_endless_retry_ends_at_the_deadline
-    - test_tpm.py::test_other_codes_are_named
-    - test_tpm.py::test_swtpm_without_init_is_failure_mode_with_the_fix
+    - sources/test_tpm.py::test_retry_codes_are_retried
+    - sources/test_tpm.py::test_endless_retry_ends_at_the_deadline
+    - sources/test_tpm.py::test_other_codes_are_named
+    - sources/test_tpm.py::test_swtpm_without_init_is_failure_mode_with_the_fix
 * KMS throttling and timeouts
-    - test_kms.py::test_aws_throttling_is_retried_then_succeeds
-    - test_kms.py::test_aws_throttling_after_all_retries
-    - test_kms.py::test_aws_hanging_reply_times_out_after_retries
-    - test_kms.py::test_gcp_429_and_503_are_retried_then_succeed
-    - test_kms.py::test_gcp_quota_exhausted_after_retries
-    - test_kms.py::test_gcp_hanging_reply_times_out
+    - sources/test_kms.py::test_aws_throttling_is_retried_then_succeeds
+    - sources/test_kms.py::test_aws_throttling_after_all_retries
+    - sources/test_kms.py::test_aws_hanging_reply_times_out_after_retries
+    - sources/test_kms.py::test_gcp_429_and_503_are_retried_then_succeed
+    - sources/test_kms.py::test_gcp_quota_exhausted_after_retries
+    - sources/test_kms.py::test_gcp_hanging_reply_times_out
     - test_faults.py::test_generate_kms_that_hangs_*  (through `seedtool generate`)
 * the EGD server dropping the connection
-    - test_egd.py::test_server_dropping_mid_read
-    - test_egd.py::test_server_closing_without_answer
-    - test_egd.py::test_reconnects_when_the_daemon_closed_an_idle_link
+    - sources/test_egd.py::test_server_dropping_mid_read
+    - sources/test_egd.py::test_server_closing_without_answer
+    - sources/test_egd.py::test_reconnects_when_the_daemon_closed_an_idle_link
 * disk full while writing an envelope (and user-data, an ISO, a key)
     - test_faults.py::test_generate_onto_a_full_disk_writes_nothing_and_keeps_the_old_file
     - test_faults.py::test_userdata_that_only_partly_fits_leaves_no_partial_file
     - test_faults.py::test_nocloud_iso_that_only_partly_fits_leaves_no_partial_file
     - test_faults.py::test_keygen_on_a_full_disk_leaves_no_key
 * disk full while writing an image
-    - test_image_seed.py::test_full_file_system_leaves_nothing_behind
+    - deliver/test_image_seed.py::test_full_file_system_leaves_nothing_behind
 * SIGINT during a multi-instance launch; no seed reused on retry
-    - test_launch_runner.py::test_interrupt_reports_in_flight_and_not_started
-    - test_launch_aws.py::test_sigint_reports_every_launched_instance_and_a_rerun_launches_the_rest
-    - test_launch_aws.py::test_capacity_failure_of_one_index_is_reported_and_a_rerun_uses_a_new_seed
-    - test_launch_aws.py::test_resume_launches_only_the_missing_indices_with_new_seeds
+    - launch/test_runner.py::test_interrupt_reports_in_flight_and_not_started
+    - launch/test_aws.py::test_sigint_reports_every_launched_instance_and_a_rerun_launches_the_rest
+    - launch/test_aws.py::test_capacity_failure_of_one_index_is_reported_and_a_rerun_uses_a_new_seed
+    - launch/test_aws.py::test_resume_launches_only_the_missing_indices_with_new_seeds
 * a guest without `cryptography` (the verifier is pure Python: it still checks)
-    - test_guest_core.py::test_without_cryptography_the_signature_is_still_checked
+    - guest/test_core.py::test_without_cryptography_the_signature_is_still_checked
 * a guest not running as root (EPERM on the ioctl)
-    - test_guest_core.py::test_not_permitted_without_cap_sys_admin
+    - guest/test_core.py::test_not_permitted_without_cap_sys_admin
 * a guest with a read-only /var
-    - test_guest_core.py::test_read_only_var_records_and_credits_nothing
+    - guest/test_core.py::test_read_only_var_records_and_credits_nothing
 * a guest clock off by seconds (the skew edges) and by days
-    - test_guest_core.py::test_validity_period_with_clock_skew
+    - guest/test_core.py::test_validity_period_with_clock_skew
     - test_faults.py::test_early_unit_with_a_clock_days_off_mixes_uncredited
     - test_faults.py::test_cloud_init_with_a_clock_days_off_mixes_uncredited_and_boots_on
 
@@ -415,7 +415,7 @@ def test_cloud_init_with_a_clock_days_off_mixes_uncredited_and_boots_on(
 
 
 def test_fault_table_names_only_tests_that_exist() -> None:
-    entries = re.findall(r"^    - (test_\w+\.py)::(test_\w+)(\*?)", __doc__ or "", re.M)
+    entries = re.findall(r"^    - ((?:\w+/)?test_\w+\.py)::(test_\w+)(\*?)", __doc__ or "", re.M)
     assert len(entries) > 40
     missing = []
     for file, name, prefix in entries:
