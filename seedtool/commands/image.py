@@ -1,4 +1,4 @@
-"""`seedtool image ...`: work on disk images before they boot (`seed` for now).
+"""`seedtool image ...`: work on disk images that are not running (`seed` for now).
 
 A click group; each subcommand is one function here and one line in `SUBCOMMANDS`
 (`image.add_command(...)`), so adding one (e.g. `image inspect`) touches one place.
@@ -13,10 +13,10 @@ from ._options import SeedOptions, echo_json, seed_options
 
 @click.group("image")
 def command() -> None:
-    """Work on disk images before their first boot."""
+    """Work on disk images that are not running: seed one for its next boot."""
 
 
-@click.command("seed")
+@click.command("seed", short_help="Write a fresh seed into DISK for its next boot.")
 @click.argument("disk", type=click.Path(dir_okay=False))
 @seed_options
 @click.option("--partition", type=int, default=None, metavar="N",
