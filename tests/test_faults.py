@@ -53,7 +53,7 @@ ends a name prefix; test_fault_table_names_only_tests_that_exist keeps this list
 * disk full while writing an image
     - deliver/test_image_seed.py::test_full_file_system_leaves_nothing_behind
 * SIGINT during a multi-instance launch; no seed reused on retry
-    - launch/test_runner.py::test_interrupt_reports_in_flight_and_not_started
+    - launch/test_base.py::test_ctrl_c_reports_every_instance_that_exists
     - launch/test_aws.py::test_sigint_reports_every_launched_instance_and_a_rerun_launches_the_rest
     - launch/test_aws.py::test_capacity_failure_of_one_index_is_reported_and_a_rerun_uses_a_new_seed
     - launch/test_aws.py::test_resume_launches_only_the_missing_indices_with_new_seeds

@@ -508,6 +508,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("seedtool/launch/gce.py", "GceLauncher.scrub_one", "found != seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/launch/gce.py", "GceLauncher.scrub", "got == seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/launch/qemu.py", "_ours", "ln.seed_id == seed_id"): _SEED_ID_PUBLIC,
+    ("seedtool/launch/openstack.py", "OpenStackLauncher._failed",
+     "(s.metadata or {}).get(META_SEED_ID) == seed_id"): _SEED_ID_PUBLIC,
     ("seedtool/commands/image.py", "seed", "result.seed_path == seed_path"):
         "a path inside the image (where the seed file went), printed right after",
     ("seedtool/image/fstab.py", "_resolve_device",
