@@ -45,6 +45,7 @@ from typing import Any
 
 from ..guest.policy import policy_from_mapping
 from ..shared.errors import DeliveryError, SigningKeyError, UsageError
+from ..shared.fileio import replace_file
 from ..shared.pubkeys import load_public_keys
 
 PRIVATE_DIR = "usr/lib/seedtool/python"
@@ -79,12 +80,8 @@ _DATA = _PKG / "guest" / "data"
 def _write(root: Path, rel: str, data: bytes, mode: int, written: list[str]) -> None:
     path = root / rel
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    if path.is_symlink():
-        path.unlink()
-    tmp = path.with_name(f".{path.name}.seedtool-tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    # the rename replaces a symlink in the file's place, never what it points to
+    replace_file(path, data, mode, durable=False)
     written.append("/" + rel)
 
 

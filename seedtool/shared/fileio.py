@@ -36,6 +36,44 @@ def _create_temporary(directory: str, mode: int) -> tuple[int, str]:
     raise FileExistsError(17, "no free temporary name")
 
 
+def _fill_and_rename(fd: int, tmp: str, path: str, data: bytes, mode: int, durable: bool,
+                     owner: tuple[int, int] | None) -> None:
+    """Give the temporary file its mode (and owner), its data, then its name `path`;
+    on any failure remove it and raise the OSError."""
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if durable:
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, *,
+                 durable: bool = True, owner: tuple[int, int] | None = None) -> None:
+    """`atomic_write` for a caller with its own errors: the same steps, raising OSError.
+
+    `owner` (uid, gid) is given to the file before its data (it needs root).
+    """
+    path = os.fspath(path)
+    fd, tmp = _create_temporary(os.path.dirname(os.path.abspath(path)), mode)
+    _fill_and_rename(fd, tmp, path, data, mode, durable, owner)
+
+
 def atomic_write(
     path: str | os.PathLike[str], data: bytes, mode: int = 0o600, durable: bool = True
 ) -> None:
@@ -45,7 +83,7 @@ def atomic_write(
     is written; on any failure it is removed and `path` is untouched. `durable`
     flushes the data to disk before the rename (fsync); without it the rename is still
     atomic but a crash soon after may leave the old file or an empty one, which suits
-    files that are rewritten anyway (status, systemd's random-seed).
+    files that are rewritten anyway (status, systemd's random-seed). Raises WriteError.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -56,21 +94,6 @@ def atomic_write(
             f"cannot write {path}: {e.strerror}; check the directory exists and is writable"
         ) from None
     try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
+        _fill_and_rename(fd, tmp, path, data, mode, durable, None)
     except OSError as e:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise WriteError(f"cannot write {path}: {e.strerror}; nothing was written") from None
