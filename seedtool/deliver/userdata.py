@@ -65,9 +65,10 @@ from ..shared.errors import DeliveryError
 #: target -> (limit in bytes or None, how the limit is counted)
 TARGETS: dict[str, tuple[int | None, str]] = {
     "raw": (None, "no limit"),
-    # FACTS "Clouds": AWS user-data is limited to 16 KB raw, before base64.
+    # AWS EC2 User Guide, "Run commands when you launch an EC2 instance with user data
+    # input": user data is limited to 16 KB in raw form, before it is base64-encoded.
     "aws": (16 * 1024, "AWS user-data limit of 16384 bytes before base64"),
-    # FACTS "Clouds": a GCE metadata value holds at most 256 KB.
+    # Compute Engine docs, "About VM metadata", limits: 256 KB per metadata value.
     "gce": (256 * 1024, "GCE limit of 262144 bytes per metadata value"),
 }
 

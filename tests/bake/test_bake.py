@@ -554,6 +554,9 @@ def changeable(path: str) -> tuple[object, ...]:
     (["--check", "--root", "RT", "--trusted-key", "K"], "only reads"),
     (["--root", "RT", "--trusted-key", "RT/etc/hostname"], "not a seedtool public key"),
     (["--strict", "--root", "RT", "--trusted-key", "K"], "--strict goes with --check"),
+    (["--check", "--image", "RT/no-such.raw"], "does not exist"),
+    (["--image", "RT/no-such.raw", "--trusted-key", "K"], "check the path"),
+    (["--check", "--root", "RT", "--partition", "2"], "go with --image"),
 ])
 def test_bad_input_is_one_clear_error(root: Path, host_pub: Path, args: list[str],
                                       needle: str) -> None:
@@ -565,6 +568,23 @@ def test_bad_input_is_one_clear_error(root: Path, host_pub: Path, args: list[str
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("seedtool: error: ") and needle in lines[0]
     assert snapshot(root) == snap
+
+
+def test_a_new_check_is_one_function_and_one_line(root: Path) -> None:
+    from seedtool.bake.checks import CHECKS, Context, run_checks
+    from seedtool.bake.checks.secrets import no_secrets
+
+    def no_motd(ctx: Context) -> list[lib.Finding]:
+        if ctx.fs.stat("/etc/motd") is None:
+            return []
+        return [lib.Finding("/etc/motd", "a login banner", "remove it", lib.WARNING)]
+
+    plant(root, "/etc/motd", b"hello\n")
+    fs = LocalFS(root)
+    assert lib.check(fs) == run_checks(fs, lib.SCAN_BOUNDS, CHECKS) == []
+    quick = tuple(c for c in CHECKS if c is not no_secrets)
+    assert run_checks(fs, lib.SCAN_BOUNDS, (*quick, no_motd)) == [
+        lib.Finding("/etc/motd", "a login banner", "remove it", lib.WARNING)]
 
 
 def test_missing_root_is_refused() -> None:

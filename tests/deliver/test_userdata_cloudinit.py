@@ -52,7 +52,8 @@ pytestmark = pytest.mark.skipif(
 # order of cloud-init's `init` stages (cmd/main.py): read config, fetch the datasource
 # (NoCloud, a filesystem datasource), instancify, update (writes user-data.txt*),
 # consume_data (part handlers), then the schema check that boot runs: 22.4 validates
-# the whole merged config, 23.4+ the merged user cloud-config.txt (FACTS, cloud-init).
+# the whole merged config, 23.4+ the merged user cloud-config.txt (cloud-init 22.4 and
+# 23.4, cloudinit/cmd/main.py).
 RUNNER = r'''
 import base64, json, logging, os, sys
 
