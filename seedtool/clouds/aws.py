@@ -21,7 +21,7 @@ from typing import Any
 
 from ..quiet import Quieter
 from ..shared.errors import SeedtoolError
-from . import redact
+from . import no_answer, no_connection, redact, server_side, throttled
 
 #: error codes (ClientError.response["Error"]["Code"]) meaning the credentials were refused
 BAD_CREDENTIALS = frozenset({
@@ -195,15 +195,10 @@ def translate(
         report = redact(str(getattr(e, "kwargs", {}).get("report", "")))
         return words.usage(f"the {call.op} parameters are not valid ({report})")
     if isinstance(e, bx.ReadTimeoutError):
-        return words.error(
-            f"{call.service} at {call.where} did not answer {call.patience}; "
-            f"{call.retry}"
-        )
+        return no_answer(words.error, call.service, call.where, call.patience, call.retry)
     if isinstance(e, (bx.ConnectTimeoutError, bx.EndpointConnectionError)):
-        return words.error(
-            f"could not connect to {call.service} at {call.where}; check the network, "
-            f"{words.region} or {words.endpoint} (e.g. a VPC endpoint)"
-        )
+        return no_connection(words.error, call.service, call.where, "", (
+            f"the network, {words.region} or {words.endpoint} (e.g. a VPC endpoint)"))
     return words.error(
         f"{call.service} {call.op} failed ({type(e).__name__}) at {call.where}; check the "
         f"network, {words.region} and {words.endpoint}"
@@ -214,16 +209,13 @@ def _client_error(info: ClientErrorInfo, words: Words, call: Call) -> SeedtoolEr
     if info.code in BAD_CREDENTIALS:
         return words.error(
             f"AWS did not accept the credentials ({info.code}); {words.credentials_fix}")
+    tries = f" through {info.attempts} attempts"
     if info.code in THROTTLED:
-        return words.error(
-            f"{call.service} kept throttling {call.op} ({info.code}) through {info.attempts} "
-            f"attempts; {call.throttled or call.retry}"
-        )
+        return throttled(words.error, call.service, call.op, info.code, tries,
+                         call.throttled or call.retry)
     if info.code in SERVER_SIDE or info.status >= 500:
-        return words.error(
-            f"{call.service} failed on its side ({info.code}, HTTP {info.status}) through "
-            f"{info.attempts} attempts; {call.retry}"
-        )
+        return server_side(words.error, call.service, f"{info.code}, HTTP {info.status}",
+                           tries, call.retry)
     detail = f": {info.message}" if info.message else ""
     fix = call.refused or f"check {words.region} and {words.endpoint}"
     return words.error(f"{call.service} refused {call.op} ({info.code}{detail}); {fix}")

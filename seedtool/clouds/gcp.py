@@ -25,6 +25,7 @@ from typing import Any
 
 from ..quiet import Quieter
 from ..shared.errors import SeedtoolError
+from . import no_answer, no_connection, server_side, throttled
 
 ADC_FIX = "run gcloud auth application-default login or set GOOGLE_APPLICATION_CREDENTIALS"
 #: Compute Engine answers some rate limits with 403 and one of these reasons
@@ -235,25 +236,21 @@ def translate(
         return words.refused(
             f"{call.service} did not accept the credentials (HTTP 401); {ADC_FIX}")
     if isinstance(e, (ex.TooManyRequests, ex.ResourceExhausted)):
-        return words.error(
-            f"{call.service} kept answering HTTP 429 (rate limit or quota) to {call.what}"
-            f"{retried}; {call.throttled or call.retry}"
-        )
+        return throttled(words.error, call.service, f"the calls to {call.what}",
+                         "HTTP 429: rate limit or quota", retried, call.throttled or call.retry)
     if isinstance(e, (ex.ServerError, ex.DeadlineExceeded)):
-        return words.error(
-            f"{call.service} failed on its side (HTTP {getattr(e, 'code', None)}) to "
-            f"{call.what}{retried}; {call.retry}"
-        )
+        return server_side(words.error, call.service, f"HTTP {getattr(e, 'code', None)}",
+                           f" to {call.what}{retried}", call.retry)
     if isinstance(e, ex.GoogleAPICallError):
         fix = call.refused or f"check {words.project} and {words.endpoint}"
         return words.error(f"{call.service} refused to {call.what} "
                            f"(HTTP {getattr(e, 'code', None)}); {fix}")
     if isinstance(e, requests.exceptions.Timeout) and not isinstance(
             e, requests.exceptions.ConnectTimeout):
-        return words.error(f"{call.service} at {call.where} did not answer {call.patience} "
-                           f"to {call.what}{retried}; {call.retry}")
+        return no_answer(words.error, call.service, call.where,
+                         f"{call.patience} to {call.what}{retried}", call.retry)
     if isinstance(e, requests.exceptions.ConnectionError):
-        return words.error(f"could not connect to {call.service} at {call.where}{retried}; "
-                           f"check the network or {words.endpoint}")
+        return no_connection(words.error, call.service, call.where, retried,
+                             f"the network or {words.endpoint}")
     return words.error(f"{call.service} call to {call.what} failed ({type(e).__name__}) at "
                        f"{call.where}; check the network and {words.endpoint}")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -18,6 +18,40 @@ from ..shared.errors import UsageError
 
 if TYPE_CHECKING:
     from ..launch.base import InstanceResult, Launcher, LaunchReport
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def launch_options(*, call: str, limit: str, tagged: str,
+                   params: str | None = None) -> Callable[[F], F]:
+    """The options every cloud launch command has, in its cloud's words: --count (one
+    `call` and one seed each), --user-data (within `limit`), --params (when `params`
+    says what the JSON object holds), --concurrency (`call`s in flight), --launch-id
+    (indices `tagged` with the id are not launched again), --json."""
+    options = [
+        click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1000),
+                     help=f"How many instances, each with its own {call} and its own seed."),
+        click.option("--user-data", "user_data_path", default=None, metavar="FILE",
+                     help="Your user-data (any format cloud-init reads); each instance gets "
+                          f"it plus its own seed, within {limit}."),
+        *([click.option("--params", "params_path", default=None, metavar="FILE",
+                        help=f"JSON object of further {params}")] if params else []),
+        click.option("--concurrency", default=4, show_default=True,
+                     type=click.IntRange(1, 64),
+                     help=f"{call[:1].upper()}{call[1:]}s in flight at once."),
+        click.option("--launch-id", default=None, metavar="ID",
+                     help=f"Resume or retry an earlier launch: indices already {tagged} "
+                          "this id are reported, not launched again; the rest get new seeds."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the launch id and every instance as JSON (never the seeds)."),
+    ]
+
+    def decorate(f: F) -> F:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return decorate
 
 
 def read_params(path: str | None, what: str, example: str) -> dict[str, Any]:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import click
 
-from ._launching import announce_interrupt, finish, launch_with_progress, read_params
+from ._launching import (
+    announce_interrupt,
+    finish,
+    launch_options,
+    launch_with_progress,
+    read_params,
+)
 from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT EC2 instances, each by its own RunInstances call with its own fresh
@@ -42,10 +48,12 @@ both cases the table lists every instance that exists).
 
 @click.command("aws", help=_HELP)
 @seed_options
+@launch_options(
+    call="RunInstances call", limit="AWS's 16 KB limit", tagged="running under",
+    params="RunInstances parameters, merged in; UserData, ClientToken, DryRun and a "
+           "MaxCount above 1 are refused.")
 @click.option("--image-id", default=None, metavar="AMI", help="AMI to launch (ami-...).")
 @click.option("--instance-type", default=None, metavar="TYPE", help="e.g. t3.micro.")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1000),
-              help="How many instances, each with its own call and its own seed.")
 @click.option("--subnet-id", default=None, metavar="SUBNET", help="Subnet (and so zone).")
 @click.option("--security-group-ids", "security_groups", multiple=True, metavar="SG[,SG]",
               help="Security group ids (repeatable, or a comma-separated list).")
@@ -57,19 +65,8 @@ both cases the table lists every instance that exists).
 @click.option("--launch-template", default=None, metavar="ID|NAME[:VERSION]",
               help="Launch from this template; its user-data (unless --user-data) gets a "
                    "fresh seed per instance. It must not hold a seed itself.")
-@click.option("--user-data", "user_data_path", default=None, metavar="FILE",
-              help="Your user-data (any format cloud-init reads); each instance gets it "
-                   "plus its own seed, within AWS's 16 KB limit.")
-@click.option("--params", "params_path", default=None, metavar="FILE",
-              help="JSON object of further RunInstances parameters, merged in; UserData, "
-                   "ClientToken, DryRun and a MaxCount above 1 are refused.")
-@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="RunInstances calls in flight at once.")
 @click.option("--dry-run", is_flag=True,
               help="Ask EC2 whether each call would succeed (DryRun); launches nothing.")
-@click.option("--launch-id", default=None, metavar="ID",
-              help="Resume or retry an earlier launch: indices already running under this "
-                   "id are reported, not launched again; the rest get new seeds.")
 @click.option("--allow-imdsv1", is_flag=True,
               help="Do not require IMDSv2. The user-data holds the seed, and without a "
                    "session token any request that reaches the metadata service (an SSRF, "
@@ -78,8 +75,6 @@ both cases the table lists every instance that exists).
 @click.option("--region", default=None, help="AWS region [default: from the profile/env].")
 @click.option("--endpoint-url", default=None, metavar="URL",
               help="EC2 endpoint (a VPC endpoint, or a test server).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the launch id and every instance as JSON (never the seeds).")
 def command(seeds: SeedOptions, image_id: str | None,
             instance_type: str | None, count: int, subnet_id: str | None,
             security_groups: tuple[str, ...], key_name: str | None,

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ._launching import announce_interrupt, finish, launch_with_progress, read_params
+from . import _launching as launching
 from ._options import SeedOptions, echo_json, seed_options
 
 _HELP = """Launch COUNT Compute Engine instances, each by its own instances.insert with
@@ -53,13 +53,15 @@ both cases the table lists every instance that exists).
 
 @click.command("gce", help=_HELP)
 @seed_options
+@launching.launch_options(
+    call="insert", limit="GCE's 256 KB per value", tagged="labelled with",
+    params="Instance fields (REST names), merged in; may name a sourceInstanceTemplate. "
+           "bulkInsert fields are refused.")
 @click.option("--project", default=None, help="Project [default: from your ADC, or "
               "GOOGLE_CLOUD_PROJECT].")
 @click.option("--zone", required=True, help="Zone, e.g. us-central1-a.")
 @click.option("--name", default="seedtool", show_default=True, metavar="NAME",
               help="Instances are NAME-<index>, or NAME with {index} filled in.")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1000),
-              help="How many instances, each with its own insert and its own seed.")
 @click.option("--machine-type", default=None, metavar="TYPE",
               help="e.g. e2-small [default: e2-medium, or the template's].")
 @click.option("--image", default=None, metavar="IMAGE",
@@ -77,17 +79,6 @@ both cases the table lists every instance that exists).
 @click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
               help="Metadata item for each instance (repeatable); not user-data: use "
                    "--user-data.")
-@click.option("--user-data", "user_data_path", default=None, metavar="FILE",
-              help="Your user-data (any format cloud-init reads); each instance gets it "
-                   "plus its own seed, within GCE's 256 KB per value.")
-@click.option("--params", "params_path", default=None, metavar="FILE",
-              help="JSON object of further Instance fields (REST names), merged in; may "
-                   "name a sourceInstanceTemplate. bulkInsert fields are refused.")
-@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="Inserts in flight at once.")
-@click.option("--launch-id", default=None, metavar="ID",
-              help="Resume or retry an earlier launch: indices already labelled with this "
-                   "id are reported, not launched again; the rest get new seeds.")
 @click.option("--scrub-after-boot", is_flag=True,
               help="Remove the seed from each instance's metadata once its guest reports "
                    "it consumed it (turns on guest attributes).")
@@ -95,8 +86,6 @@ both cases the table lists every instance that exists).
               help="Seconds to wait for the guests' reports.")
 @click.option("--endpoint", default=None, metavar="URL",
               help="Compute Engine API endpoint (a private endpoint, or a test server).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the launch id and every instance as JSON (never the seeds).")
 def command(seeds: SeedOptions, project: str | None, zone: str,
             name: str, count: int, machine_type: str | None, image: str | None,
             network: str | None, subnet: str | None, service_account: str | None,
@@ -115,7 +104,7 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
         labels=gce.check_labels(gce.parse_pairs(labels, "--label")),
         metadata=gce.check_metadata(gce.parse_pairs(metadata, "--metadata")),
         user_data=read_user_data(user_data_path),
-        params=read_params(params_path, "Instance fields",
+        params=launching.read_params(params_path, "Instance fields",
                            '{"scheduling": {"preemptible": true}}'),
         scrub_after_boot=scrub_after_boot,
     )
@@ -132,8 +121,8 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
             what = "seed removed from metadata" if r.extra.get("scrubbed") else "not scrubbed"
             click.echo(f"  index {r.index}: {r.instance_id}: {what}", err=True)
 
-        with announce_interrupt(lid):
-            report = launch_with_progress(launcher, f, count, concurrency=concurrency,
+        with launching.announce_interrupt(lid):
+            report = launching.launch_with_progress(launcher, f, count, concurrency=concurrency,
                                           resume=resume)
             if scrub_after_boot and not report.interrupted:
                 click.echo(f"seedtool: waiting up to {scrub_timeout} s for the guests to "
@@ -172,4 +161,4 @@ def _finish(report: Any, count: int) -> None:
             f"{', '.join(left) or 'no instance'}; re-run with --launch-id {report.launch_id} "
             "--scrub-after-boot and the same options to remove it"
         )
-    finish(report, count)
+    launching.finish(report, count)

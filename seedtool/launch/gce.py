@@ -360,6 +360,17 @@ def _import_compute() -> Any:
 
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How long Compute Engine calls may take: an operation, one call's retries (and
+    the first pause between them), the pause between operation polls."""
+
+    operation_timeout: float = DEFAULT_OPERATION_TIMEOUT
+    retry_deadline: float = DEFAULT_RETRY_DEADLINE
+    poll_interval: float = 2.0
+    retry_initial: float = 1.0
+
+
 class GceLauncher(Launcher):
     """One `instances.insert` and one fresh seed per instance.
 
@@ -392,10 +403,7 @@ class GceLauncher(Launcher):
         self.user_data = spec.user_data
         self.project = project
         self.endpoint = endpoint
-        self.operation_timeout = operation_timeout
-        self.retry_deadline = retry_deadline
-        self.poll_interval = poll_interval
-        self.retry_initial = retry_initial
+        self.timing = Timing(operation_timeout, retry_deadline, poll_interval, retry_initial)
         self._credentials = credentials
         self._compute: Any = None
         self._local = threading.local()
@@ -425,7 +433,8 @@ class GceLauncher(Launcher):
             raise UsageError("no Google Cloud project is set; pass --project or set "
                              "GOOGLE_CLOUD_PROJECT (or a quota project in your ADC)")
         self.project = project
-        self._retry = gcp.retry(self.retry_deadline, initial=self.retry_initial, maximum=16.0)
+        self._retry = gcp.retry(self.timing.retry_deadline, initial=self.timing.retry_initial,
+                                maximum=16.0)
         gcp.refresh(self._credentials, WORDS, self._about("authenticate"))
         self.user_data = self.spec.user_data
         tpl = self.spec.params.get("sourceInstanceTemplate")
@@ -511,7 +520,7 @@ class GceLauncher(Launcher):
         return gcp.Call(
             service="Compute Engine", what=what, where=self.where,
             retry=f"{resume} later (its requestIds make that safe)",
-            deadline=self.retry_deadline,
+            deadline=self.timing.retry_deadline,
             throttled=f"lower --concurrency and {resume}",
             refused="check --project, --zone and --endpoint",
         )
@@ -595,20 +604,20 @@ class GceLauncher(Launcher):
 
     def _wait(self, op: Any, what: str, name: str) -> Any:
         done = self._compute.Operation.Status.DONE
-        deadline = time.monotonic() + self.operation_timeout
+        deadline = time.monotonic() + self.timing.operation_timeout
         while op.status != done:
             if time.monotonic() > deadline:
                 raise GceLaunchError(
                     f"operation {op.name} ({what}) did not finish within "
-                    f"{self.operation_timeout:g} s; check it with gcloud compute operations "
-                    f"describe {op.name} --zone {self.spec.zone}"
+                    f"{self.timing.operation_timeout:g} s; check it with gcloud compute "
+                    f"operations describe {op.name} --zone {self.spec.zone}"
                 )
             started = time.monotonic()
             req = self._compute.WaitZoneOperationRequest(
                 project=self.project, zone=self.spec.zone, operation=op.name)
             op = self._call("operations", "wait", req, what, name)
             # zoneOperations.wait blocks on the server; never spin if it returns early
-            pause = self.poll_interval - (time.monotonic() - started)
+            pause = self.timing.poll_interval - (time.monotonic() - started)
             if op.status != done and pause > 0:
                 time.sleep(pause)
         return op
@@ -842,7 +851,7 @@ class GceLauncher(Launcher):
                             f"{self.launch_id} --scrub-after-boot, or remove user-data yourself"
                         ))
                     break
-                time.sleep(self.poll_interval)
+                time.sleep(self.timing.poll_interval)
         except KeyboardInterrupt:
             for r in list(pending.values()):
                 r.extra["scrubbed"] = False

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..clouds import aws
-from ..shared.errors import SourceError, UsageError
+from ..clouds import aws, read_random
+from ..shared.errors import SourceError
 from .base import Availability, Source, positive_number, positive_whole_number
 
 MAX_PER_CALL = 1024  # GenerateRandom NumberOfBytes upper bound (KMS API reference)
@@ -117,31 +117,27 @@ class AwsKmsSource(Source):
         return Availability.yes(detail)
 
     def read(self, n: int) -> bytes:
-        if n < 0:
-            raise UsageError("cannot read a negative number of bytes")
-        if n == 0:
-            return b""
+        return read_random(n, self._fetch, most=MAX_PER_CALL)
+
+    def _fetch(self, want: int) -> bytes:
+        """One GenerateRandom call for exactly `want` bytes, checked."""
         client = self._get_client()
-        out = bytearray()
-        while len(out) < n:
-            want = min(MAX_PER_CALL, n - len(out))
-            params: dict[str, Any] = {"NumberOfBytes": want}
-            if self.custom_key_store:
-                params["CustomKeyStoreId"] = self.custom_key_store
-            try:
-                with aws.quiet():
-                    reply = client.generate_random(**params)
-            except Exception as e:  # noqa: BLE001 - mapped to one sentence below
-                raise self._translate(e) from None
-            got = reply.get("Plaintext")
-            if not isinstance(got, (bytes, bytearray)) or len(got) != want:
-                size = len(got) if isinstance(got, (bytes, bytearray)) else 0
-                raise SourceError(
-                    f"AWS KMS returned {size} bytes where {want} were asked; "
-                    "the reply was discarded, check endpoint_url= points at AWS KMS"
-                )
-            out += got
-        return bytes(out)
+        params: dict[str, Any] = {"NumberOfBytes": want}
+        if self.custom_key_store:
+            params["CustomKeyStoreId"] = self.custom_key_store
+        try:
+            with aws.quiet():
+                reply = client.generate_random(**params)
+        except Exception as e:  # noqa: BLE001 - mapped to one sentence below
+            raise self._translate(e) from None
+        got = reply.get("Plaintext")
+        if not isinstance(got, (bytes, bytearray)) or len(got) != want:
+            size = len(got) if isinstance(got, (bytes, bytearray)) else 0
+            raise SourceError(
+                f"AWS KMS returned {size} bytes where {want} were asked; "
+                "the reply was discarded, check endpoint_url= points at AWS KMS"
+            )
+        return bytes(got)
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..clouds import gcp
+from ..clouds import gcp, read_random
 from ..shared.errors import SourceError, UsageError
 from .base import Availability, Source, positive_number
 
@@ -151,42 +151,37 @@ class GcpKmsSource(Source):
         return Availability.yes(detail)
 
     def read(self, n: int) -> bytes:
-        if n < 0:
-            raise UsageError("cannot read a negative number of bytes")
-        if n == 0:
-            return b""
+        return read_random(n, self._fetch, most=MAX_PER_CALL, least=MIN_PER_CALL)
+
+    def _fetch(self, ask: int) -> bytes:
+        """One generateRandomBytes call for exactly `ask` bytes, checked."""
         client = self._get_client()
         from google.cloud.kms_v1 import ProtectionLevel
 
-        out = bytearray()
-        while len(out) < n:
-            need = min(MAX_PER_CALL, n - len(out))
-            ask = max(MIN_PER_CALL, need)
-            request = {
-                "location": self.parent,
-                "length_bytes": ask,
-                "protection_level": ProtectionLevel.HSM,
-            }
-            try:
-                with gcp.quiet():
-                    reply = client.generate_random_bytes(
-                        request=request, retry=self._retry, timeout=self.timeout
-                    )
-            except Exception as e:  # noqa: BLE001 - mapped to one sentence below
-                raise self._translate(e) from None
-            data = bytes(reply.data)
-            if len(data) != ask:
-                raise SourceError(
-                    f"Cloud KMS returned {len(data)} bytes where {ask} were asked; "
-                    "the reply was discarded, check endpoint= points at Cloud KMS"
+        request = {
+            "location": self.parent,
+            "length_bytes": ask,
+            "protection_level": ProtectionLevel.HSM,
+        }
+        try:
+            with gcp.quiet():
+                reply = client.generate_random_bytes(
+                    request=request, retry=self._retry, timeout=self.timeout
                 )
-            if "data_crc32c" in reply and crc32c(data) != reply.data_crc32c:
-                raise SourceError(
-                    "Cloud KMS's reply failed its CRC-32C check and was discarded; "
-                    "retry, and check endpoint= and any proxy in between"
-                )
-            out += data[:need]
-        return bytes(out)
+        except Exception as e:  # noqa: BLE001 - mapped to one sentence below
+            raise self._translate(e) from None
+        data = bytes(reply.data)
+        if len(data) != ask:
+            raise SourceError(
+                f"Cloud KMS returned {len(data)} bytes where {ask} were asked; "
+                "the reply was discarded, check endpoint= points at Cloud KMS"
+            )
+        if "data_crc32c" in reply and crc32c(data) != reply.data_crc32c:
+            raise SourceError(
+                "Cloud KMS's reply failed its CRC-32C check and was discarded; "
+                "retry, and check endpoint= and any proxy in between"
+            )
+        return data
 
     def close(self) -> None:
         client, self._client = self._client, None
