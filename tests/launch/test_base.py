@@ -60,6 +60,9 @@ class Cloud:
     def user_data(self, instance_id: str) -> bytes:
         raise NotImplementedError
 
+    def close(self) -> None:
+        raise NotImplementedError
+
 
 class Aws(Cloud):
     name = "aws"
@@ -86,6 +89,9 @@ class Aws(Cloud):
 
     def user_data(self, instance_id: str) -> bytes:
         return self.fake.instances[instance_id].user_data
+
+    def close(self) -> None:
+        self.fake.close()
 
 
 class Gce(Cloud):
@@ -122,23 +128,18 @@ class Gce(Cloud):
     def user_data(self, instance_id: str) -> bytes:
         return self.fake.metadata(instance_id)["user-data"].encode()
 
+    def close(self) -> None:
+        self.fake.stop()
+
 
 @pytest.fixture(params=["aws", "gce"])
 def cloud(request: pytest.FixtureRequest, aws_env: dict[str, str]) -> Iterator[Cloud]:
-    if request.param == "aws":
-        pytest.importorskip("boto3")
-        a = Aws()
-        try:
-            yield a
-        finally:
-            a.fake.close()
-    else:
-        pytest.importorskip("google.cloud.compute_v1")
-        g = Gce()
-        try:
-            yield g
-        finally:
-            g.fake.stop()
+    pytest.importorskip("boto3" if request.param == "aws" else "google.cloud.compute_v1")
+    c = Aws() if request.param == "aws" else Gce()
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture
