@@ -19,8 +19,9 @@ came from, the image's policy and its paths, it:
 
 What to credit, mix and record is decided by `decision.decide()`, which does no
 I/O; this module gathers its inputs (policy file, trusted keys, the ledger's durable
-record) and carries it out (`record_in_ledger`, `credit_or_mix`, `report`), in that
-order, so a seed id is on disk before its seed reaches the kernel.
+record) and carries it out (`record_in_ledger`, `credit_or_mix`, `announce`,
+`save_status`), in that order, so a seed id is on disk before its seed reaches the
+kernel.
 
 It never raises for an environmental problem (not root, read-only /var, no
 /dev/kmsg): each is recorded in the outcome. What the entry point must report as an
