@@ -51,6 +51,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._google import error as _error
+from ._google import error_obj as _error_obj
+from ._google import read_json, send_json
+from ._http import serve, stop, url_of
+
 PROJECT = "test-project"
 ZONE = "us-central1-a"
 IMAGE = "projects/debian-cloud/global/images/family/debian-12"
@@ -74,19 +79,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"^/compute/v1/projects/([^/]+)/global/instanceTemplates/([^/]+)$"),
      "instanceTemplates.get"),
 ]
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ALREADY_EXISTS",
-    412: "FAILED_PRECONDITION",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-}
-_REASONS = {400: "invalid", 403: "forbidden", 404: "notFound", 409: "alreadyExists",
-            412: "conditionNotMet", 429: "rateLimitExceeded", 503: "backendError"}
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -169,15 +161,13 @@ class FakeCompute:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
     _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
 
     # -- test controls ----------------------------------------------------------
 
     @property
     def endpoint(self) -> str:
         assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return url_of(self._server)
 
     def push(self, *replies: Reply) -> None:
         with self._lock:
@@ -225,36 +215,13 @@ class FakeCompute:
     # -- server -----------------------------------------------------------------
 
     def start(self) -> FakeCompute:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                fake._handle(self, "GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                fake._handle(self, "POST")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = serve(self._handle)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+            stop(self._server)
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> FakeCompute:
         return self.start()
@@ -264,21 +231,13 @@ class FakeCompute:
 
     # -- dispatch ---------------------------------------------------------------
 
-    def _handle(self, h: BaseHTTPRequestHandler, verb: str) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        verb = h.command
+        body = read_json(h)
         split = urlsplit(h.path)
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
-        body: dict[str, Any] = {}
-        if raw and not h.headers.get("Content-Type", "").startswith(
-            "application/x-www-form-urlencoded"
-        ):
-            try:
-                loaded = json.loads(raw)
-                body = loaded if isinstance(loaded, dict) else {}
-            except ValueError:
-                body = {}
-        method, args = "unknown", ()
+        method = "unknown"
+        args: tuple[str | Any, ...] = ()
         for v, pattern, name in _ROUTES:
             m = pattern.match(split.path)
             if v == verb and m:
@@ -311,11 +270,7 @@ class FakeCompute:
                     out = scripted.body if scripted.body is not None else _error(
                         status, scripted.message, scripted.reason)
             self.requests.append(Seen(method, split.path, query, body, status, auth))
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(out)))
-        h.end_headers()
-        h.wfile.write(out)
+        send_json(h, status, out)
 
     # -- methods (called with the lock held) -----------------------------------------
 
@@ -587,14 +542,3 @@ def _check_metadata(md: dict[str, Any]) -> str | None:
     if total > METADATA_TOTAL_MAX:
         return "Invalid value for field 'resource.metadata': metadata is larger than 512 KB."
     return None
-
-
-def _error_obj(status: int, message: str, reason: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": status, "message": message,
-                      "errors": [{"message": message, "domain": "global",
-                                  "reason": reason or _REASONS.get(status, "unknown")}],
-                      "status": _STATUS_NAMES.get(status, "UNKNOWN")}}
-
-
-def _error(status: int, message: str, reason: str | None = None) -> bytes:
-    return json.dumps(_error_obj(status, message, reason)).encode()

@@ -27,10 +27,12 @@ import secrets
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
+
+from ._http import Gate, serve, stop, url_of
 
 NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 USER_DATA_LIMIT = 16384
@@ -120,35 +122,21 @@ class FakeEc2:
         self.tokens: dict[str, tuple[dict[str, str], list[str]]] = {}
         self.rules: list[Rule] = []
         self.requests: list[Request] = []
-        self._held: set[int] = set()
-        self._release = threading.Event()
-        self._arrived = threading.Condition()
-        self.waiting = 0
-        owner = self
+        self.gate = Gate()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def dispatch(h: BaseHTTPRequestHandler) -> None:
+            body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+            params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+            status, xml = self.handle(params)
+            out = xml.encode("utf-8")
+            h.send_response(status)
+            h.send_header("Content-Type", "text/xml;charset=UTF-8")
+            h.send_header("Content-Length", str(len(out)))
+            h.end_headers()
+            h.wfile.write(out)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-                status, xml = owner.handle(params)
-                out = xml.encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "text/xml;charset=UTF-8")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = serve(dispatch)
+        self.url = url_of(self.server)
 
     # -- scripting ----------------------------------------------------------------------
 
@@ -157,15 +145,13 @@ class FakeEc2:
             self.rules.append(Rule(action, code, **kw))
 
     def hold(self, indices: Iterable[int]) -> None:
-        self._held = set(indices)
-        self._release.clear()
+        self.gate.hold(indices)
 
     def release(self) -> None:
-        self._release.set()
+        self.gate.release()
 
     def wait_held(self, n: int, timeout: float = 60) -> bool:
-        with self._arrived:
-            return self._arrived.wait_for(lambda: self.waiting >= n, timeout)
+        return self.gate.wait_held(n, timeout)
 
     def add_template(self, name: str, user_data: bytes | None) -> str:
         tid = "lt-" + secrets.token_hex(9)[:17]
@@ -181,10 +167,8 @@ class FakeEc2:
         return [r for r in self.requests if r.action == "RunInstances"]
 
     def close(self) -> None:
-        self._release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+        self.gate.release()
+        stop(self.server)
 
     # -- the protocol ---------------------------------------------------------------
 
@@ -193,11 +177,8 @@ class FakeEc2:
         req = Request(action, params)
         with self.lock:
             self.requests.append(req)
-        if action == "RunInstances" and req.index in self._held:
-            with self._arrived:
-                self.waiting += 1
-                self._arrived.notify_all()
-            self._release.wait()
+        if action == "RunInstances":
+            self.gate.arrive(req.index)
         rule = self._rule(action, req.index)
         if rule is not None and not rule.after_work:
             return _error(rule.status, rule.code, rule.message)

@@ -29,18 +29,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ._google import error as _error
+from ._google import read_json, send_json
+from ._http import serve, stop, url_of
+
 _PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/:]+):generateRandomBytes$")
 # protectionLevel may arrive as the enum name or, with numeric enums, its number.
 _HSM = ("HSM", 2)
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-}
 
 
 def crc32c(data: bytes) -> int:
@@ -81,47 +76,25 @@ class FakeCloudKms:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _release: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
         assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return url_of(self._server)
 
     def push(self, *replies: Reply) -> None:
         with self._lock:
             self._script.extend(replies)
 
     def start(self) -> FakeCloudKms:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass  # keep test output clean
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                fake._handle(self)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._server = serve(self._handle)
         return self
 
     def stop(self) -> None:
         self._release.set()  # let any hanging handler finish
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+            stop(self._server)
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> FakeCloudKms:
         return self.start()
@@ -132,12 +105,7 @@ class FakeCloudKms:
     # -- request handling -------------------------------------------------------
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            body = {}
+        body = read_json(h)
         path = h.path.split("?", 1)[0]
         with self._lock:
             scripted = self._script.popleft() if self._script else None
@@ -154,11 +122,7 @@ class FakeCloudKms:
         else:
             status, out = self._answer(path, body)
         self._record(Seen(path, body, status, auth))
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json; charset=UTF-8")
-        h.send_header("Content-Length", str(len(out)))
-        h.end_headers()
-        h.wfile.write(out)
+        send_json(h, status, out)
 
     def _record(self, seen: Seen) -> None:
         with self._lock:
@@ -176,11 +140,6 @@ class FakeCloudKms:
         data = os.urandom(n)
         reply = {"data": base64.b64encode(data).decode(), "dataCrc32c": str(crc32c(data))}
         return 200, json.dumps(reply).encode()
-
-
-def _error(status: int, message: str) -> bytes:
-    name = _STATUS_NAMES.get(status, "UNKNOWN")
-    return json.dumps({"error": {"code": status, "message": message, "status": name}}).encode()
 
 
 def reply_with(data: bytes, *, crc: int | None = None, status: int = 200) -> Reply:
