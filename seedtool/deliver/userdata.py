@@ -182,13 +182,8 @@ class Result:
 # --- public API ---------------------------------------------------------------------
 
 
-def add_seed(
-    user_data: bytes | None,
-    envelope_b64: str,
-    *,
-    target: str = "raw",
-    compress: str = "auto",
-) -> bytes:
+def add_seed(user_data: bytes | None, envelope_b64: str, *, target: str = "raw",
+             compress: str = "auto") -> bytes:
     """Return `user_data` with the seed envelope added, ready to hand to the cloud.
 
     `target` is "raw" (no limit), "aws" (16 KB before base64) or "gce" (256 KB per
@@ -199,13 +194,8 @@ def add_seed(
     return build(user_data, envelope_b64, target=target, compress=compress).data
 
 
-def build(
-    user_data: bytes | None,
-    envelope_b64: str,
-    *,
-    target: str = "raw",
-    compress: str = "auto",
-) -> Result:
+def build(user_data: bytes | None, envelope_b64: str, *, target: str = "raw",
+          compress: str = "auto") -> Result:
     """Like `add_seed`, but also say what was done (for the command's summary)."""
     token = _YAML_CACHE.set({})
     try:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..shared.errors import DeliveryError
+from ..shared.fileio import replace_file
 from .fs import FileStat, TargetFS, resolve_links
 
 
@@ -100,31 +100,11 @@ class LocalFS(TargetFS):
 
     def write(self, path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
         parent = self._host(str(Path(path).parent), follow_final=True)
-        host = parent / Path(path).name
+        # only root can give files away; an unprivileged build owns what it makes
+        owner = (uid, gid) if os.geteuid() == 0 else None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{host.name}.", suffix=".seedtool-tmp",
-                                       dir=parent)
+            replace_file(parent / Path(path).name, data, mode, owner=owner)
         except OSError as e:
-            raise self._error("write", path, e) from None
-        try:
-            os.fchmod(fd, mode)
-            if os.geteuid() == 0:
-                # only root can give files away; an unprivileged build owns what it makes
-                os.fchown(fd, uid, gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, host)
-        except OSError as e:
-            if fd >= 0:
-                os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise self._error("write", path, e) from None
 
     def mkdir(self, path: str, mode: int = 0o755) -> None:

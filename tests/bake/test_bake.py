@@ -622,7 +622,7 @@ def test_localfs_resolves_symlinks_inside_the_root(tmp_path: Path) -> None:
     fs.remove("/etc/absent")
     with pytest.raises(DeliveryError, match="directory"):
         fs.remove("/a")
-    assert not list(root.rglob("*seedtool-tmp*"))
+    assert not list(root.rglob("*seedtool-tmp*")) and not list(root.rglob(".seedtool-*"))
 
 
 
