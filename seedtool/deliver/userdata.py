@@ -545,7 +545,7 @@ def _yaml_load(payload: bytes, where: str) -> Any:
             "either; flatten it"
         ) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        mark = (e.problem_mark or e.context_mark) if isinstance(e, yaml.MarkedYAMLError) else None
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserDataRefused(
             f"{where} is not valid YAML{at}, so cloud-init would ignore it; fix it "
