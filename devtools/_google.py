@@ -1,14 +1,18 @@
 """What the local fakes of Google Cloud REST APIs share (devtools/fake_compute.py,
 devtools/fake_gcp_kms.py): Google's JSON error shape, which google-api-core turns into
 its exception classes by HTTP status (and `errors[].reason`), and JSON in and out of a
-request handler.
+request handler, and serving it.
 """
 
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+from ._http import serve, stop, url_of
+
+S = TypeVar("S", bound="Served")
 
 #: HTTP status -> the canonical status name Google's error bodies carry
 STATUS_NAMES = {
@@ -25,6 +29,36 @@ STATUS_NAMES = {
 #: HTTP status -> the usual `errors[].reason` of Compute Engine's error bodies
 REASONS = {400: "invalid", 403: "forbidden", 404: "notFound", 409: "alreadyExists",
            412: "conditionNotMet", 429: "rateLimitExceeded", 503: "backendError"}
+
+
+class Served:
+    """start(), stop() and `with` for a fake whose `_handle(handler)` answers every
+    request on a 127.0.0.1 port; `endpoint` is its URL."""
+
+    _server: ThreadingHTTPServer | None = None
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        return url_of(self._server)
+
+    def start(self: S) -> S:
+        self._server = serve(self._handle)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            stop(self._server)
+        self._server = None
+
+    def __enter__(self: S) -> S:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def error_obj(status: int, message: str, reason: str | None = None) -> dict[str, Any]:

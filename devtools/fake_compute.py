@@ -47,14 +47,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._google import Served, read_json, send_json
 from ._google import error as _error
 from ._google import error_obj as _error_obj
-from ._google import read_json, send_json
-from ._http import serve, stop, url_of
 
 PROJECT = "test-project"
 ZONE = "us-central1-a"
@@ -129,7 +128,7 @@ class _Op:
 
 
 @dataclass
-class FakeCompute:
+class FakeCompute(Served):
     projects: set[str] = field(default_factory=lambda: {PROJECT})
     zones: set[str] = field(default_factory=lambda: {ZONE})
     images: set[str] = field(default_factory=lambda: {IMAGE})
@@ -160,14 +159,8 @@ class FakeCompute:
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
-    _server: ThreadingHTTPServer | None = None
 
     # -- test controls ----------------------------------------------------------
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return url_of(self._server)
 
     def push(self, *replies: Reply) -> None:
         with self._lock:
@@ -211,23 +204,6 @@ class FakeCompute:
                 "properties": properties,
             }
         return f"projects/{project}/global/instanceTemplates/{name}"
-
-    # -- server -----------------------------------------------------------------
-
-    def start(self) -> FakeCompute:
-        self._server = serve(self._handle)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            stop(self._server)
-        self._server = None
-
-    def __enter__(self) -> FakeCompute:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- dispatch ---------------------------------------------------------------
 

@@ -26,12 +26,11 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from ._google import Served, read_json, send_json
 from ._google import error as _error
-from ._google import read_json, send_json
-from ._http import serve, stop, url_of
 
 _PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/:]+):generateRandomBytes$")
 # protectionLevel may arrive as the enum name or, with numeric enums, its number.
@@ -68,39 +67,21 @@ class Seen:
 
 
 @dataclass
-class FakeCloudKms:
+class FakeCloudKms(Served):
     #: when set, requests must carry `Authorization: Bearer <token>` (else 401)
     token: str | None = None
     requests: list[Seen] = field(default_factory=list)
     _script: deque[Reply] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _release: threading.Event = field(default_factory=threading.Event)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return url_of(self._server)
 
     def push(self, *replies: Reply) -> None:
         with self._lock:
             self._script.extend(replies)
 
-    def start(self) -> FakeCloudKms:
-        self._server = serve(self._handle)
-        return self
-
     def stop(self) -> None:
         self._release.set()  # let any hanging handler finish
-        if self._server is not None:
-            stop(self._server)
-        self._server = None
-
-    def __enter__(self) -> FakeCloudKms:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     # -- request handling -------------------------------------------------------
 
