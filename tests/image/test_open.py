@@ -101,3 +101,21 @@ def test_a_failure_inside_the_block_is_the_one_reported(ext4_image: Path) -> Non
         with open_target(Image(str(ext4_image)), writable=True):
             raise RuntimeError("inside")
     assert not _locked(ext4_image)
+
+
+def test_only_open_target_makes_a_backend() -> None:
+    """`image seed`, `bake` and `bake --check` (and any later command) get their file
+    system from `open_target`: no other product module constructs a backend."""
+    import ast
+
+    import seedtool
+
+    backends = {"LocalFS", "DebugfsTarget", "GuestfsTarget"}
+    pkg = Path(seedtool.__file__).parent
+    makers = set()
+    for src in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(src.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in backends):
+                makers.add(src.relative_to(pkg).as_posix())
+    assert makers == {"image/open.py"}
