@@ -34,7 +34,7 @@ class _Launchers(LazyGroup):
 
 @click.group("launch", cls=_Launchers, registry=LAUNCHERS, section="Launchers")
 def command() -> None:
-    """Launch instances, each with its own fresh signed seed, and report what each credited."""
+    """Launch instances, each with its own fresh signed seed, and report each one's seed id."""
 
 
 # --- qemu --------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def qemu(seeds: SeedOptions, image: str, count: int,
     """
     from ..launch.base import run_launch
     from ..launch.qemu import MachineConfig, QemuLauncher, find_tool, terminate_as_interrupt
-    from .nocloud import read_user_data
+    from ._io import read_user_data
 
     find_tool("qemu-system-x86_64")
     find_tool("qemu-img")

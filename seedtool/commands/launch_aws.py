@@ -85,7 +85,7 @@ def command(seeds: SeedOptions, image_id: str | None,
             as_json: bool) -> None:
     from ..launch import aws
     from ..launch.base import render_table
-    from .nocloud import read_user_data
+    from ._io import read_user_data
 
     request = aws.LaunchRequest(
         image_id=image_id, instance_type=instance_type, subnet_id=subnet_id,

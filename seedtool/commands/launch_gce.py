@@ -95,7 +95,7 @@ def command(seeds: SeedOptions, project: str | None, zone: str,
             endpoint: str | None, as_json: bool) -> None:
     from ..launch import gce
     from ..launch.base import InstanceResult
-    from .nocloud import read_user_data
+    from ._io import read_user_data
 
     spec = gce.GceSpec(
         zone=zone, name=name, machine_type=machine_type, image=image, network=network,

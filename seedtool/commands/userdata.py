@@ -12,30 +12,9 @@ import sys
 import click
 
 from ..launch import LAUNCHERS
-from ..shared.errors import DeliveryError
+from ..shared.errors import UsageError
+from ._io import read_user_data
 from ._options import SeedOptions, seed_options
-
-#: more than any cloud accepts; a larger input is a wrong file
-MAX_INPUT = 64 * 1024 * 1024
-
-
-def _read_input(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(MAX_INPUT + 1)
-    except OSError as e:
-        raise DeliveryError(f"cannot read user-data {path}: {e.strerror}; check the path") from None
-    if len(data) > MAX_INPUT:
-        raise DeliveryError(
-            f"user-data {path} is larger than {MAX_INPUT} bytes, more than any cloud "
-            "accepts; check that the right file was given"
-        )
-    return data
 
 
 @click.command("userdata")
@@ -68,10 +47,10 @@ def command(seeds: SeedOptions, input_path: str | None,
     from ..shared.fileio import atomic_write
 
     if output == "-" and sys.stdout.isatty():
-        raise click.UsageError(
+        raise UsageError(
             "refusing to print user-data holding a seed to a terminal; use -o FILE or a pipe"
         )
-    user_data = _read_input(input_path)
+    user_data = read_user_data(input_path)
     userdata.check(user_data)  # refuse bad input before reading any entropy source
     with seeds.factory() as f:
         seed = f.new()

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 LAUNCHERS: Registry[type[Launcher]] = Registry("launcher", {
     "aws": ("seedtool.launch.aws:AwsLauncher", "EC2 instances, each with its own seed."),
-    "gce": ("seedtool.launch.gce:GceLauncher", "GCE instances, each with its own seed."),
+    "gce": ("seedtool.launch.gce:GceLauncher", "Compute Engine instances, each with its own seed."),
     "openstack": ("seedtool.launch.openstack:OpenStackLauncher",
                   "OpenStack servers, each with its own seed."),
     "qemu": ("seedtool.launch.qemu:QemuLauncher", "Boot local QEMU VMs, each with its own seed."),
