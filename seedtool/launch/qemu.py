@@ -532,6 +532,7 @@ class QemuLauncher(Launcher):
         #: set when the launch is interrupted: no VM starts after it, every one is killed
         self._cancelled = threading.Event()
         self._vms: dict[int, QemuVM] = {}
+        self._reports: dict[int, VMReport] = {}
 
     def check_request(self, count: int) -> list[str]:
         self.config.check()
@@ -581,13 +582,13 @@ class QemuLauncher(Launcher):
         self._note(name, f"booting ({vm.accel}), seed {seed_id}")
         report = VMReport(name, iid, seed_id, _key_id(user_data), "failed", accel=vm.accel,
                           ssh_port=port, pid=vm.pid, workdir=str(vdir))
-        return InstanceResult(index, LAUNCHED, seed_id=seed_id, instance_id=name,
-                              extra={"vm": report})
+        self._reports[index] = report
+        return InstanceResult(index, LAUNCHED, seed_id=seed_id, instance_id=name)
 
     def settle(self, result: InstanceResult) -> InstanceResult:
         """Watch the console for the seed's kmsg line and the host keys; power off."""
         vm = self._vms[result.index]
-        report: VMReport = result.extra["vm"]
+        report = self._reports[result.index]
         seed_id = report.seed_id
         try:
             seen: dict[str, bool] = {}
@@ -651,8 +652,8 @@ class QemuLauncher(Launcher):
         """Each index of a launch as a VMReport (a VM that never started included)."""
         out = []
         for r in report.results:
-            vm = r.extra.get("vm")
-            if not isinstance(vm, VMReport):
+            vm = self._reports.get(r.index)
+            if vm is None:
                 vm = VMReport(self.vm_name(r.index), "", r.seed_id or "", "", "failed")
             if r.error and not vm.error:
                 vm.error = r.error
