@@ -4,7 +4,7 @@
 Bar (issue 4): the fast path at least 30x faster. Both sides are whole command-line
 runs (interpreter or appliance start-up included), interleaved so machine noise hits
 both alike; medians over the rounds. virt-customize runs with the settings libguestfs
-needs on these machines (LIBGUESTFS_BACKEND=direct, force_tcg; see the shared facts)
+needs without working KVM (LIBGUESTFS_BACKEND=direct, force_tcg; guestfs(3) "BACKEND")
 unless the caller set its own, and with --no-network since the steps need none.
 
 Needs e2fsprogs and libguestfs-tools (plus a kernel in /boot for the appliance).

@@ -15,12 +15,13 @@ project's), but:
    which has the binding) that executes calls sent as JSON lines on its stdin: the
    same calls, just in another process.
 
-Backend settings. On these machines /dev/kvm is a software shim under which QEMU fails
-("failed to set MSR 0x10a"), and libvirt is not set up, so libguestfs works only with
-`LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg` (see the shared facts
-file). When the user has not set those variables we make the same choice through the
-API (`set_backend`, `set_backend_settings`) rather than by changing our environment;
-anyone with working KVM sets `LIBGUESTFS_BACKEND_SETTINGS=` (empty) to get it back.
+Backend settings. Where /dev/kvm is missing or a software shim under which QEMU fails
+(e.g. "failed to set MSR 0x10a") and libvirt is not set up, libguestfs works only with
+the direct backend and TCG: `LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=
+force_tcg` (guestfs(3), "BACKEND" and "BACKEND SETTINGS"). When the user has not set
+those variables we make that choice through the API (`set_backend`,
+`set_backend_settings`) rather than by changing our environment; anyone with working
+KVM sets `LIBGUESTFS_BACKEND_SETTINGS=` (empty) to get it back.
 
 Writes go to a temporary name in the same directory, created under umask 077, get
 their mode and owner, are read back and compared in constant time, and are then
