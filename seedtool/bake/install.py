@@ -153,7 +153,7 @@ def _install_keys(root: Path, trusted_keys: Sequence[str | os.PathLike[str]],
 _TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*:(.*)$")
 
 
-def _canonical(name: str) -> str:
+def canonical_module_name(name: str) -> str:
     name = name.strip().strip("'\"").strip()
     name = name.replace("-", "_")
     if name.lower().endswith(".py"):
@@ -167,14 +167,14 @@ def _entry_name(first_line: str) -> str:
     """The module name of a list entry from its first line (after '- ')."""
     text = first_line.split(" #", 1)[0].strip()
     if text.startswith("["):
-        return _canonical(text[1:].split(",", 1)[0].rstrip("]"))
+        return canonical_module_name(text[1:].split(",", 1)[0].rstrip("]"))
     if text.startswith("{"):
         m = re.search(r"\bname\s*:\s*([^,}]+)", text)
-        return _canonical(m.group(1)) if m else ""
+        return canonical_module_name(m.group(1)) if m else ""
     m = re.match(r"name\s*:\s*(.+)$", text)
     if m:
-        return _canonical(m.group(1))
-    return _canonical(text)
+        return canonical_module_name(m.group(1))
+    return canonical_module_name(text)
 
 
 def _module_block(text: str) -> list[str] | None:

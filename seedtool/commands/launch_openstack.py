@@ -89,7 +89,7 @@ def command(seeds: SeedOptions, name: str, image: str | None, flavor: str | None
     from ..clouds import openstack as cloud
     from ..launch import openstack as osl
     from ..launch.base import check_launch_id, new_launch_id, render_table
-    from .nocloud import read_user_data
+    from ._io import read_user_data
 
     request = osl.ServerRequest(
         name=name, image=image, flavor=flavor, networks=networks, no_network=no_network,

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._io import read_user_data  # also imported from here by commands/launch*.py
+from ._io import read_user_data
 from ._options import SeedOptions, seed_options
 
 

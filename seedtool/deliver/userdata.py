@@ -70,6 +70,9 @@ TARGETS: dict[str, tuple[int | None, str]] = {
     "aws": (16 * 1024, "AWS user-data limit of 16384 bytes before base64"),
     # Compute Engine docs, "About VM metadata", limits: 256 KB per metadata value.
     "gce": (256 * 1024, "GCE limit of 262144 bytes per metadata value"),
+    # OpenStack Compute API reference, "Create Server": user_data must be base64 encoded
+    # and is restricted to 65535 bytes; 65535 base64 characters carry 49149 bytes.
+    "openstack": (65535 // 4 * 3, "nova limit of 65535 bytes of base64, 49149 before base64"),
 }
 
 #: file name of the seed part; cloud-init lists it in cloud-config.txt

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..clouds import openstack as cloud
-from ..deliver import userdata
 from ..shared.errors import UsageError
 from .base import (
     EXISTING,
@@ -131,9 +130,9 @@ class OpenStackLauncher(Launcher):
     fresh seed each. `conn` is what `seedtool.clouds.openstack.connect` returns."""
 
     name = "openstack"
-    # the size limit: nova's, once deliver/userdata.py knows it (then it gzips as needed);
-    # until then the user-data is checked here (`_fits`) and never gzipped
-    target = "openstack" if "openstack" in userdata.TARGETS else "raw"
+    # nova's size limit (deliver/userdata.py TARGETS): the engine gzips to fit it; the
+    # user's part alone is checked in check_request, before any seed is made (`_fits`)
+    target = "openstack"
     columns = ("name",)
     max_attempts = 3
 

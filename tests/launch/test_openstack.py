@@ -340,24 +340,11 @@ def test_oversize_user_data_is_refused_before_any_seed(
     assert not seeds_made and not fake.creates()
 
 
-def test_user_data_that_fits_only_without_the_seed_makes_no_call(
-    fake: FakeOpenStack, private_key: object
+def test_big_user_data_is_gzipped_to_fit_nova(
+    fake: FakeOpenStack, private_key: object, keypair: Keys
 ) -> None:
-    near = b"#!/bin/sh\n: " + base64.b64encode(os.urandom(36800)) + b"\n"  # ~49,080 bytes
-    report = launch(fake, private_key, 3, user_data=near)
-    assert [r.status for r in report.results] == [FAILED, NOT_STARTED, NOT_STARTED]
-    assert "limit" in str(report.results[0].error)
-    assert not fake.creates()
-
-
-def test_with_nova_as_a_user_data_target_big_user_data_is_gzipped_to_fit(
-    fake: FakeOpenStack, private_key: object, keypair: Keys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the one line deliver/userdata.py TARGETS needs for nova (then OpenStackLauncher
-    # picks it up by itself): 49,149 bytes are 65,532 characters of base64
-    monkeypatch.setitem(userdata.TARGETS, "openstack", (49149, "nova's limit of 65535 bytes "
-                                                                "of base64"))
-    monkeypatch.setattr(osl.OpenStackLauncher, "target", "openstack")
+    # nova's line in deliver/userdata.py TARGETS: 49,149 bytes are 65,532 characters of base64
+    assert userdata.TARGETS["openstack"][0] == 49149 and osl.OpenStackLauncher.target == "openstack"
     big = b"#!/bin/sh\n" + b"echo the same line again and again\n" * 2000  # ~70 KB
     report = launch(fake, private_key, 2, user_data=big)
     assert report.ok

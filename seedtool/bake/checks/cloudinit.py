@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ...image.fs import TargetFS
 from .. import install
 from ..findings import WARNING, CloudConfigError, Finding
-from ..install import _canonical as canonical_module_name
+from ..install import canonical_module_name
 from ..layout import CLOUD_CFG, CLOUD_CFG_D
 from ..tree import is_dir
 
