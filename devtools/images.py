@@ -404,7 +404,21 @@ def prepare_tree(root: Path, trusted_keys: Sequence[Path],
     # debootstrap leaves the build host's name in /etc/hostname (seen in these roots);
     # cloud-init then sets each VM's own from its meta-data (local-hostname)
     (root / "etc/hostname").write_text("debian\n")
-    return PreparedTree(build_keys, tuple(_bake(root, trusted_keys, policy)))
+    changes = _bake(root, trusted_keys, policy)
+    # bake compiles the guest only with its own Python (it stages in an empty directory,
+    # where the image's interpreter cannot run); for an image of another Python version
+    # (Debian 13 from a Debian 12 host) compile it here with the image's own python3
+    # under chroot, as install_guest does for a root, so the boots do not compile it
+    _compile_guest(root)
+    return PreparedTree(build_keys, tuple(changes))
+
+
+def _compile_guest(root: Path) -> None:
+    from seedtool.bake.install import GUEST_SOURCES, compile_bytecode
+
+    why = compile_bytecode(root, GUEST_SOURCES)
+    if why and os.geteuid() == 0:
+        raise ImageBuildError(f"the guest's byte code for {root} was not made: {why}")
 
 
 def guest_image(
