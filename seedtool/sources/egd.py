@@ -40,6 +40,8 @@ import time
 from typing import Any
 
 from ..shared.errors import DeviceError, UsageError
+from ._socket import ReadTimeout as _Timeout
+from ._socket import recv_exact
 from .base import Availability, Source, parse_host_port, positive_number
 
 CMD_LEVEL, CMD_READ_NONBLOCKING, CMD_READ_BLOCKING, CMD_PID = 0x00, 0x01, 0x02, 0x04
@@ -61,11 +63,6 @@ SOCKET_PERMISSION_HINT = (
 
 class EgdProtocolError(DeviceError):
     """The daemon sent a reply that breaks the EGD protocol."""
-
-
-class _Timeout(Exception):
-    #: bytes of the unfinished reply that had arrived (they are discarded)
-    partial = 0
 
 
 class EgdSource(Source):
@@ -183,22 +180,8 @@ class EgdSource(Source):
         raise ConnectionResetError(errno.ECONNRESET, "closed")
 
     def _recv_exact(self, sock: socket.socket, n: int, deadline: float, got: list[int]) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Timeout
-            sock.settimeout(left)
-            try:
-                chunk = sock.recv(n - len(buf))
-            except socket.timeout:
-                raise _Timeout from None
-            if not chunk:
-                raise DeviceError(f"the EGD daemon at {self.where} closed the connection "
-                                  "mid-reply; check that it is still running")
-            buf += chunk
-            got[0] += len(chunk)
-        return bytes(buf)
+        return recv_exact(sock, n, deadline, f"the EGD daemon at {self.where} closed the "
+                          "connection mid-reply; check that it is still running", got)
 
     def _exchange(self, request: bytes, reply: Any, deadline: float) -> Any:
         """Send one command and read its reply with `reply(recv)`; drops the link on failure."""

@@ -163,17 +163,19 @@ def derive_session_key(
     serial: bytes, long_term_key: bytes, device_entropy: bytes, nonce: bytes
 ) -> bytes:
     """Session key: RS state keyed with the long-term key, over device entropy then nonce."""
-    ctx = prepare(serial, long_term_key, PERS_RS)
-    ctx.update(device_entropy)
-    ctx.update(nonce)
-    return ctx.final()
+    return _derive(serial, long_term_key, PERS_RS, device_entropy, nonce)
 
 
 def derive_long_term_key(
     serial: bytes, master_key: bytes, device_entropy: bytes, nonce: bytes
 ) -> bytes:
     """Long-term key after a long-term re-key: LRS state keyed with the master key."""
-    ctx = prepare(serial, master_key, PERS_LRS)
+    return _derive(serial, master_key, PERS_LRS, device_entropy, nonce)
+
+
+def _derive(serial: bytes, key: bytes, pers: bytes, device_entropy: bytes,
+            nonce: bytes) -> bytes:
+    ctx = prepare(serial, key, pers)
     ctx.update(device_entropy)
     ctx.update(nonce)
     return ctx.final()

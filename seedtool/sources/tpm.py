@@ -42,6 +42,9 @@ import time
 from typing import Any
 
 from ..shared.errors import DeviceError, UsageError
+from ._socket import ReadTimeout as _Timeout
+from ._socket import recv_exact
+from ._socket import remaining as _remaining
 from .base import Availability, Source, parse_host_port, positive_number
 
 DEVICES = ("/dev/tpmrm0", "/dev/tpm0")
@@ -156,10 +159,6 @@ def parse_get_random(reply: bytes, requested: int, where: str) -> bytes:
     return reply[HEADER.size + 2:]
 
 
-class _Timeout(Exception):
-    pass
-
-
 class _Transport:
     """Sends one command and returns one complete, length-checked reply."""
 
@@ -170,13 +169,6 @@ class _Transport:
 
     def close(self) -> None:
         raise NotImplementedError
-
-
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise _Timeout
-    return left
 
 
 class _DeviceTransport(_Transport):
@@ -252,18 +244,8 @@ class _TcpTransport(_Transport):
                               f"({e.strerror or 'error'}); check tcp=HOST:PORT") from None
 
     def _recv_exact(self, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            self.sock.settimeout(_remaining(deadline))
-            try:
-                chunk = self.sock.recv(n - len(buf))
-            except socket.timeout:
-                raise _Timeout from None
-            if not chunk:
-                raise DeviceError(f"{self.where} closed the connection mid-reply; "
-                               "check that the simulator is still running")
-            buf += chunk
-        return bytes(buf)
+        return recv_exact(self.sock, n, deadline, f"{self.where} closed the connection "
+                          "mid-reply; check that the simulator is still running")
 
     def transact(self, command: bytes, deadline: float) -> bytes:
         try:
