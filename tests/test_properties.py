@@ -466,14 +466,9 @@ def _honest_stream(nframes: int) -> bytes:
     sim = EntropyKeySim(_SERIAL, _LTK)
     host = ekp.HostSession({_SERIAL: _LTK}, lambda n: b"\x11" * n)
     host.start()
-    stream = bytearray()
-    for _ in range(nframes):
-        sim.host_write(host.take_writes())
-        frame = sim.next_frame()
-        stream += frame
-        host.receive(frame)
+    stream = sim.converse(host, nframes)
     assert host.available, "the honest conversation delivered no entropy"
-    return bytes(stream)
+    return stream
 
 
 _STREAM = _honest_stream(10)
