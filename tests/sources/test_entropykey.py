@@ -254,7 +254,8 @@ def test_serial_frame_mac_needs_the_right_serial() -> None:
 
 
 def test_personalisation_drops_its_last_32_bytes() -> None:
-    """ekeyd's set-up only ever feeds the first 64 of the 96 characters (the reference skein update() holding back its last block, seedtool/sources/entropykey_protocol.py)."""
+    """ekeyd's set-up only ever feeds the first 64 of the 96 characters: the reference
+    Skein update() holds back its last block (see entropykey_protocol's docstring)."""
     serial, secret = bytes(range(12)), bytes(32)
     changed_tail = PERS_PMS[:64] + b"x" * 32
     changed_head = b"x" + PERS_PMS[1:]
