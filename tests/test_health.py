@@ -25,7 +25,7 @@ def good_stream(n: int, seed: int = 1) -> bytes:
 
 
 def test_cutoffs_match_sp800_90b() -> None:
-    # values from SP 800-90B section 4.4 at alpha = 2^-20 (NIST SP 800-90B, sections 4.4.1 and 4.4.2)
+    # NIST SP 800-90B sections 4.4.1 and 4.4.2, at alpha = 2^-20
     assert [rct_cutoff(h) for h in (8, 4, 1)] == [4, 6, 21]
     assert [apt_cutoff(h, 512) for h in (8, 6, 4, 2, 1)] == [13, 25, 62, 177, 311]
     assert apt_cutoff(1, 1024) == 589
