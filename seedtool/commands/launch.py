@@ -60,6 +60,12 @@ def _path(p: str | None) -> Path | None:
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True,
               help="auto uses KVM when /dev/kvm can boot a stock kernel, else TCG.")
+@click.option("--rng", "rng_spec", default="none", show_default=True,
+              metavar="none|urandom|egd:PATH",
+              help="What feeds each VM's virtio-rng: none (no device), urandom (the host's "
+                   "/dev/urandom) or egd:PATH (an EGD daemon's UNIX socket, e.g. seedtool "
+                   "serve --egd unix:PATH); optional ,max-bytes=N,period=MS (rate limit, "
+                   "default 1024 bytes per 1000 ms) and, for egd, ,reconnect=S.")
 @click.option("--user-data", "user_data_path", default=None, metavar="FILE",
               help="Your user-data; each VM gets it plus its own seed.")
 @click.option("--parallel", default=None, type=click.IntRange(1, 64),
@@ -73,7 +79,8 @@ def _path(p: str | None) -> Path | None:
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def qemu(seeds: SeedOptions, image: str, count: int,
          kernel: str | None, initrd: str | None, append: str | None, memory: int,
-         cpu: str | None, accel: str, user_data_path: str | None, parallel: int | None,
+         cpu: str | None, accel: str, rng_spec: str, user_data_path: str | None,
+         parallel: int | None,
          timeout: int, workdir: str | None, keep_running: bool, as_json: bool) -> None:
     """Boot COUNT VMs from DISK, each with a fresh seed on its own NoCloud ISO, and
     report each VM's seed id, what the guest credited, and its SSH host key fingerprints.
@@ -81,14 +88,20 @@ def qemu(seeds: SeedOptions, image: str, count: int,
     The VMs are powered off after reporting unless --keep-running is given.
     """
     from ..launch.base import run_launch
-    from ..launch.qemu import MachineConfig, QemuLauncher, find_tool, terminate_as_interrupt
+    from ..launch.qemu import (
+        MachineConfig,
+        QemuLauncher,
+        find_tool,
+        parse_rng,
+        terminate_as_interrupt,
+    )
     from ._io import read_user_data
 
     find_tool("qemu-system-x86_64")
     find_tool("qemu-img")
     config = MachineConfig(
         image=Path(image), kernel=_path(kernel), initrd=_path(initrd), append=append,
-        memory=memory, cpu=cpu, accel=accel,
+        memory=memory, cpu=cpu, accel=accel, rng=parse_rng(rng_spec),
     )
     config.check()
     user_data = read_user_data(user_data_path)

@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -243,6 +244,119 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+# --- virtio-rng: where the guest's hardware RNG gets its bytes ------------------------
+
+#: the guest may pull at most RNG_MAX_BYTES per RNG_PERIOD_MS (virtio-rng-pci `max-bytes`,
+#: `period`, hw/virtio/virtio-rng.c): Linux needs 32 bytes credited at full quality for
+#: `crng init done` (drivers/char/random.c, 256 bits), and after that its hwrng thread
+#: asks only once per reseed interval (add_hwgenerator_randomness), so 1 KiB a second is
+#: ample for a guest and bounds what one VM can take from a shared host daemon
+RNG_MAX_BYTES = 1024
+RNG_PERIOD_MS = 1000
+#: seconds between QEMU's attempts to reconnect to a vanished EGD socket
+RNG_RECONNECT_S = 1
+#: sun_path is 108 bytes on Linux, NUL included (include/uapi/linux/un.h)
+_SUN_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class RngBackend:
+    """What feeds the guest's virtio-rng device, from `--rng`.
+
+    `none`: no virtio-rng device (the launcher's behaviour before --rng existed);
+    `urandom`: QEMU's `rng-random` backend on the host's /dev/urandom;
+    `egd:PATH`: QEMU's `rng-egd` backend on a UNIX socket chardev to an EGD daemon
+    such as `seedtool serve --egd unix:PATH`, reconnecting when the daemon restarts.
+    Optional `,max-bytes=N,period=MS,reconnect=S` follow the spec.
+    """
+
+    kind: str  # none | urandom | egd
+    path: str = ""
+    max_bytes: int = RNG_MAX_BYTES
+    period_ms: int = RNG_PERIOD_MS
+    reconnect_s: int = RNG_RECONNECT_S
+
+    def check(self) -> None:
+        """An EGD socket must be there at launch; later QEMU reconnects by itself."""
+        if not os.path.exists(self.path):
+            raise UsageError(f"there is no EGD socket at {self.path}; start the daemon first "
+                             f"(seedtool serve --egd unix:{self.path})")
+        if not stat.S_ISSOCK(os.stat(self.path).st_mode):
+            raise UsageError(f"{self.path} is not a UNIX socket; --rng egd:PATH needs the "
+                             "socket an EGD daemon listens on")
+
+    def qemu_args(self, reconnect_option: str = "reconnect") -> list[str]:
+        """QEMU arguments for this backend; `reconnect_option` is the chardev's spelling."""
+        if self.kind == "none":
+            return []
+        rate = f"max-bytes={self.max_bytes},period={self.period_ms}"
+        if self.kind == "urandom":
+            return ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+                    "-device", f"virtio-rng-pci,rng=rng0,{rate}"]
+        every = self.reconnect_s * 1000 if reconnect_option == "reconnect-ms" else self.reconnect_s
+        return ["-chardev", f"socket,id=egd0,path={self.path},{reconnect_option}={every}",
+                "-object", "rng-egd,id=rng0,chardev=egd0",
+                "-device", f"virtio-rng-pci,rng=rng0,{rate}"]
+
+
+_RNG_LIMITS = {"max-bytes": (1, 1 << 30), "period": (1, 3_600_000), "reconnect": (1, 3600)}
+
+
+def parse_rng(spec: str) -> RngBackend:
+    """`none`, `urandom` or `egd:PATH[,max-bytes=N][,period=MS][,reconnect=S]`."""
+    head, *opts = spec.split(",")
+    kind, sep, path = head.partition(":")
+    if kind in ("none", "urandom") and not sep:
+        if kind == "none" and opts:
+            raise UsageError("--rng none takes no options")
+        backend = RngBackend(kind)
+    elif kind == "egd" and sep:
+        if not path:
+            raise UsageError("--rng egd:PATH needs the path of the EGD daemon's UNIX socket")
+        path = os.path.abspath(path)  # QEMU resolves a relative path against its own cwd
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise UsageError(f"--rng egd: the socket path {path} is longer than a UNIX "
+                             f"socket allows ({_SUN_PATH_MAX} bytes); use a shorter one")
+        backend = RngBackend("egd", path)
+    else:
+        raise UsageError(f"--rng must be none, urandom or egd:PATH, not {spec!r}")
+    values: dict[str, int] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if key not in _RNG_LIMITS or not eq:
+            raise UsageError(f"--rng option {opt!r} is not one of max-bytes=N, period=MS, "
+                             "reconnect=S (and a socket path cannot contain a comma)")
+        if key == "reconnect" and kind != "egd":
+            raise UsageError("--rng reconnect=S applies only to egd:PATH")
+        lo, hi = _RNG_LIMITS[key]
+        try:
+            n = int(value)
+        except ValueError:
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise UsageError(f"--rng {key} must be a whole number from {lo} to {hi}, "
+                             f"not {value!r}")
+        values[key] = n
+    return RngBackend(
+        backend.kind, backend.path, values.get("max-bytes", RNG_MAX_BYTES),
+        values.get("period", RNG_PERIOD_MS), values.get("reconnect", RNG_RECONNECT_S),
+    )
+
+
+_reconnect_spelling: dict[str, str] = {}
+
+
+def reconnect_option(qemu: str) -> str:
+    """`reconnect-ms` where this QEMU has it (9.2 added it and deprecated the seconds
+    option `reconnect`, qapi/char.json), else `reconnect`; asked once per binary."""
+    if qemu not in _reconnect_spelling:
+        out = subprocess.run([qemu, "-chardev", "socket,help"], capture_output=True,
+                             text=True, check=False)
+        _reconnect_spelling[qemu] = (
+            "reconnect-ms" if "reconnect-ms=" in out.stdout + out.stderr else "reconnect")
+    return _reconnect_spelling[qemu]
+
+
 # --- one VM ----------------------------------------------------------------------------
 
 
@@ -257,7 +371,10 @@ class MachineConfig:
     memory: int = 1024  # MiB
     cpu: str | None = None  # default: host under KVM, max under TCG
     accel: str = "auto"
+    #: True: virtio-rng from the host's /dev/urandom (the same as rng=RngBackend("urandom"))
     virtio_rng: bool = False
+    #: what feeds virtio-rng (parse_rng); None: as `virtio_rng` says
+    rng: RngBackend | None = None
     network: bool = True
     #: isolate the guest from the outside (hostfwd to sshd still works)
     restrict_network: bool = False
@@ -275,6 +392,8 @@ class MachineConfig:
             raise UsageError("--append needs --kernel (without it the image's boot loader decides)")
         if not 256 <= self.memory <= 1 << 20:
             raise UsageError("--memory is in MiB and must be at least 256")
+        if self.rng is not None and self.rng.kind == "egd":
+            self.rng.check()
 
 
 class QemuVM:
@@ -324,9 +443,8 @@ class QemuVM:
             if self.ssh_port is not None:
                 net += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
             args += ["-netdev", net, "-device", "virtio-net-pci,netdev=net0"]
-        if c.virtio_rng:
-            args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
-                     "-device", "virtio-rng-pci,rng=rng0"]
+        rng = c.rng or RngBackend("urandom" if c.virtio_rng else "none")
+        args += rng.qemu_args(reconnect_option(args[0]) if rng.kind == "egd" else "reconnect")
         return args + list(c.extra_args)
 
     def start(self) -> None:
