@@ -44,6 +44,7 @@ COMMANDS: Registry[click.Command] = Registry("command", {
               "Work on disk images that are not running (seed: a seed for the next boot)."),
     "bake": ("seedtool.commands.bake:command",
              "Prepare a base image (guest side in, shared secrets out); --check lints one."),
+    "serve": ("seedtool.commands.serve:command", "Feed VMs health-tested entropy over EGD."),
 })
 
 
