@@ -129,9 +129,12 @@ def parse_listen_spec(text: str, option: str = "--egd") -> ListenSpec:
         host = host.strip("[]")
         try:
             port = int(port_text)
+        except ValueError:
+            port = -1
+        try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
-            port, loopback = -1, False
+            loopback = False  # a name: what it resolves to may change
         if not sep or not 0 <= port < 65536:
             raise UsageError(f"{option} {text}: write tcp:127.0.0.1:PORT with a port "
                              "number from 1 to 65535 (0: any free port)")
