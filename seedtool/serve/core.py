@@ -127,11 +127,12 @@ class EntropyCore:
         self.retry_min, self.retry_max = retry_min, retry_max
         self._log = log or stderr_log
         parsed = [parse_source_spec(s) for s in specs]
-        names = [n for n, _ in parsed]
-        for r in require:
-            if r not in names:
-                parsed.append(parse_source_spec(r))
-                names.append(r)
+        required = set()
+        for r in require:  # a name, as generate's --require takes; NAME:options also works
+            name, opts = parse_source_spec(r)
+            required.add(name)
+            if name not in (n for n, _ in parsed):
+                parsed.append((name, opts))
         self._os = make_source("os")
         self._os_bytes = 0
         self._slots: list[_Slot] = []
@@ -142,7 +143,7 @@ class EntropyCore:
             per_sample = src.min_entropy * (8 // src.sample_bits)
             chunk = max(1, math.ceil(CHUNK_ENTROPY_BITS / per_sample))
             self._slots.append(
-                _Slot(name, opts, name in require, chunk, source=src, retry=retry_min)
+                _Slot(name, opts, name in required, chunk, source=src, retry=retry_min)
             )
         self._cond = threading.Condition(threading.RLock())
         self._drbg: HmacDrbg | None = None
@@ -165,22 +166,21 @@ class EntropyCore:
         for slot in self._slots:
             if not self._collect(slot) and slot.required:
                 self._close_all()
-                raise SourceError(
-                    f"required source '{slot.name}' is unusable: {slot.last_error}"
-                )
+                raise SourceError(f"the required {slot.last_error}")
         with self._cond:
             self._reseed_locked()
             self._started = True
-            self._note_serving()
+            self._was_serving = self._serving_locked()
+            self._log("started", {
+                "sources": ",".join(["os", *(s.name for s in self._slots)]),
+                "healthy": ",".join(["os", *(s.name for s in self._slots if s.healthy)]),
+                "required": ",".join(s.name for s in self._slots if s.required) or "-",
+            })
         for slot in self._slots:
             slot.thread = threading.Thread(
                 target=self._run, args=(slot,), name=f"seedtool-serve-{slot.name}", daemon=True
             )
             slot.thread.start()
-        self._log("started", {
-            "sources": ",".join(["os", *(s.name for s in self._slots)]),
-            "required": ",".join(s.name for s in self._slots if s.required) or "-",
-        })
 
     def stop(self) -> None:
         """Stop the source threads, close the sources; later reads return None."""
@@ -350,6 +350,8 @@ class EntropyCore:
         return True
 
     def _fail(self, slot: _Slot, src: Source | None, reason: str) -> None:
+        if not reason.startswith(f"source '{slot.name}'"):
+            reason = f"source '{slot.name}': {reason}"
         with self._cond:
             slot.failures += 1
             slot.last_error = reason
