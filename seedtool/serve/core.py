@@ -20,17 +20,27 @@ One thread per source: a source that hangs never delays another one or a reader.
 kernel CSPRNG even while every hardware source is down. The contributions are combined
 with `seedtool.shared.mix` (HKDF-SHA512, labelled per source) into the entropy input.
 
-Reseed schedule: at start (instantiate), then before a request whenever
-`reseed_bytes` (default 1 MiB) have been served or `reseed_seconds` (default 30 s) have
-passed since the last reseed, and at once when a required source recovers. SP 800-90A
-Rev. 1 10.1 Table 2 lets HMAC_DRBG serve 2^48 requests of up to 2^19 bits each between
-reseeds (about 2^61 bytes); ours is 2^20 bytes, some 2^41 times tighter. The SP's limit
-is where the construction stops being provably sound; ours is set by what a reseed costs
-and what it buys: a reseed is three HMACs plus 64 bytes of getrandom, while a TRNG
-yields 64 fresh bytes in well under a millisecond, so every ~256 maximum-size requests
-(or every 30 s when idle-ish) the state is refreshed with new hardware entropy. That
-bounds how much output a state compromise exposes (backtracking and prediction within
-one window only) and means a source's health state reaches the output within 30 s.
+Output. Reads are served from `drbg.OutputBuffer`: one Generate call of 4 KiB cut into
+request-sized slices, each zeroed in the buffer as it is handed out, and the rest
+discarded at every reseed, so no byte generated before a reseed is served after it.
+
+Reseed schedule: at start (Instantiate), then before a read whenever `reseed_bytes`
+(default 1 MiB) have been served or `reseed_seconds` (default 30 s) have passed since the
+last reseed, and at once when a required source recovers (it serves again only from a
+state that holds its new bytes). Every reseed brings 512 bits from getrandom plus 512
+assumed bits from each healthy hardware source, against a security strength of 256.
+SP 800-90A Rev. 1, 10.1 Table 2, allows HMAC_DRBG a reseed_interval of 2^48 requests of
+up to 2^19 bits (2^16 bytes) each, about 2^64 bytes between reseeds; ours is 2^20 bytes,
+i.e. 256 Generate calls of 4 KiB: 2^40 times fewer requests, 2^44 times fewer bytes.
+The SP's limit is where the construction's security argument stops; ours is set by what
+a reseed costs and what it buys. It costs six HMACs, 64 bytes of getrandom and
+at most one discarded 4 KiB block: at the core's full rate (some 15 MB/s, 1 MiB every
+~70 ms) that is well under 1% of the work, and each TRNG is asked for one 64-byte chunk
+(512 bytes with its APT window) per reseed, a few KB/s, far below what a USB TRNG
+yields. What it buys: a state read out of memory predicts at most 1 MiB or 30 s of
+output before fresh entropy locks the reader out again, and a source's health verdict
+reaches the output within 30 s; for virtio-rng guests, which pull a few KB at boot, the
+seconds bound is the one that matters.
 
 Required sources (`require`): `serving` is False while any of them is unhealthy or has
 not contributed to the DRBG since it (re)passed its start-up test; `read()` then waits
@@ -55,7 +65,7 @@ from ..shared.errors import SeedtoolError, SourceError
 from ..shared.mix import mix
 from ..sources import make_source, parse_source_spec
 from ..sources.base import Source
-from .drbg import MIN_NONCE_BYTES, OUTLEN, HmacDrbg
+from .drbg import MIN_NONCE_BYTES, OUTLEN, HmacDrbg, OutputBuffer
 
 MAX_READ = 4096
 DEFAULT_RESEED_BYTES = 1 << 20
@@ -147,6 +157,7 @@ class EntropyCore:
             )
         self._cond = threading.Condition(threading.RLock())
         self._drbg: HmacDrbg | None = None
+        self._out: OutputBuffer | None = None
         self._reseeds = 0
         self._since_reseed = 0
         self._last_reseed = 0.0
@@ -194,7 +205,9 @@ class EntropyCore:
                 slot.thread.join(STOP_JOIN_SECONDS)
         self._close_all()
         with self._cond:
-            self._drbg = None
+            if self._out is not None:
+                self._out.discard()
+            self._drbg = self._out = None
         self._log("stopped", {"bytes_served": self._served})
 
     def reopen(self) -> None:
@@ -234,14 +247,14 @@ class EntropyCore:
             ok = self._cond.wait_for(
                 lambda: self._stopping or self._serving_locked(), timeout
             )
-            if not ok or self._stopping or self._drbg is None:
+            if not ok or self._stopping or self._out is None:
                 return None
             if (
                 self._since_reseed + n > self.reseed_bytes
                 or time.monotonic() - self._last_reseed >= self.reseed_seconds
             ):
                 self._reseed_locked()
-            out = self._drbg.generate(n)
+            out = self._out.read(n)
             self._since_reseed += n
             self._served += n
             return out
@@ -263,8 +276,11 @@ class EntropyCore:
             nonce = self._os.read(MIN_NONCE_BYTES)
             self._os_bytes += MIN_NONCE_BYTES
             self._drbg = HmacDrbg(entropy, nonce, PERSONALIZATION)
+            self._out = OutputBuffer(self._drbg)
         else:
             self._drbg.reseed(entropy)
+            assert self._out is not None
+            self._out.discard()  # nothing generated before the reseed is served after it
         for slot in used:
             slot.fresh = True
         self._reseeds += 1

@@ -12,8 +12,11 @@ The algorithm is written as the SP writes it: HMAC_DRBG_Update (10.1.2.2), Insta
 (10.1.2.3), Reseed (10.1.2.4) and Generate (10.1.2.5), with no prediction resistance
 (the core reseeds on its own schedule instead). Generate ends with Update, so the state
 (Key, V) after a request no longer holds, and cannot be run back to, any byte it returned
-(backtracking resistance, SP 800-90A 8.8). The output block buffer is a bytearray zeroed
-before `generate` returns: the object keeps no byte it has handed out.
+(backtracking resistance, SP 800-90A 8.8). Output is built in a bytearray; `generate`
+zeroes it before returning, and `OutputBuffer` zeroes each slice as it serves it, so
+neither keeps a byte it has handed out. (Python cannot wipe its immutable `bytes`: the
+caller's copy and the intermediate HMAC values are freed, not zeroed; the erasure
+covers every buffer this module owns.)
 
 This module never logs and never puts state or output into an exception message.
 """
@@ -80,6 +83,13 @@ class HmacDrbg:
 
     def generate(self, n: int, additional_input: bytes = b"") -> bytes:
         """HMAC_DRBG_Generate_algorithm (10.1.2.5): n bytes, then the state moves on."""
+        temp = self.generate_into(n, additional_input)
+        out = bytes(temp[:n])
+        temp[:] = bytes(len(temp))  # erase the blocks, the unreturned tail included
+        return out
+
+    def generate_into(self, n: int, additional_input: bytes = b"") -> bytearray:
+        """`generate`, returning the bytearray it built (n bytes); the caller erases it."""
         if not 0 < n <= MAX_REQUEST_BYTES:
             raise ValueError(f"a request must be 1 to {MAX_REQUEST_BYTES} bytes")
         if self.reseed_counter > MAX_REQUESTS:
@@ -93,13 +103,55 @@ class HmacDrbg:
             v = _hmac(key, v)
             temp += v
         self._v = v
-        out = bytes(temp[:n])
-        temp[:] = bytes(len(temp))  # erase the blocks, the unreturned tail included
+        tail = len(temp) - n
+        if tail:
+            temp[n:] = bytes(tail)  # the unreturned end of the last block
+            del temp[n:]
         self._update(additional_input)
         self.reseed_counter += 1
-        return out
+        return temp
 
 
 def _check_input(*inputs: bytes) -> None:
     if any(len(x) > MAX_INPUT_BYTES for x in inputs):
         raise ValueError("DRBG input longer than SP 800-90A allows")
+
+
+class OutputBuffer:
+    """Serves small requests from one larger Generate call, erasing each byte as it goes.
+
+    A Generate call costs two HMACs of Update besides one per 64-byte block, so the
+    core asks for `BLOCK` bytes at a time and hands them out in request-sized slices.
+    Each slice is zeroed in the buffer as it is returned, so the buffer never holds a
+    byte already served; `discard()` zeroes what is left (after a reseed, so that no
+    byte generated before it is served after it). The unserved rest is future output,
+    no more sensitive than the (Key, V) that would regenerate it.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, drbg: HmacDrbg) -> None:
+        self.drbg = drbg
+        self._buf = bytearray()
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        if not 0 < n <= self.BLOCK:
+            raise ValueError(f"a request must be 1 to {self.BLOCK} bytes")
+        if len(self._buf) - self._pos < n:
+            self.discard()
+            self._buf = self.drbg.generate_into(self.BLOCK)
+        end = self._pos + n
+        out = bytes(self._buf[self._pos : end])
+        self._buf[self._pos : end] = bytes(n)
+        self._pos = end
+        return out
+
+    def discard(self) -> None:
+        self._buf[:] = bytes(len(self._buf))
+        self._buf = bytearray()
+        self._pos = 0
+
+    def held(self) -> bytes:
+        """The buffer as it is now (for tests: served bytes must be zero here)."""
+        return bytes(self._buf)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from seedtool.serve.drbg import MAX_REQUEST_BYTES, OUTLEN, HmacDrbg
+from seedtool.serve.drbg import MAX_REQUEST_BYTES, OUTLEN, HmacDrbg, OutputBuffer
 
 H = bytes.fromhex
 
@@ -130,3 +130,24 @@ def test_limits_are_refused() -> None:
         HmacDrbg(b"\x00" * 32, b"\x00" * 15)
     with pytest.raises(ValueError, match="entropy input"):
         drbg.reseed(b"\x00" * 31)
+
+
+def test_output_buffer_erases_each_served_byte() -> None:
+    buf = OutputBuffer(_fixed())
+    served = [buf.read(n) for n in (64, 1, 100, 4000, 37, 50)]  # 4000 forces a refill
+    held = buf.held()
+    assert len(held) == OutputBuffer.BLOCK
+    assert all(out[i : i + 16] not in held for out in served for i in range(len(out) - 15))
+    # what was handed out of the current block is zeros; only the unserved rest is not
+    used = 4000 + 37 + 50
+    assert held[:used] == bytes(used) and held[used:] != bytes(len(held) - used)
+    buf.discard()
+    assert buf.held() == b""
+
+
+def test_output_buffer_serves_the_generate_stream_in_order() -> None:
+    # slices of one Generate call, so the buffer adds nothing and drops nothing
+    buf, ref = OutputBuffer(_fixed()), _fixed()
+    assert b"".join(buf.read(n) for n in (1000, 3000, 96)) == ref.generate(OutputBuffer.BLOCK)
+    with pytest.raises(ValueError):
+        buf.read(OutputBuffer.BLOCK + 1)
