@@ -127,6 +127,7 @@ class EntropyCore:
         log: LogFn | None = None,
         retry_min: float = RETRY_MIN_SECONDS,
         retry_max: float = RETRY_MAX_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < reseed_bytes:
             raise ValueError("reseed_bytes must be positive")
@@ -135,6 +136,7 @@ class EntropyCore:
         self.reseed_bytes = reseed_bytes
         self.reseed_seconds = reseed_seconds
         self.retry_min, self.retry_max = retry_min, retry_max
+        self._clock = clock  # for the reseed_seconds schedule only (tests pass their own)
         self._log = log or stderr_log
         parsed = [parse_source_spec(s) for s in specs]
         required = set()
@@ -251,7 +253,7 @@ class EntropyCore:
                 return None
             if (
                 self._since_reseed + n > self.reseed_bytes
-                or time.monotonic() - self._last_reseed >= self.reseed_seconds
+                or self._clock() - self._last_reseed >= self.reseed_seconds
             ):
                 self._reseed_locked()
             out = self._out.read(n)
@@ -285,7 +287,7 @@ class EntropyCore:
             slot.fresh = True
         self._reseeds += 1
         self._since_reseed = 0
-        self._last_reseed = time.monotonic()
+        self._last_reseed = self._clock()
         self._cond.notify_all()  # the source threads refill, waiting readers re-check
 
     def _note_serving(self) -> None:
@@ -417,7 +419,7 @@ class EntropyCore:
                     "name": s.name, "required": s.required, "healthy": s.healthy,
                     "failures": s.failures, "bytes": s.bytes, "last_error": s.last_error,
                 })
-            age = time.monotonic() - self._last_reseed if self._reseeds else None
+            age = self._clock() - self._last_reseed if self._reseeds else None
             return {
                 "serving": self._serving_locked(),
                 "bytes_served": self._served,

@@ -124,6 +124,21 @@ def test_reseed_schedule_by_bytes_and_os_in_every_reseed() -> None:
     assert st["sources"][0]["bytes"] == 5 * 64 + 16
 
 
+def test_reseed_schedule_by_seconds() -> None:
+    now = [1000.0]
+    core = EntropyCore(["os"], log=lambda e, f: None, reseed_seconds=30, clock=lambda: now[0])
+    with core:
+        core.read(64)
+        now[0] += 29.5
+        core.read(64)
+        assert core.status()["drbg"]["reseeds"] == 1
+        assert core.status()["drbg"]["last_reseed_age_s"] == 29.5
+        now[0] += 0.5
+        core.read(64)
+        st = core.status()["drbg"]
+    assert st["reseeds"] == 2 and st["last_reseed_age_s"] == 0 and st["bytes_since_reseed"] == 64
+
+
 def test_many_threads_get_distinct_bytes(usb: FakeBackend) -> None:
     usb.add(TrueRNG())
     core, _ = make(["truerng"], reseed_bytes=512)
