@@ -22,15 +22,15 @@ What is refused, and how:
   argument does not arrive within `ARG_TIMEOUT` or never arrives: a log line and that
   connection closed; no other connection notices.
 
-Many connections at once (one per VM): asyncio, one coroutine per connection, because
-the work per request is a few microseconds of DRBG output and the rest is waiting on
-sockets; a thread per connection would cost a stack each and make "thousands of
-connections" a memory problem, while here a connection costs its buffers only.
-Buffers are bounded: the reader's limit (`READ_LIMIT`) stops reading a client that
-sends faster than it reads answers (the kernel's socket buffer then pushes back on it),
-and each answer waits for the previous to drain below `WRITE_HIGH` before the next
-request is read. A client that stops reading only blocks its own coroutine, and is
-closed after `STALL_TIMEOUT`. Each connection has a token bucket (`rate` bytes/s, one
+Many connections at once (one per VM): asyncio, one `asyncio.Protocol` per connection
+on one event loop, because the work per request is a few microseconds of DRBG output
+and the rest is waiting on sockets; a thread per connection would cost a stack each and
+make "thousands of connections" a memory problem (and the GIL would serialise them
+anyway), while here a connection costs its buffers only. Buffers are bounded: past
+`READ_LIMIT` unparsed bytes the connection stops reading (the kernel's socket buffer
+then pushes back on the client), and once its unsent answers pass `WRITE_HIGH` it
+parses nothing more until they drain. A client that stops reading holds only itself,
+and is closed after `STALL_TIMEOUT`. Each connection has a token bucket (`rate` bytes/s, one
 second of burst) and byte accounting; at most `max_clients` connections are served.
 
 While the core is not serving (a --require source unhealthy), blocking reads wait and
@@ -52,7 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..shared.errors import SeedtoolError, UsageError
 
@@ -274,23 +274,15 @@ class TokenBucket:
         self.tokens = self.burst
         self.stamp = time.monotonic()
 
-    async def take(self, n: int) -> None:
+    def take(self, n: int) -> float:
+        """Take `n` bytes' worth; the seconds to wait before sending them (0: at once)."""
         if self.rate <= 0:
-            return
+            return 0.0
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         self.tokens -= n
-        if self.tokens < 0:
-            await asyncio.sleep(-self.tokens / self.rate)
-
-
-class _Drop(Exception):
-    """End this connection: `reason` goes to the log."""
-
-    def __init__(self, reason: str, bad: bool = True) -> None:
-        super().__init__(reason)
-        self.reason, self.bad = reason, bad
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
 
 def _peer(sock: socket.socket | None) -> str:
@@ -300,7 +292,7 @@ def _peer(sock: socket.socket | None) -> str:
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                     struct.calcsize("3i"))
-            pid, uid, gid = struct.unpack("3i", creds)
+            pid, uid, _gid = struct.unpack("3i", creds)
             return f"pid={pid},uid={uid}"
         except OSError:
             return "unix"
@@ -309,6 +301,231 @@ def _peer(sock: socket.socket | None) -> str:
         return f"{host}:{port}"
     except OSError:
         return "?"
+
+
+class _Connection(asyncio.Protocol):
+    """One client: requests parsed from a bounded buffer and answered strictly in order.
+
+    A Protocol rather than a stream coroutine: a request costs one callback, not two
+    awaits and two timers, which is what keeps the daemon near a bare os.urandom server.
+    `_hold` names what the connection waits for ("rate" or "core"), `_write_paused`
+    whether the transport's buffer is above WRITE_HIGH; in either case nothing more is
+    parsed, and reading pauses (as it does past READ_LIMIT unparsed bytes).
+    """
+
+    def __init__(self, server: EgdServer, listener: str) -> None:
+        self.server, self.listener = server, listener
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client: Client | None = None
+        self.inbuf = bytearray()
+        self.bucket = TokenBucket(server.rate)
+        self._hold = ""  # "", "rate" or "core"
+        self._write_paused = False
+        self._arg_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._later: asyncio.TimerHandle | None = None  # rate or core wait
+        self._pending: tuple[int, int] | None = None  # (command, n) held by rate/core
+        self._reading_paused = False
+        self._waiting_logged = False
+        self._reason, self._bad = "client closed", False
+
+    # -- transport callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        srv = self.server
+        if len(srv.clients) >= srv.max_clients:
+            srv.refused += 1
+            if srv.refused % REFUSAL_LOG_EVERY == 1:
+                srv.log("client-refused", {"listener": self.listener,
+                                           "reason": "connection limit",
+                                           "limit": srv.max_clients, "refused": srv.refused})
+            transport.close()
+            return
+        srv._count += 1
+        srv.total_connections += 1
+        self.client = Client(f"c{srv._count}", self.listener,
+                             _peer(transport.get_extra_info("socket")))
+        srv.clients[self.client.id] = self.client
+        srv._connections.add(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        srv.log("client-open", {"client": self.client.id, "listener": self.listener,
+                                "peer": self.client.peer})
+
+    def data_received(self, data: bytes) -> None:
+        if self.client is None:
+            return
+        self.inbuf += data
+        self._process()
+
+    def eof_received(self) -> bool:
+        if self.inbuf and self._pending is None and not self._hold:
+            self._drop(self._half_what(), "vanished in the middle of a")
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(self.server.stall_timeout, self._stalled)
+        self._flow()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._arg_timer, self._stall_timer, self._later):
+            if timer is not None:
+                timer.cancel()
+        if self._later is not None:
+            self._later.cancel()
+        self.inbuf[:] = b""
+        client, srv = self.client, self.server
+        if client is None:
+            return
+        if exc is not None and not self._bad:
+            self._reason = f"connection error ({type(exc).__name__})"
+        client.closed = self._reason
+        srv.clients.pop(client.id, None)
+        srv.recent.append(client)
+        srv._connections.discard(self)
+        srv.log("client-bad" if self._bad else "client-close",
+                {"client": client.id, "reason": self._reason, "bytes": client.bytes,
+                 "requests": client.requests})
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer every whole request in the buffer, in order, until something holds."""
+        buf = self.inbuf
+        before = len(buf)
+        while buf and not self._hold and not self._write_paused \
+                and self.transport is not None and not self.transport.is_closing():
+            cmd = buf[0]
+            if cmd == CMD_READ_BLOCKING or cmd == CMD_READ_NONBLOCKING:
+                if len(buf) < 2:
+                    break
+                n = buf[1]
+                del buf[:2]
+                if n == 0:
+                    self._drop("asked for a read of 0 bytes")
+                    return
+                self._read(cmd, n)
+            elif cmd == CMD_LEVEL:
+                del buf[:1]
+                self._answer(struct.pack(">I", LEVEL_BITS if self.server.core.serving else 0))
+            elif cmd == CMD_PID:
+                del buf[:1]
+                pid = str(os.getpid()).encode("ascii")
+                self._answer(bytes([len(pid)]) + pid)
+            elif cmd == CMD_WRITE:
+                if len(buf) < 4 or len(buf) < 4 + buf[3]:
+                    break
+                n = buf[3]
+                del buf[:4 + n]
+                assert self.client is not None
+                self.client.written_ignored += n
+                self.server.log("write-refused", {
+                    "client": self.client.id, "bytes": n,
+                    "reason": "the daemon serves only its own sources"})
+            else:
+                self._drop(f"sent an unknown command byte 0x{cmd:02x}")
+                return
+        if buf and not self._hold and not self._write_paused:
+            if self._arg_timer is not None and len(buf) != before:
+                self._arg_timer.cancel()  # progress: the deadline is for this request
+                self._arg_timer = None
+            if self._arg_timer is None:  # a request begun: the rest must follow
+                self._arg_timer = self.loop.call_later(self.server.arg_timeout, self._half)
+        elif self._arg_timer is not None:
+            self._arg_timer.cancel()
+            self._arg_timer = None
+        self._flow()
+
+    def _read(self, cmd: int, n: int) -> None:
+        delay = self.bucket.take(n)
+        if delay > 0:
+            self._hold, self._pending = "rate", (cmd, n)
+            self._later = self.loop.call_later(delay, self._retry)
+            return
+        self._serve_read(cmd, n)
+
+    def _serve_read(self, cmd: int, n: int) -> None:
+        data = self.server.core.read(n, timeout=0)
+        if data is None and cmd == CMD_READ_BLOCKING:
+            if not self._waiting_logged:
+                assert self.client is not None
+                self.server.log("client-waiting", {"client": self.client.id,
+                                                   "reason": "a required source is unhealthy"})
+                self._waiting_logged = True
+            self._hold, self._pending = "core", (cmd, n)
+            self._later = self.loop.call_later(WAIT_POLL, self._retry)
+            return
+        data = data or b""
+        assert self.client is not None
+        self.client.bytes += len(data)
+        self.server.total_bytes += len(data)
+        self._answer(bytes([len(data)]) + data if cmd == CMD_READ_NONBLOCKING else data)
+
+    def _retry(self) -> None:
+        self._later = None
+        pending, self._pending = self._pending, None
+        self._hold = ""
+        if pending is None or self.transport is None or self.transport.is_closing():
+            return
+        self._serve_read(*pending)
+        self._process()
+
+    def _answer(self, data: bytes) -> None:
+        assert self.transport is not None and self.client is not None
+        self.client.requests += 1
+        self.transport.write(data)
+
+    def _flow(self) -> None:
+        """Bound the input: stop reading a client that sends faster than it is answered."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        want_pause = len(self.inbuf) >= READ_LIMIT or self._write_paused
+        if want_pause and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _half_what(self) -> str:
+        return "write request" if self.inbuf[:1] == bytes([CMD_WRITE]) else "read request"
+
+    def _half(self) -> None:
+        self._arg_timer = None
+        self._drop(f"sent half a {self._half_what()} and nothing for "
+                   f"{self.server.arg_timeout:g} s")
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        self._drop(f"left its answers unread for {self.server.stall_timeout:g} s")
+
+    def _drop(self, reason: str, prefix: str = "") -> None:
+        self._reason, self._bad = (f"{prefix} {reason}" if prefix else reason), True
+        self.inbuf[:] = b""
+        if self.transport is not None:
+            if self._write_paused:
+                self.transport.abort()  # its unread answers would never drain
+            else:
+                self.transport.close()
+
+    def stop(self) -> None:
+        if not self._bad:
+            self._reason = "daemon stopping"
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class EgdServer:
@@ -328,7 +545,7 @@ class EgdServer:
         self.refused = 0
         self._count = 0
         self._servers: list[tuple[asyncio.Server, ListenSpec, int]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections: set[_Connection] = set()
 
     # -- listeners ------------------------------------------------------------------------
 
@@ -342,21 +559,17 @@ class EgdServer:
 
     async def add(self, spec: ListenSpec, sock: socket.socket) -> None:
         """Serve on `sock` (from `bind`); nothing is accepted before `start_serving`."""
+        loop = asyncio.get_running_loop()
         name = str(spec)
-        if spec.kind == "tcp" and spec.port != sock.getsockname()[1]:
-            name = f"tcp:{spec.host}:{sock.getsockname()[1]}"
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._connection(name, reader, writer)
-
         if spec.kind == "unix":
-            server = await asyncio.start_unix_server(handle, sock=sock, limit=READ_LIMIT,
-                                                     start_serving=False)
             ino = os.lstat(spec.path).st_ino
+            server = await loop.create_unix_server(lambda: _Connection(self, name), sock=sock,
+                                                   start_serving=False)
         else:
-            server = await asyncio.start_server(handle, sock=sock, limit=READ_LIMIT,
-                                                start_serving=False)
+            name = f"tcp:{spec.host}:{sock.getsockname()[1]}"
             ino = 0
+            server = await loop.create_server(lambda: _Connection(self, name), sock=sock,
+                                              start_serving=False)
         self._servers.append((server, spec, ino))
 
     async def start_serving(self) -> None:
@@ -379,10 +592,12 @@ class EgdServer:
             server.close()
             if spec.kind == "unix":
                 unlink_if_ours(spec.path, ino)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in list(self._connections):
+            conn.stop()
+        for _ in range(100):  # connection_lost runs on the next turns of the loop
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
         for server, _, _ in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -398,106 +613,3 @@ class EgdServer:
             "clients": [c.as_dict() for c in self.clients.values()],
             "recently_closed": [c.as_dict() for c in self.recent],
         }
-
-    # -- one connection -------------------------------------------------------------------
-
-    async def _connection(self, listener: str, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self.clients) >= self.max_clients:
-            self.refused += 1
-            if self.refused % REFUSAL_LOG_EVERY == 1:
-                self.log("client-refused", {"listener": listener, "reason": "connection limit",
-                                            "limit": self.max_clients, "refused": self.refused})
-            writer.close()
-            return
-        self._count += 1
-        self.total_connections += 1
-        client = Client(f"c{self._count}", listener, _peer(writer.get_extra_info("socket")))
-        self.clients[client.id] = client
-        if task is not None:
-            self._tasks.add(task)
-        writer.transport.set_write_buffer_limits(high=WRITE_HIGH)
-        self.log("client-open", {"client": client.id, "listener": listener,
-                                 "peer": client.peer})
-        reason, bad = "client closed", False
-        try:
-            await self._serve(client, reader, writer, TokenBucket(self.rate))
-        except _Drop as d:
-            reason, bad = d.reason, d.bad
-        except (ConnectionError, OSError) as e:
-            reason = f"connection error ({e.strerror or type(e).__name__})"
-        except asyncio.CancelledError:
-            reason = "daemon stopping"
-        finally:
-            client.closed = reason
-            self.clients.pop(client.id, None)
-            self.recent.append(client)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-            self.log("client-bad" if bad else "client-close",
-                     {"client": client.id, "reason": reason, "bytes": client.bytes,
-                      "requests": client.requests})
-
-    async def _arg(self, reader: asyncio.StreamReader, n: int, what: str) -> bytes:
-        try:
-            return await asyncio.wait_for(reader.readexactly(n), self.arg_timeout)
-        except asyncio.IncompleteReadError:
-            raise _Drop(f"vanished in the middle of a {what}") from None
-        except asyncio.TimeoutError:
-            raise _Drop(f"sent half a {what} and nothing for {self.arg_timeout:g} s") from None
-
-    async def _serve(self, client: Client, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, bucket: TokenBucket) -> None:
-        waiting_logged = False
-        while True:
-            try:
-                head = await reader.readexactly(1)
-            except asyncio.IncompleteReadError:
-                return  # the client hung up between requests: the normal end
-            cmd = head[0]
-            if cmd == CMD_LEVEL:
-                answer = struct.pack(">I", LEVEL_BITS if self.core.serving else 0)
-            elif cmd == CMD_PID:
-                pid = str(os.getpid()).encode("ascii")
-                answer = bytes([len(pid)]) + pid
-            elif cmd == CMD_WRITE:
-                bits_len = await self._arg(reader, 3, "write request")
-                n = bits_len[2]
-                if n:
-                    await self._arg(reader, n, "write request")
-                client.written_ignored += n
-                self.log("write-refused", {"client": client.id, "bytes": n,
-                                           "reason": "the daemon serves only its own sources"})
-                continue
-            elif cmd in (CMD_READ_NONBLOCKING, CMD_READ_BLOCKING):
-                (n,) = await self._arg(reader, 1, "read request")
-                if n == 0:
-                    raise _Drop("asked for a read of 0 bytes")
-                await bucket.take(n)
-                data = self.core.read(n, timeout=0)
-                if data is None and cmd == CMD_READ_BLOCKING:
-                    if not waiting_logged:
-                        self.log("client-waiting", {"client": client.id,
-                                                    "reason": "a required source is unhealthy"})
-                        waiting_logged = True
-                    while data is None:
-                        await asyncio.sleep(WAIT_POLL)
-                        data = self.core.read(n, timeout=0)
-                data = data or b""
-                if cmd == CMD_READ_NONBLOCKING:
-                    answer = bytes([len(data)]) + data
-                else:
-                    answer = data
-                client.bytes += len(data)
-                self.total_bytes += len(data)
-            else:
-                raise _Drop(f"sent an unknown command byte 0x{cmd:02x}")
-            client.requests += 1
-            writer.write(answer)
-            del answer
-            try:
-                await asyncio.wait_for(writer.drain(), self.stall_timeout)
-            except asyncio.TimeoutError:
-                raise _Drop(f"left its answers unread for {self.stall_timeout:g} s") from None

@@ -340,26 +340,23 @@ def test_not_serving_blocking_read_waits_and_nonblocking_gets_nothing(
 
 def test_token_bucket_waits_for_what_exceeds_the_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    slept: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
     monkeypatch.setattr(egd_mod.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(egd_mod.asyncio, "sleep", fake_sleep)
+    bucket = TokenBucket(1000.0)  # one second of burst: 1000 bytes at once
+    assert [bucket.take(250) for _ in range(4)] == [0.0] * 4
+    assert bucket.take(500) == pytest.approx(0.5)
+    now[0] += 0.5  # the wait done: the bucket is empty again, not in debt
+    assert bucket.take(100) == pytest.approx(0.1)
+    assert TokenBucket(0).take(10**9) == 0.0  # 0: no limit
 
-    async def run() -> None:
-        bucket = TokenBucket(1000.0)  # one second of burst: 1000 bytes at once
-        for _ in range(4):
-            await bucket.take(250)
-        assert slept == []
-        await bucket.take(500)
-        assert slept == [pytest.approx(0.5)]
-        await TokenBucket(0).take(10**9)  # 0: no limit
-        assert len(slept) == 1
 
-    asyncio.run(run())
+def test_rate_limit_holds_the_answer_not_the_connection(serve: Any) -> None:
+    r = serve(rate=300.0)  # a 255-byte burst, then 300 bytes/s
+    with r.connect() as s, r.connect() as other:
+        s.sendall(b"\x02\xff\x02\xff")  # the second must wait for tokens
+        assert len(recv_exact(s, 255)) == 255
+        assert level(other) == LEVEL_BITS  # served while s waits
+        assert len(recv_exact(s, 255)) == 255
+        assert level(s) == LEVEL_BITS
 
 
 # -- listen addresses and socket files ----------------------------------------------------
