@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
-import shutil
 import socket
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -124,13 +122,6 @@ def core() -> Iterator[EntropyCore]:
     c.start()
     yield c
     c.stop()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="srv"))  # a UNIX socket path must fit in 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,13 +69,6 @@ class Daemon:
         rc = self.proc.wait(WAIT)
         self._reader.join(WAIT)
         return rc
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="srv"))  # a UNIX socket path must fit in 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
