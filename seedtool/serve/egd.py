@@ -66,6 +66,7 @@ READ_LIMIT = 4096
 WRITE_HIGH = 16 * 1024
 WAIT_POLL = 0.05  # seconds between looks at the core while it is not serving
 DEFAULT_MAX_CLIENTS = 1024
+BACKLOG = 1024  # a burst of VMs (re)connecting at once; the kernel caps it at somaxconn
 DEFAULT_RATE = 1024 * 1024  # bytes/s per connection; virtio-rng at boot wants far less
 RECENT_CLOSED = 32  # closed clients kept for `seedtool serve status`
 REFUSAL_LOG_EVERY = 100  # past the connection limit, one log line per this many refusals
@@ -212,14 +213,14 @@ def bind_unix(path: str, mode: int, gid: int | None = None) -> socket.socket:
         os.unlink(path)
         raise SeedtoolError(f"cannot set the group or mode of {path} ({e.strerror}); run "
                             "as root or as a member of that group") from None
-    sock.listen(128)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
     try:
-        sock = socket.create_server((host, port), backlog=128)
+        sock = socket.create_server((host, port), backlog=BACKLOG)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise SeedtoolError(f"port {port} on {host} is already in use; stop the other "

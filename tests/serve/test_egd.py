@@ -105,8 +105,8 @@ class Running:
 
     def connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(self.path)  # blocking: waits for room in the backlog
         s.settimeout(WAIT)
-        s.connect(self.path)
         return s
 
     def close(self) -> None:
@@ -295,6 +295,20 @@ def test_a_client_that_never_reads_is_closed_after_the_stall_timeout(serve: Any)
             assert level(good) == LEVEL_BITS
     finally:
         stuck.close()
+
+
+def test_many_connections_at_once_each_get_their_own_bytes(serve: Any) -> None:
+    r = serve(rate=0)
+    socks = [r.connect() for _ in range(300)]  # one per VM, all open together
+    try:
+        for s in socks:
+            s.sendall(b"\x02\x20")
+        answers = [recv_exact(s, 32) for s in socks]
+        assert len(set(answers)) == len(socks)  # no two clients share output
+        assert len(r.status()["clients"]) == 300
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_connection_limit(serve: Any) -> None:
