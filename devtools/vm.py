@@ -25,6 +25,7 @@ from seedtool.deliver.nocloud import new_instance_id, write_iso
 from seedtool.launch.qemu import (
     MachineConfig,
     QemuVM,
+    RngBackend,
     SeedtoolLine,
     create_overlay,
     crng_init_time,
@@ -115,6 +116,8 @@ class Launch:
     instance_id: str | None = None
     cpu: str = "max"
     virtio_rng: bool = False
+    #: the virtio-rng backend (`seedtool.launch.qemu.parse_rng`, e.g. egd:PATH), if any
+    rng: RngBackend | None = None
     analyze: bool = False
     #: also save systemd-analyze blame/critical-chain and the journal (for profiling)
     profile: bool = False
@@ -154,7 +157,8 @@ def boot(image: GuestImage, spec: Launch, workroot: Path, timeout: float = BOOT_
         append += " seedtool.test-profile"
     config = MachineConfig(
         image=image.disk, kernel=image.kernel, initrd=image.initrd, append=append,
-        cpu=spec.cpu, accel="auto", virtio_rng=spec.virtio_rng, restrict_network=True,
+        cpu=spec.cpu, accel="auto", virtio_rng=spec.virtio_rng, rng=spec.rng,
+        restrict_network=True,
         extra_args=["-no-reboot"],
     )
     vm = QemuVM(f"{image.release}-{spec.name}", workdir, overlay, config, seed_iso=iso,

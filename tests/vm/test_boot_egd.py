@@ -18,7 +18,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,10 +27,9 @@ from typing import Any
 
 import pytest
 
-import devtools.vm
 from devtools.images import guest_image
 from devtools.vm import STOP, Boot, Launch, boot
-from seedtool.launch.qemu import MachineConfig, RngBackend, parse_rng
+from seedtool.launch.qemu import parse_rng
 from seedtool.serve.control import query
 
 from .conftest import PARALLEL
@@ -112,23 +110,6 @@ class Daemon:
                 self.kill()
 
 
-# devtools.vm.boot builds its MachineConfig from a Launch, which has only a virtio_rng
-# flag; the backend of the boot running in this thread is added here
-_THREAD = threading.local()
-
-
-def _config(**kw: Any) -> MachineConfig:
-    return MachineConfig(**kw, rng=getattr(_THREAD, "rng", None))
-
-
-def _boot(image: Any, spec: Launch, workroot: Path, rng: RngBackend | None) -> Boot:
-    _THREAD.rng = rng
-    try:
-        return boot(image, spec, workroot)
-    finally:
-        _THREAD.rng = None
-
-
 @dataclass
 class Run:
     egd: Boot
@@ -149,8 +130,8 @@ def _restart_boot(image: Any, workroot: Path) -> tuple[Boot, dict[str, Any], dic
     second: Daemon | None = None
     pool = ThreadPoolExecutor(1, thread_name_prefix="vm-restart")
     try:
-        fut = pool.submit(_boot, image, Launch("egd-restart", USER_DATA, cpu="qemu64"),
-                          workroot, parse_rng(f"egd:{sock}"))
+        fut = pool.submit(boot, image, Launch("egd-restart", USER_DATA, cpu="qemu64",
+                                              rng=parse_rng(f"egd:{sock}")), workroot)
         deadline = time.monotonic() + WAIT
         while True:
             before = first.status()
@@ -183,27 +164,25 @@ def run(vm_cache_ready: None, vm_keys: dict[str, Any],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     image = guest_image(RELEASE, [vm_keys["trusted_pub"]])
     workroot = tmp_path_factory.mktemp("boots-egd")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(devtools.vm, "MachineConfig", _config)
-        daemon = Daemon(workroot, "egd", workroot / "egd.sock")
-        pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="vm-egd")
-        try:
-            # the two boots compared run at once, so they share the host's load
-            egd: Future[Boot] = pool.submit(
-                _boot, image, Launch("egd", USER_DATA, cpu="qemu64"), workroot,
-                parse_rng(f"egd:{daemon.egd}"))
-            rnd: Future[Boot] = pool.submit(
-                _boot, image, Launch("rng-random", USER_DATA, cpu="qemu64"), workroot,
-                parse_rng("urandom"))
-            egd_boot = egd.result()
-            egd_status = daemon.cli_status()
-            random_boot = rnd.result()
-        finally:
-            daemon.stop()
-            pool.shutdown(wait=True, cancel_futures=True)
-        if STOP.is_set():
-            pytest.fail("the session was interrupted")
-        restart, before, after = _restart_boot(image, workroot)
+    daemon = Daemon(workroot, "egd", workroot / "egd.sock")
+    pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="vm-egd")
+    try:
+        # the two boots compared run at once, so they share the host's load
+        egd: Future[Boot] = pool.submit(
+            boot, image, Launch("egd", USER_DATA, cpu="qemu64",
+                                rng=parse_rng(f"egd:{daemon.egd}")), workroot)
+        rnd: Future[Boot] = pool.submit(
+            boot, image, Launch("rng-random", USER_DATA, cpu="qemu64",
+                                rng=parse_rng("urandom")), workroot)
+        egd_boot = egd.result()
+        egd_status = daemon.cli_status()
+        random_boot = rnd.result()
+    finally:
+        daemon.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+    if STOP.is_set():
+        pytest.fail("the session was interrupted")
+    restart, before, after = _restart_boot(image, workroot)
     result = Run(egd_boot, egd_status, random_boot, restart, before, after)
     _report(result, tmp_path_factory)
     yield result
