@@ -26,7 +26,7 @@ def _control_path(path: str | None) -> str:
                    "unix:PATH[,mode=0660,group=NAME] or tcp:127.0.0.1:PORT. Repeatable.")
 @click.option("--source", "sources", multiple=True, metavar="NAME[:k=v,...]",
               help="An entropy source, as for generate (os is always mixed in). Repeatable.")
-@click.option("--require", "required", multiple=True, metavar="NAME",
+@click.option("--require", "required", multiple=True, metavar="NAME[:k=v,...]",
               help="Serve only while this source passes its health tests; clients wait "
                    "otherwise. Repeatable.")
 @click.option("--rate", type=float, default=None, metavar="BYTES/S",
