@@ -11,6 +11,7 @@ a byte of output.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -49,8 +50,8 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
     stop = asyncio.Event()
 
     def status() -> dict[str, Any]:
-        return {"pid_uptime_s": round(time.time() - started, 1), "core": core.status(),
-                **egd.status(), "serving": core.serving}
+        return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1),
+                "core": core.status(), **egd.status(), "serving": core.serving}
 
     def on_stop(signame: str) -> None:
         log("signal", {"signal": signame, "action": "stop"})
