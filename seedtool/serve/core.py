@@ -303,6 +303,7 @@ class EntropyCore:
     # ---- the source threads
     def _run(self, slot: _Slot) -> None:
         while True:
+            old: Source | None = None
             with self._cond:
                 self._cond.wait_for(
                     lambda: self._stopping or slot.reopen or not slot.healthy
@@ -312,13 +313,16 @@ class EntropyCore:
                     return
                 if slot.reopen:
                     slot.reopen = False
-                    self._down(slot, "")
+                    old = self._down(slot)
                     slot.retry = self.retry_min
                     slot.wait = 0.0
                     reopened = True
                 else:
                     reopened = False
                 delay = 0.0 if (slot.healthy or reopened) else slot.wait
+            if old is not None:
+                _close_quietly(old)  # device I/O: never with the lock held
+            with self._cond:
                 if delay:
                     self._cond.wait_for(lambda: self._stopping or slot.reopen, delay)
                     if self._stopping:
@@ -373,7 +377,7 @@ class EntropyCore:
         with self._cond:
             slot.failures += 1
             slot.last_error = reason
-            self._down(slot, reason)
+            self._down(slot)
             slot.wait = slot.retry
             slot.retry = min(self.retry_max, slot.retry * 2)
             self._log("source-failed", {
@@ -384,15 +388,14 @@ class EntropyCore:
         if src is not None:
             _close_quietly(src)
 
-    def _down(self, slot: _Slot, reason: str) -> None:
-        """Take the slot out of service (lock held): no more contributions from it."""
+    def _down(self, slot: _Slot) -> Source | None:
+        """Take the slot out of service (lock held); the caller closes the source returned."""
         old = slot.source
         slot.healthy = slot.fresh = False
         slot.drop_pending()
         slot.source = slot.monitor = None
-        if old is not None and not reason:
-            _close_quietly(old)  # a reopen; a failure's caller closes its own handle
         self._note_serving()
+        return old
 
     def _close_all(self) -> None:
         with self._cond:
