@@ -246,10 +246,9 @@ class EntropyCore:
         if not 1 <= n <= MAX_READ:
             raise ValueError(f"a read must ask for 1 to {MAX_READ} bytes")
         with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self._stopping or self._serving_locked(), timeout
-            )
-            if not ok or self._stopping or self._out is None:
+            if self._stopping or not self._serving_locked():  # else no waiting to set up
+                self._cond.wait_for(lambda: self._stopping or self._serving_locked(), timeout)
+            if self._stopping or self._out is None or not self._serving_locked():
                 return None
             if (
                 self._since_reseed + n > self.reseed_bytes
