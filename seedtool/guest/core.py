@@ -9,7 +9,7 @@ came from, the image's policy and its paths, it:
 2. records the seed id in the ledger, durably, before anything is credited, and
    refuses a seed id the ledger already holds;
 3. mixes in local unpredictable inputs (instance id, high-resolution clocks, the
-   boot id, a few bytes of /dev/hwrng if it has them ready);
+   boot id);
 4. credits `8 x seed bytes` bits, at most `envelope.MAX_CREDIT_BITS` (512), with
    RNDADDENTROPY only when all of that passed, and otherwise writes everything to
    /dev/urandom uncredited and records why;
@@ -64,7 +64,6 @@ STAGE_CLOUD_INIT = "cloud-init"
 STAGE_EARLY = "early-boot"
 #: bytes of the local-inputs digest appended to what goes into the pool
 LOCAL_DIGEST_LEN = 64
-HWRNG_BYTES = 32
 
 
 class SeedNotCredited(EnvelopeError):
@@ -79,7 +78,7 @@ class Paths(Record):
     """Every file the guest touches (as strings); `under(root)` puts them below a test root."""
 
     __slots__ = ("root", "policy", "ledger", "status", "seed_file", "random_seed", "kmsg",
-                 "urandom", "hwrng", "boot_id")
+                 "urandom", "boot_id")
     FIELDS = __slots__
     root: str
     policy: str
@@ -89,7 +88,6 @@ class Paths(Record):
     random_seed: str
     kmsg: str
     urandom: str
-    hwrng: str
     boot_id: str
 
     @classmethod
@@ -108,7 +106,6 @@ class Paths(Record):
             random_seed=j(r, "var/lib/systemd/random-seed"),
             kmsg=j(d, "dev/kmsg"),
             urandom=j(d, "dev/urandom"),
-            hwrng=j(d, "dev/hwrng"),
             boot_id=j(d, "proc/sys/kernel/random/boot_id"),
         )
 
@@ -256,9 +253,11 @@ def local_inputs(instance_id: str, paths: Paths) -> list[tuple[str, bytes]]:
     boot_id = _read_small(paths.boot_id)
     if boot_id:
         inputs.append(("boot-id", boot_id))
-    hw = kernel.read_nonblocking(paths.hwrng, HWRNG_BYTES)
-    if hw:
-        inputs.append(("hwrng", hw))
+    # No /dev/hwrng: the kernel's hwrng thread already feeds it into the pool
+    # (drivers/char/hw_random/core.c hwrng_fillfn), and a read can block even with
+    # O_NONBLOCK: rng_dev_read takes reading_mutex first, which that thread holds
+    # while it waits on the device. A virtio-rng whose host backend lost a request
+    # (rng-egd after its daemon restarted) held a boot in this read for good.
     return inputs
 
 

@@ -104,33 +104,3 @@ def kmsg(device: str, line: str, level: int = KMSG_LEVEL) -> None:
     finally:
         os.close(fd)
 
-
-def read_nonblocking(device: str, n: int, tries: int = 5, pause: float = 0.01) -> bytes:
-    """Up to `n` bytes from a device opened O_NONBLOCK (e.g. /dev/hwrng); b'' if none.
-
-    hw_random honours O_NONBLOCK (drivers/char/hw_random/core.c: `rng_get_data(...,
-    !(filp->f_flags & O_NONBLOCK))`), so this never waits for a slow source longer
-    than `tries * pause` seconds.
-    """
-    import time
-
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    try:
-        got = b""
-        for _ in range(tries):
-            try:
-                chunk = os.read(fd, n - len(got))
-            except BlockingIOError:
-                chunk = b""
-            except OSError:
-                break
-            got += chunk
-            if len(got) >= n:
-                break
-            time.sleep(pause)
-        return got
-    finally:
-        os.close(fd)
