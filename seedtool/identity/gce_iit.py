@@ -340,8 +340,7 @@ class GceIit:
         parts = token.split(".")
         if len(parts) != 3:
             raise Malformed("the token is not a JWT in compact form (three base64url parts)")
-        header_b, payload_b, signature = (_b64url(p) for p in parts)
-        header = _json_object(header_b, "header")
+        header = _json_object(_b64url(parts[0]), "header")
         # RFC 8725 section 3.1: accept only the algorithm this kind of token is signed with
         if header.get("alg") != "RS256":
             raise EvidenceInvalid("the token is not signed RS256, the only algorithm "
@@ -352,6 +351,7 @@ class GceIit:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > 128:
             raise EvidenceInvalid("the token's header has no key id (kid)")
+        payload_b, signature = _b64url(parts[1]), _b64url(parts[2])
         key = self.certs.key(kid, now)
         if len(signature) != (key.key_size + 7) // 8:
             raise EvidenceInvalid("the token's signature does not verify with Google's key")
