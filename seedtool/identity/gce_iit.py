@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import http.client
 import json
 import re
 import threading
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeGuard
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,6 +51,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..shared.errors import UsageError
 from . import EvidenceInvalid, Identity, IdentityError, Malformed, NotAllowed, text_field
+
+if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+; annotations are not evaluated
+    from typing import TypeGuard
 
 #: the issuers of Google's ID tokens (Google Identity, "OpenID Connect": validating an ID token)
 ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
@@ -238,7 +242,7 @@ class GoogleCerts:
         try:
             body, headers = self._fetch(self.url, FETCH_TIMEOUT)
             keys = parse_certs(body)
-        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError, timeouts: OSError
             if self._keys is not None and self._attempt < self._keys.until:
                 return  # the cached answer is still fresh: keep using it
             what = e.reason if isinstance(e, urllib.error.URLError) else e
@@ -264,9 +268,10 @@ class GceIit:
     its creation) served; `certs`: a file of Google's certificates instead of fetching
     `certs_url`; `confirm`: also ask Compute Engine (instances.get) that the instance
     exists, is booting or running, and is the one the token names, through
-    `compute_client_factory()` (a google-cloud-compute InstancesClient; by default one
-    with Application Default Credentials); `fetch(url, timeout) -> (body, headers)`
-    replaces the urllib request; `clock` is the monotonic clock of the certificate cache.
+    `compute_client_factory()` (a google-cloud-compute InstancesClient, one per thread;
+    by default one with Application Default Credentials at `compute_endpoint`);
+    `fetch(url, timeout) -> (body, headers)` replaces the urllib request; `clock` is the
+    monotonic clock of the certificate cache.
     """
 
     kind: ClassVar[str] = "gce-iit"
@@ -277,7 +282,8 @@ class GceIit:
                  certs_url: str = "https://www.googleapis.com/oauth2/v1/certs",
                  confirm: bool = False, compute_client_factory: Callable[[], Any] | None = None,
                  fetch: Fetch | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 compute_endpoint: str | None = None) -> None:
         if not audience:
             raise UsageError("gce-iit needs audience=, this server's URL as the VMs ask for it")
         if not projects:
@@ -294,7 +300,10 @@ class GceIit:
         self.max_age = float(max_age)
         self.certs = GoogleCerts(certs_url, file=certs, fetch=fetch, clock=clock)
         self.confirm = confirm
-        self._factory = compute_client_factory
+        self._factory = compute_client_factory or functools.partial(_default_client,
+                                                                    compute_endpoint)
+        if confirm and compute_client_factory is None:
+            _check_confirm_possible()
         self._local = threading.local()
 
     # -- the check --------------------------------------------------------------------
@@ -388,7 +397,7 @@ class GceIit:
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = (self._factory or _default_client)()
+            client = self._local.client = self._factory()
         return client
 
     def _confirm(self, project: str, zone: str, name: str, instance_id: str,
@@ -419,7 +428,9 @@ class GceIit:
         if inst.status not in LIVE_STATUSES:
             raise EvidenceInvalid(f"instance {name} is {inst.status}, not booting or running")
         try:
-            stamp = datetime.fromisoformat(inst.creation_timestamp).timestamp()
+            text = str(inst.creation_timestamp)  # RFC 3339; fromisoformat reads "Z" from 3.11
+            text = text[:-1] + "+00:00" if text.endswith("Z") else text
+            stamp = datetime.fromisoformat(text).timestamp()
         except (TypeError, ValueError):
             raise ComputeUnavailable(f"Compute Engine gave instance {name} a creation time "
                                      "this server cannot read") from None
@@ -432,12 +443,28 @@ class GceIit:
 def _words() -> Any:
     from ..clouds import gcp
 
-    return gcp.Words(project="projects=", endpoint="the Compute endpoint",
+    return gcp.Words(project="GOOGLE_CLOUD_PROJECT", endpoint="compute_endpoint=",
                      error=ComputeUnavailable, refused=ComputeUnavailable, usage=UsageError)
 
 
-def _default_client() -> Any:
-    """An InstancesClient with Application Default Credentials (read-only scope)."""
+def _check_confirm_possible() -> None:
+    """confirm= needs google-cloud-compute and Application Default Credentials: say so
+    when the server starts, not on its first request."""
+    from ..clouds import gcp
+
+    try:
+        import google.cloud.compute_v1  # noqa: F401
+    except ImportError:
+        raise UsageError("gce-iit confirm= needs google-cloud-compute; install "
+                         "seedtool[gcp]") from None
+    if not gcp.adc_may_exist():
+        raise UsageError(f"gce-iit confirm= needs Google Application Default Credentials "
+                         f"with compute.instances.get; {gcp.ADC_FIX}")
+
+
+def _default_client(endpoint: str | None) -> Any:
+    """An InstancesClient with Application Default Credentials (read-only scope), at
+    `endpoint` when given (a Private Service Connect endpoint, a test's fake)."""
     from ..clouds import gcp
 
     try:
@@ -446,7 +473,7 @@ def _default_client() -> Any:
         raise UsageError("gce-iit confirm= needs google-cloud-compute; install "
                          "seedtool[gcp]") from None
     creds, _ = gcp.credentials(None, None, COMPUTE_READONLY_SCOPE, _words())
-    return gcp.client(compute_v1.InstancesClient, creds, None)
+    return gcp.client(compute_v1.InstancesClient, creds, endpoint)
 
 
 # -- parsing helpers ---------------------------------------------------------------------

@@ -659,3 +659,65 @@ def test_confirm_with_instances_get(compute: Any, clock: Clock) -> None:
 
         del compute.instances[(PROJECT, ZONE, "vm-1")]
         refused(c, token, EvidenceInvalid, now=now, status=401)
+
+
+def _no_adc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP",
+                "K_SERVICE", "FUNCTION_TARGET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+
+
+def test_confirm_without_credentials_is_refused_at_start(
+        fake: FakeGceMetadata, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("google.cloud.compute_v1")
+    from seedtool.clouds import gcp
+
+    _no_adc(monkeypatch, tmp_path)
+    if gcp.adc_may_exist():  # a Google VM (DMI product name): ADC may come from metadata
+        pytest.skip("this machine looks like a Compute Engine VM")
+    with pytest.raises(UsageError) as info:
+        GceIit(AUD, frozenset({PROJECT}), certs_url=fake.certs_url, confirm=True)
+    assert "Application Default Credentials" in str(info.value)
+
+
+def test_confirm_with_application_default_credentials(
+        compute: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default client: ADC (identity federation, whose token exchange is the fake's
+    /token) and `compute_endpoint`; the fake then requires the bearer token."""
+    from datetime import datetime
+
+    from google.cloud import compute_v1
+
+    from seedtool.clouds import gcp
+
+    _no_adc(monkeypatch, tmp_path)
+    subject = tmp_path / "subject-token"
+    subject.write_text("subject-token")
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({
+        "type": "external_account",
+        # a workforce pool: no project number, so google-auth asks Resource Manager
+        # for no project id (which it would, off this machine's network)
+        "audience": "//iam.googleapis.com/locations/global/workforcePools/ci/providers/ci",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": f"{compute.endpoint}/token",
+        "credential_source": {"file": str(subject)},
+    }))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    from google.auth.credentials import AnonymousCredentials
+
+    gcp.client(compute_v1.InstancesClient, AnonymousCredentials(), compute.endpoint).insert_unary(
+        project=PROJECT, zone=ZONE, instance_resource=compute_v1.Instance(name="vm-1"))
+    compute.token = "access-token-for-tests"
+    inst = compute.instances[(PROJECT, ZONE, "vm-1")]
+    created = int(datetime.fromisoformat(inst["creationTimestamp"]).timestamp())
+    with FakeGceMetadata(vms=[Vm(instance_id=inst["id"], created=created)],
+                         clock=lambda: created + 1.0) as meta:
+        c = GceIit(AUD, frozenset({PROJECT}), certs_url=meta.certs_url, confirm=True,
+                   compute_endpoint=compute.endpoint, clock=clock)
+        assert c.verify(ev(vm_token(meta)), now=created + 2.0)
+    gets = compute.calls("get")
+    assert gets and gets[-1].authorization == "Bearer access-token-for-tests"
+    assert gets[-1].status == 200
