@@ -95,6 +95,20 @@ def _decode(data: Any, encoding: Any) -> bytes | str:
     return _as_bytes(data)
 
 
+def _pkl_store() -> Any:
+    """cloud-init's own writer of obj.pkl: `cloudinit.sources.pkl_store` in 22.4.2,
+    25.1 and 26.2, `cloudinit.stages._pkl_store` in 20.4.1 (Debian 11). Chosen by what
+    this cloud-init has, never by its version number."""
+    from cloudinit import sources
+
+    store = getattr(sources, "pkl_store", None)
+    if store is None:
+        from cloudinit import stages
+
+        store = getattr(stages, "_pkl_store")  # noqa: B009 - a private name, on purpose
+    return store
+
+
 def _platform(cloud: Any) -> str:
     ds = getattr(cloud, "datasource", None)
     for attr in ("platform_type", "dsname"):
@@ -216,9 +230,7 @@ def _scrub(cloud: Any, cfg: dict, values: list[Any], secret: bytes | None,
             pkl = None
         if in_memory and pkl and os.path.exists(pkl):
             try:
-                from cloudinit import sources
-
-                sources.pkl_store(ds, pkl)
+                _pkl_store()(ds, pkl)
             except Exception as e:
                 LOG.debug("seedtool: could not re-pickle the datasource (%s)", type(e).__name__)
     t_tree = time.monotonic()

@@ -36,27 +36,80 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-RELEASES = ("bookworm", "trixie")
 MIRROR = os.environ.get("SEEDTOOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one Debian release needs to become a test image, and what it ships.
+
+    The only place that knows releases apart: the builder, the VM harness, the chroot
+    tests and the benchmarks read this table (the guest itself never sees a release
+    name; it decides from what it observes at boot). Versions are those in Debian's
+    archive in 2026-12 (packages.debian.org); the tests check them against the roots.
+    """
+
+    name: str
+    number: str
+    #: cloud-init's upstream version, as `cloudinit.version.version_string()` starts
+    cloud_init: str
+    #: the image python's byte-code tag (sys.implementation.cache_tag)
+    python_tag: str
+    #: linux-image-cloud-amd64's upstream version, major.minor
+    kernel: str
+    #: packages beyond COMMON_PACKAGES
+    packages: tuple[str, ...]
+
+    @property
+    def kernel_version(self) -> tuple[int, int]:
+        major, minor = self.kernel.split(".")[:2]
+        return int(major), int(minor)
+
 
 # Measured on Debian 12 hosts: without python3-cffi-backend cloud-init stays unconfigured;
 # trixie's minbase lacks e2fsprogs (cloud-init's resizefs then fails). python3-cryptography
 # comes with cloud-init anyway (python3-oauthlib, -jwt, -requests depend on it); the guest
 # does not use it (seedtool.shared.ed25519 is pure Python).
-BASE_PACKAGES = (
+COMMON_PACKAGES = (
     "linux-image-cloud-amd64",
     "systemd-sysv",
     "udev",
     "cloud-init",
     "openssh-server",
     "ifupdown",
-    "isc-dhcp-client",
     "iproute2",
     "dbus",
     "python3-cffi-backend",
     "python3-cryptography",
     "e2fsprogs",
 )
+
+# ifupdown's `inet dhcp` runs whichever DHCP client is installed (interfaces(5)); sid
+# no longer has isc-dhcp-client (removed from unstable in 2026; cloud-init 26.2 depends
+# on dhcpcd-base | udhcpc | isc-dhcp-client), so it gets dhcpcd-base.
+TABLE: dict[str, Release] = {
+    r.name: r
+    for r in (
+        Release("bullseye", "11", "20.4", "cpython-39", "5.10", ("isc-dhcp-client",)),
+        Release("bookworm", "12", "22.4", "cpython-311", "6.1", ("isc-dhcp-client",)),
+        Release("trixie", "13", "25.1", "cpython-313", "6.12", ("isc-dhcp-client",)),
+        Release("sid", "unstable", "26.2", "cpython-314", "7.2", ("dhcpcd-base",)),
+    )
+}
+RELEASES = tuple(TABLE)
+
+
+def release_info(name: str) -> Release:
+    try:
+        return TABLE[name]
+    except KeyError:
+        raise ImageBuildError(f"unknown release {name!r}; use one of {', '.join(RELEASES)}")\
+            from None
+
+
+def packages(release: str) -> tuple[str, ...]:
+    return COMMON_PACKAGES + release_info(release).packages
+
 
 #: bump to force every cached root to be rebuilt
 ROOT_FORMAT = 1
@@ -127,7 +180,7 @@ def _root_spec(release: str) -> dict[str, object]:
         "release": release,
         "mirror": MIRROR,
         "variant": "minbase",
-        "packages": sorted(BASE_PACKAGES),
+        "packages": sorted(packages(release)),
     }
 
 
@@ -137,8 +190,7 @@ def _digest(obj: object) -> str:
 
 def base_root(release: str) -> Path:
     """The cached debootstrap root for `release`, built first if needed (about 90 s)."""
-    if release not in RELEASES:
-        raise ImageBuildError(f"unknown release {release!r}; use one of {', '.join(RELEASES)}")
+    release_info(release)
     roots = cache_dir() / "roots"
     root = roots / release
     marker = roots / f"{release}{COMPLETE}"
@@ -168,7 +220,7 @@ def base_root(release: str) -> Path:
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=" + ",".join(BASE_PACKAGES),
+                "--include=" + ",".join(packages(release)),
                 release,
                 str(partial),
                 MIRROR,

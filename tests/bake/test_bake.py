@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devtools.images import base_root
+from devtools.images import RELEASES, TABLE, base_root
 from seedtool import bake as lib
 from seedtool.bake import install
 from seedtool.bake.install import install_guest
@@ -67,7 +67,7 @@ def host_pub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "host.pub"
 
 
-@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+@pytest.fixture(scope="module", params=RELEASES)
 def fresh_root(request: pytest.FixtureRequest,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """An unbaked copy of a real Debian root (host keys, machine id and all)."""
@@ -154,8 +154,7 @@ def test_bake_real_debian_root_then_check_is_clean(
             assert head[:4] == importlib.util.MAGIC_NUMBER
             assert int.from_bytes(head[4:8], "little") == 0b11  # checked hash
             assert head[8:16] == importlib.util.source_hash(src.read_bytes())
-    assert ours == (release == "bookworm" and tag == "cpython-311"
-                    or release == "trixie" and tag == "cpython-313")
+    assert ours == (tag == TABLE[release].python_tag)
 
     # idempotent: a second bake changes nothing, not even an inode
     snap = snapshot(root)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devtools.images import base_root
+from devtools.images import RELEASES, TABLE, base_root
 from seedtool.bake import install
 from seedtool.bake.install import install_guest, with_seedtool
 from seedtool.guest.policy import PolicyError
@@ -27,7 +27,7 @@ from seedtool.shared.errors import DeliveryError, SigningKeyError, UsageError
 SEEDTOOL = ["seedtool", "once-per-instance"]
 
 
-@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+@pytest.fixture(scope="module", params=RELEASES)
 def debian_etc_cloud(request: pytest.FixtureRequest) -> Path:
     """/etc/cloud of a real Debian root (read only: we copy it)."""
     return base_root(request.param) / "etc/cloud"
@@ -253,16 +253,16 @@ print(",".join(heavy) or "none")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
-@pytest.mark.parametrize("release", ["bookworm", "trixie"])
+@pytest.mark.parametrize("release", RELEASES)
 def test_byte_code_is_made_for_the_image_python(tmp_path: Path, pub: Path, release: str) -> None:
-    # bookworm's python 3.11 has this python's magic number (compiled here); trixie's
-    # 3.13 does not (compiled by the image's own python3 under chroot)
+    # an image python with this python's magic number is compiled for here (bookworm's
+    # 3.11 on a Debian 12 host); any other by the image's own python3 under chroot
     root = tmp_path / "root"
     # cp -a keeps the root's device nodes as nodes: shutil.copytree would read
     # /dev/full and /dev/zero as files, forever, and fill the disk
     subprocess.run(["cp", "-a", "--", str(base_root(release)), str(root)], check=True)
     written = install_guest(root, [pub])
-    tag = "cpython-311" if release == "bookworm" else "cpython-313"
+    tag = TABLE[release].python_tag
     pycs = [p for p in written if p.endswith(".pyc")]
     assert f"/usr/lib/seedtool/python/seedtool/guest/__pycache__/core.{tag}.pyc" in pycs
     assert f"/usr/lib/python3/dist-packages/__pycache__/cc_seedtool.{tag}.pyc" in pycs
