@@ -50,10 +50,12 @@ VALUES (:boot, :instance, :kind, :client, :at)
 """
 ISSUED_COLUMNS = "at, instance, boot, kind, client, slot, seed_id, key_id"
 REFUSED_COLUMNS = "at, instance, boot, kind, client"
-SHOW_ISSUED = f"SELECT {ISSUED_COLUMNS} FROM seedtool_issuance WHERE instance = :instance"
-SHOW_REFUSED = f"SELECT {REFUSED_COLUMNS} FROM seedtool_refusal WHERE instance = :instance"
-LIST_ISSUED = f"SELECT {ISSUED_COLUMNS} FROM seedtool_issuance WHERE at >= :since"
-LIST_REFUSED = f"SELECT {REFUSED_COLUMNS} FROM seedtool_refusal WHERE at >= :since"
+BY_INSTANCE = "WHERE instance = :instance ORDER BY at, id"
+SINCE = "WHERE at >= :since ORDER BY at, id"
+SHOW_ISSUED = f"SELECT {ISSUED_COLUMNS} FROM seedtool_issuance {BY_INSTANCE}"
+SHOW_REFUSED = f"SELECT {REFUSED_COLUMNS} FROM seedtool_refusal {BY_INSTANCE}"
+LIST_ISSUED = f"SELECT {ISSUED_COLUMNS} FROM seedtool_issuance {SINCE}"
+LIST_REFUSED = f"SELECT {REFUSED_COLUMNS} FROM seedtool_refusal {SINCE}"
 ADD_TOKEN = """
 INSERT INTO seedtool_token (digest, created, expires) VALUES (:digest, :created, :expires)
 ON CONFLICT (digest) DO NOTHING
@@ -74,9 +76,10 @@ def _refused(row: Sequence[Any]) -> Issuance:
 
 
 def _in_order(issued: Sequence[Any], refused: Sequence[Any]) -> builtins.list[Issuance]:
+    # both come ORDER BY at, id; the sort is stable, so at equal times the events keep
+    # their order of insertion and issuances come before the refusals they caused
     events = [_issued(r) for r in issued] + [_refused(r) for r in refused]
-    # at equal times an issuance sorts before the refusal it caused
-    events.sort(key=lambda e: (e.at, e.event != "issued", e.number or 0))
+    events.sort(key=lambda e: e.at)
     return events
 
 
