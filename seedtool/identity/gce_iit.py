@@ -76,12 +76,11 @@ LIVE_STATUSES = frozenset({"PROVISIONING", "STAGING", "RUNNING"})
 COMPUTE_READONLY_SCOPE = "https://www.googleapis.com/auth/compute.readonly"
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
-# What a project id, zone, instance name and id may look like (Compute Engine resource
-# naming; a domain-scoped project id is "example.com:name"). Google signs these; the
-# patterns only keep our audit strings plain.
+# Google signs the claims; these loose patterns only keep our audit strings plain: a
+# project id (a domain-scoped one is "example.com:name"), a zone or instance name
+# (RFC 1035 labels), an instance id (an unsigned 64-bit number).
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,99}")
-_ZONE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ID = re.compile(r"[0-9]{1,20}")
 
 Fetch = Callable[[str, float], tuple[bytes, Mapping[str, str]]]
@@ -318,9 +317,9 @@ class GceIit:
             raise EvidenceInvalid("the token carries no Compute Engine instance claims; "
                                   "ask the metadata server for it with format=full")
         project = _claim(engine, "project_id", _PROJECT)
-        zone = _claim(engine, "zone", _ZONE)
+        zone = _claim(engine, "zone", _LABEL)
         instance_id = _claim(engine, "instance_id", _ID)
-        name = _claim(engine, "instance_name", _NAME)
+        name = _claim(engine, "instance_name", _LABEL)
         created = engine.get("instance_creation_timestamp")
         if not _is_int(created) or created < 0:
             raise EvidenceInvalid("the token's instance_creation_timestamp is not a number "
