@@ -288,6 +288,9 @@ class GceIit:
         if not projects:
             raise UsageError("gce-iit needs projects=, the Google Cloud projects whose "
                              "instances this server serves")
+        if zones is not None and not zones:
+            raise UsageError("gce-iit zones= is empty, which would serve no instance; name "
+                             "zones or leave zones= out to serve every zone")
         if max_age <= 0:
             raise UsageError("gce-iit max_age= must be a positive number of seconds")
         if certs is None and not certs_url.startswith(("https://", "http://127.0.0.1",

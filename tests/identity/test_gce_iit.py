@@ -143,6 +143,10 @@ def test_projects_are_required(fake: FakeGceMetadata, clock: Clock) -> None:
         check(fake, clock, projects=frozenset())
     with pytest.raises(UsageError):
         GceIit("", frozenset({PROJECT}))
+    with pytest.raises(UsageError):
+        check(fake, clock, zones=frozenset())
+    with pytest.raises(UsageError):
+        check(fake, clock, max_age=0)
 
 
 # --- refusals ----------------------------------------------------------------------------
