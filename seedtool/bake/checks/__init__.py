@@ -8,6 +8,8 @@ its group and one line in `CHECKS`. The groups:
 * `guest`: the guest installed as `install_guest` lays it out, and what it runs on;
 * `cloudinit`: cloud-init's effective module list runs seedtool after seed_random and
   before ssh;
+* `keygen`: every systemd unit that makes SSH host keys runs after the unit where
+  seedtool credits;
 * `policy`: the image's seed policy is one the guest accepts, and names trusted keys;
 * `secrets`: the whole-image scan for private keys and envelopes (last, as it skips
   the paths earlier checks named).
@@ -25,7 +27,7 @@ from ...guest.policy import Policy
 from ...image.fs import TargetFS
 from ..findings import Finding
 from ..imagescan import ScanBounds
-from . import cloudinit, guest, policy, secrets, shared_state
+from . import cloudinit, guest, keygen, policy, secrets, shared_state
 
 
 @dataclass
@@ -53,6 +55,7 @@ CHECKS: tuple[Check, ...] = (
     guest.early_unit_not_overridden,
     guest.guest_module_current,
     cloudinit.module_list,
+    keygen.keygen_after_credit,
     policy.policy_valid,
     policy.trusted_keys,
     guest.python_present,
