@@ -34,7 +34,8 @@ RSA-2048 key of the document's Region). The check here:
 Only IMDS's RSA-2048 form is read; the legacy ``/signature`` (and the DSA ``/pkcs7``)
 are not. Errors are `Malformed` (400), `EvidenceInvalid` (401) or `NotAllowed` (403);
 an EC2 API failure under describe=True is a `CloudError` (the server's 503). No
-message holds the document, the signature or a field of a document not yet verified.
+message holds the document or the signature; of a document not yet verified, only a
+well-formed Region name is ever repeated (to say which certificate is missing).
 """
 
 from __future__ import annotations
@@ -667,25 +668,36 @@ def _shown(state: str) -> str:
     return state if _PLAIN.fullmatch(state) else "in another state"
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key appears twice")
+    return out
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """The document as a JSON object with no key twice (so every reader of it agrees
+    on its fields), or None."""
+    try:
+        doc = json.loads(content, object_pairs_hook=_unique)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _region_of(content: bytes) -> str | None:
     """The region an unverified document names, only to pick its certificate; None
     unless it is a JSON object with a well-formed region."""
-    try:
-        doc = json.loads(content)
-    except ValueError:
-        return None
-    region = doc.get("region") if isinstance(doc, dict) else None
+    doc = _json_object(content)
+    region = doc.get("region") if doc is not None else None
     return region if isinstance(region, str) and _REGION.fullmatch(region) else None
 
 
 def _fields(content: bytes) -> dict[str, str]:
     """The signed document's fields this check uses, each well-formed, or Malformed."""
-    try:
-        doc = json.loads(content)
-    except ValueError:
-        raise Malformed("the signed document is not JSON") from None
-    if not isinstance(doc, dict):
-        raise Malformed("the signed document is not a JSON object")
+    doc = _json_object(content)
+    if doc is None:
+        raise Malformed("the signed document is not a JSON object with distinct keys")
     out: dict[str, str] = {}
     for key, pattern in (("accountId", _ACCOUNT), ("region", _REGION),
                          ("instanceId", _INSTANCE_ID), ("imageId", _IMAGE_ID),

@@ -33,7 +33,7 @@ from seedtool.identity import (
     NotAllowed,
 )
 from seedtool.identity.aws_iid import AwsIid, load_certs
-from seedtool.shared.errors import UsageError
+from seedtool.shared.errors import CloudError, UsageError
 
 if TYPE_CHECKING:
     from devtools.moto_server import MotoServer
@@ -471,6 +471,21 @@ def test_a_signed_content_that_is_not_json(imds: FakeImds, check: AwsIid) -> Non
     refused(check, evidence(doc, imds.sign(doc, "us-east-1")), EvidenceInvalid)
 
 
+def test_a_signed_document_with_a_key_twice(imds: FakeImds, check: AwsIid) -> None:
+    doc = imds.document(pending_time=NOW - 60)
+    twice = doc.replace('"accountId" : "123456789012",',
+                        '"accountId" : "123456789012",\n  "accountId" : "210987654321",')
+    assert twice != doc
+    refused(check, evidence(twice, imds.sign(twice, "us-east-1")), EvidenceInvalid)
+
+
+def test_an_unverified_odd_region_is_not_repeated(imds: FakeImds, check: AwsIid) -> None:
+    odd = "<b>" + "x" * 30
+    doc = imds.document(region=odd, pending_time=NOW - 60)
+    message = refused(check, evidence(doc, imds.sign(doc, "us-east-1")), EvidenceInvalid)
+    assert odd not in message and "no recognisable region" in message
+
+
 @pytest.mark.parametrize("ev", [
     {"kind": "aws-iid"}, {"kind": "aws-iid", "document": "{}"},
     {"kind": "aws-iid", "document": 7, "rsa2048": "QUJD"},
@@ -639,6 +654,22 @@ def test_describe_checks_tags(imds: FakeImds, certs: Path, moto_server: MotoServ
     _described(moto_server, certs, tags={"role": "web"}).verify(ev, now=NOW)
     message = refused(_described(moto_server, certs, tags={"role": "db"}), ev, NotAllowed)
     assert "role=db" in message
+
+
+def test_describe_when_ec2_cannot_be_reached_is_a_cloud_error(
+        imds: FakeImds, certs: Path, aws_env: dict[str, str]) -> None:
+    """Not the instance's fault: the server answers 503, not 401/403."""
+    import socket
+
+    pytest.importorskip("boto3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    check = AwsIid(certs=certs, describe=True, endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(CloudError) as info:
+        check.verify(evidence(*make(imds)), now=NOW)
+    assert not isinstance(info.value, IdentityError)
+    assert "could not connect to EC2" in str(info.value)
 
 
 def test_describe_runs_only_after_the_signature(imds: FakeImds, certs: Path) -> None:
