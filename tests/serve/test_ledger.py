@@ -301,7 +301,7 @@ def test_hundreds_of_threads_on_one_boot_get_exactly_k(backend: Backend) -> None
 
 def test_three_server_processes_on_one_boot_get_exactly_k(backend: Backend) -> None:
     boot = "token:processes"
-    backend.open().close()
+    # no ledger opened first: the three also race to create the schema
     ctx = multiprocessing.get_context("spawn")
     servers, per = 3, 60
     start = ctx.Barrier(servers)
@@ -317,6 +317,17 @@ def test_three_server_processes_on_one_boot_get_exactly_k(backend: Backend) -> N
         p.join(timeout=60)
         assert p.exitcode == 0
     _check_exactly_k(backend, boot, results, servers * per)
+
+
+def test_postgres_default_isolation_does_not_change_the_rule(postgres: Backend) -> None:
+    # the slot rule needs READ COMMITTED; a database whose default is stricter would
+    # turn lost races into serialization failures (503s) unless the ledger sets it
+    db = postgres.spec.rsplit("/", 1)[1]
+    postgres.raw(f"ALTER DATABASE {db} SET default_transaction_isolation TO 'repeatable read'")
+    boot = "token:isolation"
+    out: queue.Queue[list[str]] = queue.Queue()
+    _hammer(postgres.spec, boot, 100, "rr", None, out)
+    _check_exactly_k(postgres, boot, out.get_nowait(), 100)
 
 
 # --- faults -----------------------------------------------------------------------------------

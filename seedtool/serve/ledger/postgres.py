@@ -124,6 +124,10 @@ class PostgresLedger(SqlLedger):
         }
 
         def configure(conn: Any) -> None:
+            # the slot rule relies on READ COMMITTED: each statement of the issuing
+            # transaction sees what others committed (see _sql.py), whatever the
+            # database's default_transaction_isolation says
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
             conn.execute(f"SET statement_timeout = {ms}")
             conn.execute(f"SET lock_timeout = {ms}")
 

@@ -63,6 +63,7 @@ class SqliteLedger(SqlLedger):
     def __init__(self, path: Union[str, os.PathLike[str]], *, timeout: float = 5.0) -> None:
         self.where = f"the SQLite ledger {os.fspath(path)}"
         self._lock = threading.Lock()
+        self._timeout = timeout
         self._conn: Optional[sqlite3.Connection] = None
         try:
             # isolation_level=None: the module leaves transactions to our BEGIN/COMMIT
@@ -97,7 +98,11 @@ class SqliteLedger(SqlLedger):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
+        # this process's other threads wait as long as other processes would (busy_timeout)
+        if not self._lock.acquire(timeout=self._timeout):
+            raise LedgerUnavailable(f"{self.where} stayed busy for {self._timeout:g} seconds; "
+                                    "the request was not recorded and may be retried")
+        try:
             conn = self._conn
             if conn is None:
                 raise LedgerUnavailable(f"{self.where} is closed")
@@ -111,6 +116,8 @@ class SqliteLedger(SqlLedger):
             except BaseException:
                 self._rollback(conn)
                 raise
+        finally:
+            self._lock.release()
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
