@@ -78,7 +78,7 @@ class Paths(Record):
     """Every file the guest touches (as strings); `under(root)` puts them below a test root."""
 
     __slots__ = ("root", "policy", "ledger", "status", "seed_file", "random_seed", "kmsg",
-                 "urandom", "boot_id")
+                 "urandom", "boot_id", "proc_random")
     FIELDS = __slots__
     root: str
     policy: str
@@ -89,6 +89,7 @@ class Paths(Record):
     kmsg: str
     urandom: str
     boot_id: str
+    proc_random: str
 
     @classmethod
     def under(cls, root: str | os.PathLike[str] = "/",
@@ -107,6 +108,7 @@ class Paths(Record):
             kmsg=j(d, "dev/kmsg"),
             urandom=j(d, "dev/urandom"),
             boot_id=j(d, "proc/sys/kernel/random/boot_id"),
+            proc_random=j(d, "proc/sys/kernel/random"),
         )
 
     def in_root(self, absolute: str) -> str:
@@ -126,6 +128,11 @@ class Outcome:
         self.credited_bits = 0
         self.crng_before = "unknown"
         self.crng_after = "unknown"
+        #: the kernel's pool size (4096 bits before Linux 5.18, 256 from 5.18) and its
+        #: entropy_avail around the credit; None where /proc does not show them
+        self.pool_bits: int | None = None
+        self.entropy_before: int | None = None
+        self.entropy_after: int | None = None
         self.reason = ""
         self.time = ""
         self.boot_id = ""
@@ -176,6 +183,9 @@ class Outcome:
             "credited_bits": self.credited_bits,
             "crng_before": self.crng_before,
             "crng_after": self.crng_after,
+            "pool_bits": self.pool_bits,
+            "entropy_avail_before": self.entropy_before,
+            "entropy_avail_after": self.entropy_after,
             "reason": self.reason or None,
             "time": self.time,
             "boot_id": self.boot_id,
@@ -447,6 +457,8 @@ def credit_seed(
         clock[0] = t
 
     out.crng_before = kernel.crng_state()
+    out.pool_bits = kernel.pool_bits(paths.proc_random)
+    out.entropy_before = kernel.entropy_avail(paths.proc_random)
     policy, out.policy_error = read_policy(paths, policy)
     if out.policy_error:
         out.notes.append(out.policy_error)
@@ -483,6 +495,7 @@ def credit_seed(
     out.credited_bits, out.reason, notes = credit_or_mix(d, digest, paths.urandom)
     out.notes += notes
     out.crng_after = kernel.crng_state()
+    out.entropy_after = kernel.entropy_avail(paths.proc_random)
     mark("credit")
     announce(out, paths)
     mark("random-seed")

@@ -10,7 +10,17 @@ Facts used here (include/uapi/linux/random.h, drivers/char/random.c, random(4)):
 * `RNDRESEEDCRNG` = 0x5207 (4.17+, CAP_SYS_ADMIN) reseeds the CRNG from the pool
   now, so input added after the CRNG was already ready reaches its output at once
   instead of at the next periodic reseed.
-* `getrandom(1, GRND_NONBLOCK)` fails with EAGAIN until the CRNG is ready.
+* `getrandom(1, GRND_NONBLOCK)` fails with EAGAIN until the CRNG is ready (3.17+), on
+  both generations of the driver below.
+* Two generations of drivers/char/random.c, told apart by what /proc shows, never by
+  a version number. Before 5.18: a 4096-bit input pool (`poolsize` 4096) whose
+  estimate `entropy_avail` rises with every credit (capped at the pool size) and
+  falls as reseeds and /dev/random draw from it; the CRNG is ready once 128 bits are
+  credited, and afterwards reseeds from the pool only every 300 s
+  (CRNG_RESEED_INTERVAL) unless asked with RNDRESEEDCRNG. From 5.18 (the BLAKE2s
+  rewrite): `poolsize` is 256 and `entropy_avail` counts credits only up to the 256
+  bits that make the CRNG ready, then stays at 256; a credit still mixes its whole
+  buffer, and the CRNG reseeds on a schedule that starts short after boot.
 
 Nothing here logs or returns the bytes it is given; the ioctl buffer is a
 bytearray wiped after use.
@@ -44,6 +54,30 @@ def crng_state() -> str:
     except OSError:
         return "unknown"
     return "ready"
+
+
+#: `poolsize` from 5.18 on (POOL_BITS = BLAKE2S_HASH_SIZE * 8); 4096 before
+POOL_BITS_BLAKE2S = 256
+
+
+def pool_bits(proc_random: str) -> int | None:
+    """/proc/sys/kernel/random/poolsize: 4096 before Linux 5.18, 256 from 5.18; None
+    when unreadable."""
+    return _read_int(os.path.join(proc_random, "poolsize"))
+
+
+def entropy_avail(proc_random: str) -> int | None:
+    """/proc/sys/kernel/random/entropy_avail (see the module doc for what it means on
+    each generation); None when unreadable."""
+    return _read_int(os.path.join(proc_random, "entropy_avail"))
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read(32).strip())
+    except (OSError, ValueError):
+        return None
 
 
 def add_entropy(device: str, data: bytes | bytearray, bits: int) -> None:

@@ -71,7 +71,8 @@ def make_devices(base: Path) -> Path:
     (dev / "kmsg").touch()
     rnd = base / "proc/sys/kernel/random"
     rnd.mkdir(parents=True)
-    (rnd / "boot_id").symlink_to("/proc/sys/kernel/random/boot_id")
+    for name in ("boot_id", "poolsize", "entropy_avail"):
+        (rnd / name).symlink_to(f"/proc/sys/kernel/random/{name}")
     return base
 
 
@@ -151,6 +152,30 @@ def test_verified_seed_is_credited_once_with_a_real_ioctl(guest: Guest) -> None:
     assert not again.credited and again.reason == "already consumed" and not again.verified
     assert guest.ledger().count(new.seed_id) == 1
     assert LINE_MIXED.match(guest.kmsg_text().splitlines()[-1][3:])
+
+
+@needs_root
+def test_status_reports_the_kernel_pool_it_observed(guest: Guest) -> None:
+    # this machine's kernel, through the real /proc files: its pool size says which
+    # generation of drivers/char/random.c it runs (256 from Linux 5.18, 4096 before)
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    out = credit_seed(SeedFactory(guest.private_key).new().text, "user-data",
+                      stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
+    st = guest.status()
+    assert st["pool_bits"] == (256 if release >= (5, 18) else 4096) == out.pool_bits
+    assert isinstance(st["entropy_avail_before"], int)
+    if st["pool_bits"] == 256:  # ready: the count stays at the 256 bits readiness needs
+        assert st["entropy_avail_after"] == 256
+    # a 4096-bit pool (before 5.18) and a kernel whose /proc shows neither file
+    rnd = Path(guest.paths.proc_random)
+    for name in ("poolsize", "entropy_avail"):
+        (rnd / name).unlink()
+    (rnd / "poolsize").write_text("4096\n")
+    Path(guest.paths.status).unlink()  # else "no seed offered" keeps the earlier status
+    credit_seed(None, "user-data", stage=core.STAGE_CLOUD_INIT, paths=guest.paths)
+    st = guest.status()
+    assert (st["pool_bits"], st["entropy_avail_before"], st["entropy_avail_after"]) == \
+        (4096, None, None)
 
 
 @needs_root
