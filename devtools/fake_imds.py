@@ -46,12 +46,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._http import serve, stop, url_of
+# Served (start/stop/with on a 127.0.0.1 port) is not Google-specific, whatever its module
+from ._google import Served
 
 ACCOUNT = "123456789012"  # moto's default account too, so DescribeInstances agrees
 IMAGE = "ami-0123456789abcdef0"
@@ -88,7 +89,7 @@ class Seen:
     status: int
 
 
-class FakeImds:
+class FakeImds(Served):
     """See the module docstring. `with FakeImds() as imds:` or start()/stop()."""
 
     def __init__(self, regions: Iterable[str] = ("us-east-1", "eu-west-1"), *,
@@ -107,7 +108,6 @@ class FakeImds:
         self.seen: list[Seen] = []
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- the certificate table ------------------------------------------------------
 
@@ -208,27 +208,7 @@ class FakeImds:
                                  user_data, meta)
         return self.instance
 
-    # -- serving --------------------------------------------------------------------
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        return url_of(self._server)
-
-    def start(self) -> FakeImds:
-        self._server = serve(self._handle)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            stop(self._server)
-        self._server = None
-
-    def __enter__(self) -> FakeImds:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # -- serving (start(), stop(), `with` and `endpoint` come from Served) ----------
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         path = urlsplit(h.path).path
