@@ -56,7 +56,7 @@ class TokenStore(Protocol):
     """Where the tokens' digests live: the seed server's ledger."""
 
     def token_state(self, digest: bytes, now: float) -> str:
-        """"ok", "unknown", "expired" or "used"."""
+        """One of "ok", "unknown", "expired", "used"; see `Ledger.token_state`."""
         ...
 
 

@@ -399,6 +399,28 @@ def test_an_unreachable_postgres_is_one_sentence_without_the_password() -> None:
     assert "seeder@/nonexistent-dir:5432/ledger" in message
 
 
+def test_postgres_from_the_pg_environment(postgres: Backend,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(postgres.spec)
+    monkeypatch.setenv("PGHOST", urllib.parse.unquote(url.hostname or ""))
+    monkeypatch.setenv("PGPORT", str(url.port))
+    monkeypatch.setenv("PGUSER", url.username or "")
+    monkeypatch.setenv("PGDATABASE", url.path.lstrip("/"))
+    ledger = open_ledger("postgres")
+    try:
+        assert issue(ledger, ident()) == 1
+    finally:
+        ledger.close()
+    # the other URL scheme libpq knows opens the same database
+    again = open_ledger("postgres://" + postgres.spec.split("://", 1)[1])
+    try:
+        assert issue(again, ident()) == 2
+    finally:
+        again.close()
+
+
 # --- SQLite on a file system that goes read-only or fills up ----------------------------------
 
 @pytest.fixture

@@ -21,6 +21,7 @@ Messages name user@host:port/dbname, never the DSN's password.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,32 +70,23 @@ _SCHEMA_LOCK = 0x73656564746F6F6C
 _PARAM = re.compile(r"(?<!:):([a-z_]+)")
 
 
-def _where(dsn: str) -> str:
-    """user@host:port/dbname for messages: from the DSN and the PG* environment."""
+def _describe(dsn: str) -> tuple[str, str]:
+    """What messages call the ledger (user@host:port/dbname, from the DSN and the PG*
+    environment) and the DSN's password, which messages must never carry."""
     try:
         from psycopg.conninfo import conninfo_to_dict
 
         parts = conninfo_to_dict(dsn)
     except Exception:  # an unparsable DSN: psycopg itself will say so at connect
-        return "the PostgreSQL ledger"
-    import os
+        return "the PostgreSQL ledger", ""
 
     def part(key: str, env: str, default: str) -> str:
-        value = parts.get(key) or os.environ.get(env) or default
-        return str(value)
+        return str(parts.get(key) or os.environ.get(env) or default)
 
-    return (f"the PostgreSQL ledger {part('user', 'PGUSER', '')}@"
-            f"{part('host', 'PGHOST', 'localhost')}:{part('port', 'PGPORT', '5432')}"
-            f"/{part('dbname', 'PGDATABASE', '')}")
-
-
-def _password(dsn: str) -> str:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        return str(conninfo_to_dict(dsn).get("password") or "")
-    except Exception:
-        return ""
+    where = (f"the PostgreSQL ledger {part('user', 'PGUSER', '')}@"
+             f"{part('host', 'PGHOST', 'localhost')}:{part('port', 'PGPORT', '5432')}"
+             f"/{part('dbname', 'PGDATABASE', '')}")
+    return where, str(parts.get("password") or "")
 
 
 class PostgresLedger(SqlLedger):
@@ -112,8 +104,7 @@ class PostgresLedger(SqlLedger):
         self._psycopg = psycopg
         self._pool_errors: tuple[type[BaseException], ...] = (psycopg.Error,
                                                               psycopg_pool.PoolTimeout)
-        self.where = _where(dsn)
-        self._secret = _password(dsn)
+        self.where, self._secret = _describe(dsn)
         self._timeout = timeout
         ms = max(1, int(timeout * 1000))
         kwargs: dict[str, Any] = {
