@@ -758,3 +758,24 @@ def test_the_time_now_is_not_used_by_the_check(imds: FakeImds, check: AwsIid) ->
     same answer whatever the wall clock says."""
     doc, sig = make(imds, pending_time=time.time() - 10**6)
     check.verify(evidence(doc, sig), now=time.time() - 10**6 + 5)
+
+
+def test_fake_imds_signature_passes_the_aws_documented_openssl_check(
+        imds: FakeImds, tmp_path: Path) -> None:
+    """AWS's page "Verify the instance identity document using the RSA-2048 signature":
+    armour the reply as PKCS7 PEM, then `openssl smime -verify -inform PEM -certfile
+    certificate -noverify` prints the document out of the signature."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    doc, sig = make(imds, region="eu-west-1")
+    (tmp_path / "rsa2048").write_text(f"-----BEGIN PKCS7-----\n{sig}\n-----END PKCS7-----\n")
+    (tmp_path / "certificate").write_text(imds.certs_pem()["eu-west-1"])
+    done = subprocess.run(["openssl", "smime", "-verify", "-in", "rsa2048", "-inform", "PEM",
+                           "-certfile", "certificate", "-noverify"], cwd=tmp_path,
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == doc.encode()
+    assert b"Verification successful" in done.stderr
