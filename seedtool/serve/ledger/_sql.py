@@ -160,19 +160,21 @@ class SqlLedger:
         return True
 
     def show(self, instance: str) -> builtins.list[Issuance]:
-        with self._transaction() as cur:
-            cur.execute(self._sql(SHOW_ISSUED), {"instance": instance})
-            issued = cur.fetchall()
-            cur.execute(self._sql(SHOW_REFUSED), {"instance": instance})
-            refused = cur.fetchall()
-        return _in_order(issued, refused)
+        return self._events(SHOW_ISSUED, SHOW_REFUSED, {"instance": instance})
 
     def list(self, since: float) -> builtins.list[Issuance]:
+        return self._events(LIST_ISSUED, LIST_REFUSED, {"since": since})
+
+    def _events(self, issued_sql: str, refused_sql: str,
+                params: dict[str, Any]) -> builtins.list[Issuance]:
+        # refusals first: under READ COMMITTED each statement has its own snapshot, and
+        # the issuances that caused a refusal committed before it, so the second read
+        # sees them all; a refusal is never listed without its K issuances
         with self._transaction() as cur:
-            cur.execute(self._sql(LIST_ISSUED), {"since": since})
-            issued = cur.fetchall()
-            cur.execute(self._sql(LIST_REFUSED), {"since": since})
+            cur.execute(self._sql(refused_sql), params)
             refused = cur.fetchall()
+            cur.execute(self._sql(issued_sql), params)
+            issued = cur.fetchall()
         return _in_order(issued, refused)
 
     def add_tokens(self, hashes: Sequence[bytes], *, created: float, expires: float) -> None:
