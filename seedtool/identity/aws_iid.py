@@ -357,8 +357,12 @@ def _signers_of(pem: str, where: str) -> tuple[_Signer, ...]:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    blocks = _PEM_BLOCK.findall(pem)
     try:
-        certs = x509.load_pem_x509_certificates(pem.encode("ascii"))
+        if not blocks:
+            raise ValueError("no PEM block")
+        # one block at a time: load_pem_x509_certificates needs cryptography 39
+        certs = [x509.load_pem_x509_certificate(b.encode("ascii")) for b in blocks]
     except (ValueError, UnicodeEncodeError):
         raise UsageError(f"{where} is not a PEM certificate; copy it again from AWS's "
                          "'AWS public certificates' page") from None
@@ -372,6 +376,7 @@ def _signers_of(pem: str, where: str) -> tuple[_Signer, ...]:
     return tuple(out)
 
 
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _NAMED_PEM = re.compile(
     r"^[ \t]*(?:#[ \t]*)?(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2})[ \t]*:?[ \t]*$"
     r"|(?P<pem>-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----)",
