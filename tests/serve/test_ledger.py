@@ -221,6 +221,30 @@ def test_writable_is_a_real_write(backend: Backend) -> None:
     assert not ledger.writable()
 
 
+def test_a_lock_held_too_long_is_unavailable_then_passes(backend: Backend) -> None:
+    ledger = backend.open(timeout=0.5)
+    issue(ledger, ident())
+    if backend.name == "sqlite":
+        holder: Any = sqlite3.connect(backend.spec[len("sqlite:"):], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process's writer that does not finish
+    else:
+        import psycopg
+
+        holder = psycopg.connect(backend.spec)
+        holder.execute("LOCK TABLE seedtool_issuance IN EXCLUSIVE MODE")
+    try:
+        with pytest.raises(LedgerUnavailable) as caught:
+            issue(ledger, ident())
+        assert "\n" not in str(caught.value)
+    finally:
+        if backend.name == "sqlite":
+            holder.execute("ROLLBACK")
+        else:
+            holder.rollback()
+        holder.close()
+    assert issue(ledger, ident()) == 2
+
+
 # --- tokens -----------------------------------------------------------------------------------
 
 def test_token_states(backend: Backend) -> None:
