@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..clouds import aws
 from ..shared.errors import CloudError, UsageError
@@ -110,8 +110,7 @@ class _Bad(Exception):
     """The bytes are not the BER/ASN.1 structure expected; `str` says what was wrong."""
 
 
-@dataclass(frozen=True)
-class _Tlv:
+class _Tlv(NamedTuple):  # a NamedTuple: a frozen dataclass costs half the parse time
     """One element: identifier octet, where it starts, where its content starts and ends,
     where it ends (after the end-of-contents octets when its length was indefinite)."""
 
