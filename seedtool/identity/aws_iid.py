@@ -13,7 +13,7 @@ RSA-2048 key of the document's Region). The check here:
 2. requires the encapsulated content to be byte for byte the document presented. A
    server that checks the signature and then reads the request's own document field
    would let any instance's signature vouch for another instance's document (the
-   identity substitution fixed in SPIRE's aws_iid node attestor in 2026);
+   identity substitution issue 11 names, fixed in SPIRE's aws_iid attestor in 2026);
 3. picks the certificate of the document's Region from the table (bundled in
    data/aws-rsa2048-certs.json, from AWS's EC2 User Guide, or `certs=FILE`), requires
    the signer to be that certificate (issuer and serial number), checks the signed
