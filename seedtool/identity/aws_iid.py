@@ -33,7 +33,7 @@ RSA-2048 key of the document's Region). The check here:
 
 Only IMDS's RSA-2048 form is read; the legacy ``/signature`` (and the DSA ``/pkcs7``)
 are not. Errors are `Malformed` (400), `EvidenceInvalid` (401) or `NotAllowed` (403);
-an EC2 API failure under describe=True is a `CloudError` (the server's 503). No
+an EC2 API that cannot answer under describe=True is `Ec2Unavailable` (503). No
 message holds the document or the signature; of a document not yet verified, only a
 well-formed Region name is ever repeated (to say which certificate is missing).
 """
@@ -56,7 +56,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ..clouds import aws
 from ..shared.errors import CloudError, UsageError
-from . import EvidenceInvalid, Identity, Malformed, NotAllowed, text_field
+from . import EvidenceInvalid, Identity, IdentityError, Malformed, NotAllowed, text_field
 
 #: the bundled table: Region -> PEM, plus a "_source" entry (where and when it was read)
 BUNDLED_CERTS = "data/aws-rsa2048-certs.json"
@@ -101,6 +101,16 @@ WORDS = aws.Words(
                      "instance profile), or pass profile="),
     error=CloudError, usage=UsageError,
 )
+
+
+
+
+class Ec2Unavailable(IdentityError):
+    """describe=True, and EC2 DescribeInstances could not answer (credentials, network,
+    throttling, EC2 failing): the server's problem, not the instance's."""
+
+    status = 503
+    error = "ec2-unavailable"
 
 
 # --- a strict BER reader (X.690), enough for RFC 5652 SignedData ---------------------
@@ -503,6 +513,8 @@ class AwsIid:
         self.profile = profile
         self.endpoint_url = endpoint_url
         self._factory = ec2_client_factory
+        if describe and ec2_client_factory is None:
+            aws.session(profile, None, WORDS)  # boto3 there, the profile known: now, not later
         self._certs = load_certs(certs)
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -613,10 +625,11 @@ class AwsIid:
                                             endpoint_url=self.endpoint_url,
                                             retries={"total_max_attempts": 3},
                                             connect_timeout=5, read_timeout=10)
-                    except (CloudError, UsageError):
-                        raise
+                    except (CloudError, UsageError) as e:
+                        raise Ec2Unavailable(str(e)) from e
                     except Exception as e:  # noqa: BLE001 - one sentence below
-                        raise aws.translate(e, WORDS, self._call(region)) from None
+                        err = aws.translate(e, WORDS, self._call(region))
+                        raise Ec2Unavailable(str(err)) from err
                 self._clients[region] = client
             return client
 
@@ -644,7 +657,10 @@ class AwsIid:
             with aws.quiet():
                 reply = client.describe_instances(InstanceIds=[instance_id])
         except Exception as e:  # noqa: BLE001 - botocore raises many kinds
-            raise aws.translate(e, WORDS, call, codes) from None
+            err = aws.translate(e, WORDS, call, codes)
+            if isinstance(err, NotAllowed):
+                raise err from None
+            raise Ec2Unavailable(str(err)) from err
         found = [(res, inst) for res in reply.get("Reservations", []) or []
                  for inst in res.get("Instances", []) or []
                  if inst.get("InstanceId") == instance_id]

@@ -32,7 +32,7 @@ from seedtool.identity import (
     Malformed,
     NotAllowed,
 )
-from seedtool.identity.aws_iid import AwsIid, load_certs
+from seedtool.identity.aws_iid import AwsIid, Ec2Unavailable, load_certs
 from seedtool.shared.errors import CloudError, UsageError
 
 if TYPE_CHECKING:
@@ -660,7 +660,7 @@ def test_describe_checks_tags(imds: FakeImds, certs: Path, moto_server: MotoServ
     assert "role=db" in message
 
 
-def test_describe_when_ec2_cannot_be_reached_is_a_cloud_error(
+def test_describe_when_ec2_cannot_be_reached_is_503(
         imds: FakeImds, certs: Path, aws_env: dict[str, str]) -> None:
     """Not the instance's fault: the server answers 503, not 401/403."""
     import socket
@@ -670,10 +670,18 @@ def test_describe_when_ec2_cannot_be_reached_is_a_cloud_error(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     check = AwsIid(certs=certs, describe=True, endpoint_url=f"http://127.0.0.1:{port}")
-    with pytest.raises(CloudError) as info:
+    with pytest.raises(Ec2Unavailable) as info:
         check.verify(evidence(*make(imds)), now=NOW)
-    assert not isinstance(info.value, IdentityError)
+    assert info.value.status == 503
     assert "could not connect to EC2" in str(info.value)
+    assert isinstance(info.value.__cause__, CloudError)
+
+
+def test_describe_with_an_unknown_profile_fails_at_start(certs: Path,
+                                                         aws_env: dict[str, str]) -> None:
+    pytest.importorskip("boto3")
+    with pytest.raises(UsageError, match="profile"):
+        AwsIid(certs=certs, describe=True, profile="no-such-profile")
 
 
 def test_describe_runs_only_after_the_signature(imds: FakeImds, certs: Path) -> None:
