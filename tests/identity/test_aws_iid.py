@@ -415,6 +415,24 @@ def test_fuzz_a_mutated_signature_verifies_to_the_same_identity_or_is_refused(
     assert got == identity  # e.g. an unsigned algorithm identifier changed for its twin
 
 
+_BUNDLED: list[AwsIid] = []
+
+
+@settings(max_examples=300, deadline=None)
+@given(at=st.integers(0, 10**6), bit=st.integers(0, 7))
+def test_fuzz_a_genuine_imds_reply_with_one_bit_flipped(at: int, bit: int) -> None:
+    if not _BUNDLED:
+        _BUNDLED.append(AwsIid())
+    der = bytearray(der_of(REAL_RSA2048))
+    der[at % len(der)] ^= 1 << bit
+    try:
+        got = _BUNDLED[0].verify(evidence(REAL_DOCUMENT, b64(bytes(der))),
+                                 now=REAL_PENDING + 60)
+    except IdentityError:
+        return
+    assert got.instance == "aws:278576220453:us-west-2:i-078517ca8a70a1dde"
+
+
 # --- refusals: the document -----------------------------------------------------------
 
 
