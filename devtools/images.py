@@ -278,6 +278,10 @@ disable systemd-networkd.service
 disable systemd-networkd.socket
 disable systemd-networkd-wait-online.service
 disable systemd-network-generator.service
+# Debian 11's presets enable ssh.socket on a first boot too, and its ssh.socket
+# Conflicts= with ssh.service: sshd then runs per connection and ssh.service stays
+# inactive (seen in boots of the bullseye image). Debian's own default is ssh.service.
+disable ssh.socket
 """
 
 
@@ -569,6 +573,23 @@ def read_file(image: Path, path: str) -> bytes | None:
     if out.returncode != 0:
         raise ImageBuildError(f"debugfs cannot read {path} from {image}: {err[-300:]}")
     return out.stdout
+
+
+def file_times(image: Path, path: str) -> dict[str, float] | None:
+    """A file's ext4 times (mtime, ctime, crtime...) in seconds with nanoseconds, from
+    `debugfs -R stat`; None if it does not exist. The extra field holds the epoch bits
+    in its low 2 bits and the nanoseconds above them (ext4 disk layout, "Inode
+    Timestamps")."""
+    out = subprocess.run(["debugfs", "-R", f"stat {path}", str(image)], capture_output=True,
+                         check=False)
+    times: dict[str, float] = {}
+    for line in out.stdout.decode("utf-8", "replace").splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name in ("ctime", "atime", "mtime", "crtime") and rest.strip().startswith("0x"):
+            secs, _, extra = rest.split("--")[0].strip().partition(":")
+            value = int(secs, 16) + ((int(extra, 16) & 3) << 32 if extra else 0)
+            times[name] = value + ((int(extra, 16) >> 2) / 1e9 if extra else 0.0)
+    return times or None
 
 
 def dump_tree(image: Path, path: str, dest: Path) -> Path | None:

@@ -33,7 +33,7 @@ from seedtool.launch.qemu import (
     seedtool_lines,
 )
 
-from .images import GuestImage, dump_tree, qcow2_to_raw, read_file
+from .images import GuestImage, dump_tree, file_times, qcow2_to_raw, read_file
 
 #: set when the session is interrupted: no new VM starts (conftest kills the running ones)
 STOP = threading.Event()
@@ -80,6 +80,10 @@ class Boot:
 
     def tree(self, path: str) -> Path | None:
         return dump_tree(self.flat(), path, self.workdir / "trees" / path.strip("/"))
+
+    def times(self, path: str) -> dict[str, float] | None:
+        """The file's ext4 times (crtime, mtime...; wall clock, nanoseconds), or None."""
+        return file_times(self.flat(), path)
 
     def report(self, name: str) -> str:
         return self.text(f"{REPORT_DIR}/{name}")

@@ -47,6 +47,18 @@ def test_seed_is_credited_by_key_before_host_keys_are_made(campaign: Campaign) -
     assert done, "cloud-init.log does not show the seedtool module finishing"
     assert keygen, "cloud-init.log shows no ssh-keygen: were the host keys made at all?"
     assert done[0] < keygen[0]
+    # and by the files' own times, whoever made them (cc_ssh, or openssh-server's
+    # sshd-keygen.service where it exists): every host key was created after the status
+    # file that the module writes right after the credit
+    credited_at = b.times("/var/lib/seedtool/status-cloud-init.json")
+    assert credited_at is not None
+    ssh = b.tree("/etc/ssh")
+    assert ssh is not None
+    keys = sorted(p.name for p in ssh.glob("ssh_host_*_key"))
+    assert keys, "no host keys in /etc/ssh"
+    for name in keys:
+        made = b.times(f"/etc/ssh/{name}")
+        assert made is not None and made["crtime"] > credited_at["mtime"], (name, made)
 
 
 def test_cloud_init_reports_no_errors(campaign: Campaign) -> None:

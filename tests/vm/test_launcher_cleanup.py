@@ -21,11 +21,18 @@ import pytest
 
 from seedtool.launch.qemu import BootTimeout, MachineConfig, QemuVM, create_overlay, live_vms
 
-from .conftest import Campaign
+from .conftest import HOST_SIDE_RELEASE, Campaign
 
 pytestmark = pytest.mark.vm
 
 BOOTS = ()
+
+
+@pytest.fixture(autouse=True)
+def _host_side_only(request: pytest.FixtureRequest) -> None:
+    campaign: Campaign = request.getfixturevalue("campaign")
+    if campaign.release != HOST_SIDE_RELEASE:
+        pytest.skip(f"the launcher's cleanup is host code, booted on {HOST_SIDE_RELEASE} only")
 HANG_APPEND = "root=/dev/seedtool-no-such-disk console=ttyS0 rootdelay=600"
 
 
