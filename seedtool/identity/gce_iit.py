@@ -18,7 +18,7 @@ instance's age.
 
 Google's certificates come from `certs_url` (a JSON map kid -> PEM certificate) and are
 cached for as long as the answer's Cache-Control max-age (or Expires) says (RFC 9111
-section 4.2.1), or are read once from a file for air-gapped servers and tests. However
+section 4.2.1), or are read once from a file for air-gapped servers (and the tests). However
 the traffic looks (expired cache, a flood of made-up kids, Google unreachable), this
 check makes at most one certificate request per minute.
 
