@@ -117,7 +117,10 @@ class SeedFactory:
         st.bytes_read += n
         return data
 
-    def new(self, now: int | None = None) -> NewSeed:
+    def new(self, now: int | None = None,
+            binding: tuple[str, bytes] | None = None) -> NewSeed:
+        """A fresh envelope; bound to (instance, nonce) when `binding` is given (version 2,
+        for the seed server), else version 1."""
         if not self._checked:
             self._check_available()
         seed_id = os.urandom(envelope.SEED_ID_LEN)
@@ -146,6 +149,7 @@ class SeedFactory:
             provenance=provenance,
             ttl=self.ttl,
             now=int(time.time()) if now is None else now,
+            binding=binding,
         )
         summary = envelope.parse(raw).summary()
         summary["bytes"] = self.nbytes

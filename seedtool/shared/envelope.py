@@ -1,10 +1,10 @@
 """The seed envelope: the one definition of the format, used by both sides.
 
-Layout (version 1, all integers big-endian; see docs/envelope.md):
+Layout (all integers big-endian; see docs/envelope.md):
 
     magic      4   b"SDTL"
-    version    1   1
-    flags      1   0 (reserved; any other value is refused)
+    version    1   1 (unbound) or 2 (bound to one seed-server request)
+    flags      1   0 in version 1; 1 (BOUND) in version 2; any other value is refused
     seed_id   16   random
     issued_at  8   unix seconds; also the not-before time
     not_after  8   unix seconds
@@ -13,7 +13,18 @@ Layout (version 1, all integers big-endian; see docs/envelope.md):
     seed       seed_len
     prov_len   2   0..1024
     provenance prov_len   canonical JSON object (UTF-8, sorted keys, no spaces)
-    signature 64   Ed25519 over SIGNING_CONTEXT + every byte above
+    -- version 2 only (the binding):
+    nonce     32   the client's nonce, as the client sent it
+    inst_len   1   1..255
+    instance   inst_len   printable ASCII (0x21..0x7e): the requesting instance's name
+    --
+    signature 64   Ed25519 over the version's signing context + every byte above
+                   (b"seedtool envelope v1\0" or b"seedtool envelope v2\0")
+
+Version 2 exists for the seed server (docs/serve.md): its envelope names the one
+instance and the one request (the client's nonce) it was issued for, under the
+signature and a signing context of its own, so it is useless to any other instance
+or request. Version 1 is unchanged, byte for byte.
 
 On disk and in user-data an envelope travels as standard base64 text.
 
@@ -47,6 +58,12 @@ if TYPE_CHECKING:
 MAGIC = b"SDTL"
 VERSION = 1
 SIGNING_CONTEXT = b"seedtool envelope v1\x00"
+#: version 2: bound to one instance and one client nonce (seed-server envelopes)
+VERSION_BOUND = 2
+FLAG_BOUND = 1
+SIGNING_CONTEXT_BOUND = b"seedtool envelope v2\x00"
+NONCE_LEN = 32
+INSTANCE_MAX = 255
 SEED_MIN, SEED_MAX, SEED_DEFAULT = 16, 512, 64
 #: the most any seed is credited for: the size of HKDF-SHA512's pseudorandom key
 #: (RFC 5869 section 2.2; HashLen = 64 bytes), through which every seed is derived
@@ -56,7 +73,8 @@ SIGNATURE_LEN = 64
 KEY_ID_LEN = 8
 SEED_ID_LEN = 16
 #: the largest envelope, raw; anything longer is refused before it is parsed
-MAX_SIZE = 4 + 1 + 1 + SEED_ID_LEN + 8 + 8 + KEY_ID_LEN + 2 + SEED_MAX + 2 + PROVENANCE_MAX + 64
+MAX_SIZE = (4 + 1 + 1 + SEED_ID_LEN + 8 + 8 + KEY_ID_LEN + 2 + SEED_MAX + 2 + PROVENANCE_MAX
+            + NONCE_LEN + 1 + INSTANCE_MAX + 64)
 #: the largest base64 text we accept (generous for line breaks)
 MAX_TEXT = 2 * MAX_SIZE
 TTL_MAX = 366 * 86400
@@ -85,13 +103,16 @@ class MalformedEnvelope(EnvelopeError):
 
 
 class _Fields(Record):
-    __slots__ = ("seed_id", "issued_at", "not_after", "key_id", "provenance")
+    __slots__ = ("seed_id", "issued_at", "not_after", "key_id", "provenance", "binding")
     FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    DEFAULTS: ClassVar[dict[str, Any]] = {"binding": None}
     seed_id: bytes
     issued_at: int
     not_after: int
     key_id: bytes
     provenance: Mapping[str, Any]
+    #: version 2: (instance, nonce) the envelope was issued for; None in version 1
+    binding: tuple[str, bytes] | None
 
     @property
     def seed_id_hex(self) -> str:
@@ -102,15 +123,22 @@ class _Fields(Record):
         return self.key_id.hex()
 
     def summary(self) -> dict[str, Any]:
-        """Everything about the envelope except the seed bytes."""
-        return {
-            "format": f"seedtool-envelope-v{VERSION}",
+        """Everything about the envelope except the seed bytes.
+
+        A bound envelope's nonce is shown too: it is the client's own challenge, sent in
+        the clear in its request, and says nothing about the seed.
+        """
+        out: dict[str, Any] = {
+            "format": f"seedtool-envelope-v{VERSION if self.binding is None else VERSION_BOUND}",
             "seed_id": self.seed_id.hex(),
             "key_id": self.key_id.hex(),
             "issued_at": self.issued_at,
             "not_after": self.not_after,
             "provenance": dict(self.provenance),
         }
+        if self.binding is not None:
+            out["binding"] = {"instance": self.binding[0], "nonce": self.binding[1].hex()}
+        return out
 
 
 class UnverifiedEnvelope(_Fields):
@@ -194,12 +222,17 @@ def parse(data: bytes | str) -> UnverifiedEnvelope:
     magic, version, flags, seed_id, issued_at, not_after, key_id, seed_len = _HEAD.unpack_from(raw)
     if magic != MAGIC:
         raise MalformedEnvelope("not a seedtool envelope: the magic bytes are missing")
-    if version != VERSION:
+    if version not in (VERSION, VERSION_BOUND):
         raise MalformedEnvelope(
-            f"envelope format version {version} is not supported (this seedtool reads version "
-            f"{VERSION}); upgrade seedtool on this side"
+            f"envelope format version {version} is not supported (this seedtool reads versions "
+            f"{VERSION} and {VERSION_BOUND}); upgrade seedtool on this side"
         )
-    if flags != 0:
+    bound = version == VERSION_BOUND
+    if bound and not flags & FLAG_BOUND:
+        raise MalformedEnvelope(
+            "envelope version 2 lacks its BOUND flag; it was not made by this seedtool"
+        )
+    if flags & ~(FLAG_BOUND if bound else 0):
         raise MalformedEnvelope("envelope has reserved flags set; it was not made by this seedtool")
     if not SEED_MIN <= seed_len <= SEED_MAX:
         raise MalformedEnvelope(
@@ -218,6 +251,9 @@ def parse(data: bytes | str) -> UnverifiedEnvelope:
         raise MalformedEnvelope("envelope is truncated: provenance or signature is incomplete")
     prov_bytes = raw[pos : pos + prov_len]
     pos += prov_len
+    binding: tuple[str, bytes] | None = None
+    if bound:
+        binding, pos = _parse_binding(raw, pos)
     signature = raw[pos : pos + SIGNATURE_LEN]
     pos += SIGNATURE_LEN
     if pos != len(raw):
@@ -238,10 +274,55 @@ def parse(data: bytes | str) -> UnverifiedEnvelope:
         not_after=not_after,
         key_id=key_id,
         provenance=provenance,
+        binding=binding,
         uncredited_seed=seed,
-        signed_part=SIGNING_CONTEXT + raw[: pos - SIGNATURE_LEN],
+        signed_part=(SIGNING_CONTEXT_BOUND if bound else SIGNING_CONTEXT)
+        + raw[: pos - SIGNATURE_LEN],
         signature=signature,
     )
+
+
+def _parse_binding(raw: bytes, pos: int) -> tuple[tuple[str, bytes], int]:
+    """The (instance, nonce) of a version 2 envelope at `pos`, and the offset after it."""
+    if len(raw) < pos + NONCE_LEN + 1 + SIGNATURE_LEN:
+        raise MalformedEnvelope("envelope is truncated: its binding or signature is incomplete")
+    nonce = raw[pos : pos + NONCE_LEN]
+    inst_len = raw[pos + NONCE_LEN]
+    pos += NONCE_LEN + 1
+    if inst_len == 0:
+        raise MalformedEnvelope("bound envelope names no instance (instance length 0)")
+    if len(raw) < pos + inst_len + SIGNATURE_LEN:
+        raise MalformedEnvelope("envelope is truncated: its instance or signature is incomplete")
+    inst = raw[pos : pos + inst_len]
+    if not _printable(inst):
+        raise MalformedEnvelope(
+            "bound envelope's instance is not printable ASCII; it was not made by seedtool"
+        )
+    return (inst.decode("ascii"), nonce), pos + inst_len
+
+
+def _printable(b: bytes) -> bool:
+    # ASCII 0x21..0x7e: no spaces, controls or bytes above 0x7e, so an instance name
+    # can go into a log line or a ledger row as it is
+    return bool(b) and min(b) >= 0x21 and max(b) <= 0x7E
+
+
+def _binding_bytes(binding: tuple[str, bytes]) -> bytes:
+    try:
+        instance, nonce = binding
+        inst = instance.encode("ascii")
+    except (TypeError, ValueError, AttributeError):
+        raise EnvelopeError(
+            "internal error: a binding is (instance string, nonce bytes)"
+        ) from None
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_LEN:
+        raise EnvelopeError(f"the request nonce must be {NONCE_LEN} bytes")
+    if not 1 <= len(inst) <= INSTANCE_MAX or not _printable(inst):
+        raise EnvelopeError(
+            f"the instance name must be 1..{INSTANCE_MAX} printable ASCII characters "
+            "without spaces"
+        )
+    return nonce + bytes([len(inst)]) + inst
 
 
 def build(
@@ -253,8 +334,13 @@ def build(
     provenance: Mapping[str, Any],
     ttl: int,
     now: int | None = None,
+    binding: tuple[str, bytes] | None = None,
 ) -> bytes:
-    """Make a signed raw envelope. `private_key` is a cryptography Ed25519PrivateKey."""
+    """Make a signed raw envelope. `private_key` is a cryptography Ed25519PrivateKey.
+
+    Without `binding`, a version 1 envelope (the same bytes as before version 2
+    existed); with `binding` = (instance, nonce), a version 2 envelope bound to them.
+    """
     if not SEED_MIN <= len(seed) <= SEED_MAX:
         raise EnvelopeError(f"seed size must be {SEED_MIN}..{SEED_MAX} bytes, not {len(seed)}")
     if not 0 < ttl <= TTL_MAX:
@@ -267,14 +353,20 @@ def build(
             f"provenance record is {len(prov)} bytes, over the {PROVENANCE_MAX}-byte limit; "
             "use fewer sources"
         )
+    tail = b"" if binding is None else _binding_bytes(binding)
     issued = int(time.time()) if now is None else int(now)
+    if binding is None:
+        version, flags, context = VERSION, 0, SIGNING_CONTEXT
+    else:
+        version, flags, context = VERSION_BOUND, FLAG_BOUND, SIGNING_CONTEXT_BOUND
     body = (
-        _HEAD.pack(MAGIC, VERSION, 0, seed_id, issued, issued + ttl, key_id, len(seed))
+        _HEAD.pack(MAGIC, version, flags, seed_id, issued, issued + ttl, key_id, len(seed))
         + seed
         + struct.pack(">H", len(prov))
         + prov
+        + tail
     )
-    signature = private_key.sign(SIGNING_CONTEXT + body)
+    signature = private_key.sign(context + body)
     return body + signature
 
 
@@ -325,5 +417,6 @@ def verify(
         not_after=env.not_after,
         key_id=env.key_id,
         provenance=env.provenance,
+        binding=env.binding,
         seed=env.uncredited_seed,
     )
