@@ -5,7 +5,7 @@ parse; the signature and validity check's verdict; the ledger's answer; the imag
 policy, or why it is invalid; the datasource's own seed) and returns a `Decision`:
 the bytes to credit with RNDADDENTROPY and for how many bits, the bytes to mix
 uncredited when nothing is credited, and the seed id, key id and reason to record.
-`check()` is the signature and validity verdict given the trusted keys. Neither reads
+`check()` is the signature, validity and binding verdict given the trusted keys. Neither reads
 a file, a clock or a device, so every rule can be tested alone; `core.credit_seed`
 gathers the inputs and carries the decision out, the ledger's durable record first.
 
@@ -14,6 +14,8 @@ Standard library only (it runs at boot).
 """
 
 from __future__ import annotations
+
+import hmac
 
 from ..shared import envelope
 from ..shared.envelope import (
@@ -79,10 +81,44 @@ def parse(data: bytes | str | None) -> tuple[UnverifiedEnvelope | None, str]:
         return None, f"malformed: {short(e)}"
 
 
+#: why a verified envelope's binding (envelope format version 2) refuses it
+BOUND_ELSEWHERE = "bound to a seed-server request"
+OTHER_INSTANCE = "bound to another instance"
+OTHER_REQUEST = "bound to another request"
+NOT_BOUND = "not bound to this request"
+
+
 def check(env: UnverifiedEnvelope, keys: list[PublicKey], policy: Policy,
-          now: float) -> tuple[VerifiedEnvelope | None, str]:
+          now: float, expect: tuple[str, bytes] | None = None
+          ) -> tuple[VerifiedEnvelope | None, str]:
     """The verified envelope, or (None, the reason recorded) when its signature or validity
-    period does not pass with `keys` and the policy's clock skew at time `now`."""
+    period does not pass with `keys` and the policy's clock skew at time `now`, or when its
+    binding is not `expect`.
+
+    `expect` is (instance, nonce) of the seed-server request this envelope answers; None
+    for an envelope from user-data or the disk. A bound envelope (version 2) passes only
+    with the `expect` it names: one from user-data or the disk is never credited, so it
+    is useless to any instance but the one that asked, and only for that request. An
+    unbound one (version 1) never answers a request. The binding is compared after the
+    signature, so each reason states what the signing key said.
+    """
+    verified, refused = _verify(env, keys, policy, now)
+    if verified is None:
+        return None, refused
+    binding = verified.binding
+    if expect is None:
+        return (None, BOUND_ELSEWHERE) if binding is not None else (verified, "")
+    if binding is None:
+        return None, NOT_BOUND
+    if binding[0] != expect[0]:
+        return None, OTHER_INSTANCE
+    if not isinstance(expect[1], bytes) or not hmac.compare_digest(binding[1], expect[1]):
+        return None, OTHER_REQUEST
+    return verified, ""
+
+
+def _verify(env: UnverifiedEnvelope, keys: list[PublicKey], policy: Policy,
+            now: float) -> tuple[VerifiedEnvelope | None, str]:
     if not keys:
         return None, "no trusted keys installed"
     try:

@@ -228,3 +228,85 @@ def test_deciding_touches_no_file_or_device_and_keeps_its_rules() -> None:
             # every seed byte offered is mixed, credited or not
             assert d.mix == (e.uncredited_seed if e is not None else b"") + bytes(seed or b"")
     assert io_of(seen) == [] and count == 4 * 3 * 2 * 2 * 2 * 3
+
+
+# ---- a bound envelope (format version 2, from a seed server) --------------------------
+
+
+INSTANCE = "gce:my-project:europe-west1-b:1234567890123456789"
+NONCE = bytes(range(32))
+
+
+def make_bound(instance: str = INSTANCE, nonce: bytes = NONCE, key: Ed25519PrivateKey = KEY,
+               pub: PublicKey = PUB, issued: int = NOW) -> UnverifiedEnvelope:
+    raw = envelope.build(os.urandom(64), private_key=key, key_id=pub.key_id,
+                         seed_id=os.urandom(envelope.SEED_ID_LEN), provenance={}, ttl=TTL,
+                         now=issued, binding=(instance, nonce))
+    return envelope.parse(raw)
+
+
+def test_a_bound_envelope_passes_only_for_the_request_it_names() -> None:
+    env = make_bound()
+    verified, refused = decision.check(env, [PUB], DEFAULT, NOW, expect=(INSTANCE, NONCE))
+    assert refused == "" and verified is not None and verified.binding == (INSTANCE, NONCE)
+    d = decide(offered=True, policy=DEFAULT, env=env, verified=verified, ledger=LEDGER_FRESH)
+    assert d.verified and d.credit == env.uncredited_seed and d.bits == 512
+
+
+@pytest.mark.parametrize("expect, reason", [
+    # from user-data or the disk: no request to answer
+    (None, "bound to a seed-server request"),
+    (("gce:my-project:europe-west1-b:1234567890123456780", NONCE), "bound to another instance"),
+    ((INSTANCE[:-1], NONCE), "bound to another instance"),
+    ((INSTANCE, NONCE[:31] + b"\xff"), "bound to another request"),
+    ((INSTANCE, b"\0" * 32), "bound to another request"),
+    # both differ: the instance is named first
+    (("token:0123456789abcdef", b"\0" * 32), "bound to another instance"),
+])
+def test_a_bound_envelope_for_anything_else_is_refused(expect: tuple[str, bytes] | None,
+                                                       reason: str) -> None:
+    env = make_bound()
+    assert decision.check(env, [PUB], DEFAULT, NOW, expect=expect) == (None, reason)
+    d = decide(offered=True, policy=DEFAULT, env=env, refused=reason)
+    assert d.credit is None and d.bits == 0 and not d.verified and d.reason == reason
+    assert d.mix == env.uncredited_seed and d.seed_id == env.seed_id_hex
+
+
+def test_an_unbound_envelope_never_answers_a_request() -> None:
+    env = make()
+    assert decision.check(env, [PUB], DEFAULT, NOW, expect=(INSTANCE, NONCE)) == (
+        None, "not bound to this request")
+    assert decision.check(env, [PUB], DEFAULT, NOW)[0] is not None  # as before
+
+
+def test_the_signature_and_time_are_judged_before_the_binding() -> None:
+    other = Ed25519PrivateKey.generate()
+    forged = make_bound(key=other, pub=PUB)  # claims the trusted key's id
+    want = (INSTANCE, NONCE)
+    assert decision.check(forged, [PUB], DEFAULT, NOW, expect=want) == (
+        None, "signature does not verify")
+    assert decision.check(forged, [PUB], DEFAULT, NOW) == (None, "signature does not verify")
+    skew = DEFAULT.clock_skew
+    assert decision.check(make_bound(), [PUB], DEFAULT, NOW + TTL + skew + 1, expect=want) == (
+        None, "expired")
+    assert decision.check(make_bound(), [], DEFAULT, NOW, expect=want) == (
+        None, "no trusted keys installed")
+
+
+def test_checking_bound_envelopes_touches_no_file_or_device() -> None:
+    bound, plain = make_bound(), make()
+    expects = [None, (INSTANCE, NONCE), (INSTANCE, b"\0" * 32), ("aws:1:r:i-1", NONCE)]
+    with recording() as seen:
+        open(os.devnull, "rb").close()
+    assert io_of(seen) == ["open"]
+    with recording() as seen:
+        verdicts = [decision.check(e, [PUB], DEFAULT, NOW, expect=x)
+                    for e in (bound, plain) for x in expects]
+        decisions = [decide(offered=True, policy=DEFAULT, env=bound, verified=v, refused=r,
+                            ledger=LEDGER_FRESH) for v, r in verdicts[:4]]
+    assert io_of(seen) == []
+    assert [r for _, r in verdicts] == [
+        "bound to a seed-server request", "", "bound to another request",
+        "bound to another instance", "", "not bound to this request",
+        "not bound to this request", "not bound to this request"]
+    assert [d.bits for d in decisions] == [0, 512, 0, 0]
