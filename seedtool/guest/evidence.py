@@ -149,6 +149,14 @@ def gce_iit(audience: str, metadata: str = METADATA_URL, *, deadline: float) -> 
                deadline, "the metadata server")
     try:
         token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = ""
+    return gce_token(token)
+
+
+def gce_token(token: str) -> Evidence:
+    """The evidence a full-format identity token is, naming the instance in its payload."""
+    try:
         engine = _jwt_payload(token)["google"]["compute_engine"]
         values = [engine[k] for k in ("project_id", "zone", "instance_id")]
         if not all(isinstance(v, str) and v for v in values):
