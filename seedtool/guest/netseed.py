@@ -442,7 +442,7 @@ def _evidence_for(evidence: EvidenceFor, server: str) -> Evidence | str:
     if isinstance(evidence, dict):
         got = evidence.get(server)
         return got if got is not None else "evidence: none gathered for this server"
-    return evidence  # type: ignore[return-value]
+    return evidence
 
 
 def fetch_seeds(config: Config, evidence: EvidenceFor, *, deadline: float | None = None,
