@@ -1,4 +1,5 @@
-"""`seedtool serve`: the host's entropy daemon (EGD for virtio-rng); `serve status`."""
+"""`seedtool serve`: the host's entropy daemon (EGD for virtio-rng, HTTPS seed API);
+`serve status`, `serve token create`, `serve ledger show|list`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from ._options import echo_json
 
 CONTROL_HELP = ("Control socket (default /run/seedtool/control.sock as root, else "
                 "$XDG_RUNTIME_DIR/seedtool/control.sock).")
+
+
+LEDGER_HELP = ("The issuance ledger: sqlite:PATH, a postgresql:// URL, or postgres (PG* "
+               "environment); default sqlite at /var/lib/seedtool/ledger.sqlite as root, "
+               "else $XDG_STATE_HOME/seedtool/ledger.sqlite.")
+
+
+def _open_ledger(spec: str | None) -> Any:
+    from ..serve.daemon import default_ledger_path
+    from ..serve.ledger import open_ledger
+
+    return open_ledger(spec, default_path=None if spec else default_ledger_path())
 
 
 def _control_path(path: str | None) -> str:
@@ -35,11 +48,29 @@ def _control_path(path: str | None) -> str:
               help="Connections served at once, over all listeners (default 1024).")
 @click.option("--control", metavar="PATH", default=None, help=CONTROL_HELP)
 @click.option("--no-control", is_flag=True, help="Run without a control socket.")
+@click.option("--https", "https", metavar="HOST:PORT", default=None,
+              help="Serve the seed API (POST /v1/seed, /healthz, /metrics) over TLS 1.3; "
+                   "HOST:PORT[,rate=R,burst=B] sets the per-address request rate "
+                   "(default 20/s, burst 100; rate=0: none).")
+@click.option("--cert", metavar="FILE", default=None,
+              help="TLS certificate chain (PEM) for --https; reloaded on SIGHUP.")
+@click.option("--key", metavar="FILE", default=None,
+              help="TLS private key (PEM) for --https; reloaded on SIGHUP.")
+@click.option("--identity", "identities", multiple=True, metavar="KIND[:k=v,...]",
+              help="An identity the seed API accepts: aws-iid:accounts=...,regions=..., "
+                   "gce-iit:projects=...,audience=URL, token. Repeatable.")
+@click.option("--ledger", metavar="SPEC", default=None, help=LEDGER_HELP)
+@click.option("--issue-limit", type=click.IntRange(min=1), default=3, show_default=True,
+              metavar="K", help="Seeds issued per instance boot.")
+@click.option("--signing-key", metavar="FILE", default=None,
+              help="The Ed25519 private key (`seedtool keygen`) envelopes are signed with.")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line.")
 @click.pass_context
 def command(ctx: click.Context, egd: tuple[str, ...], sources: tuple[str, ...],
             required: tuple[str, ...], rate: float | None, max_clients: int | None,
-            control: str | None, no_control: bool, as_json: bool) -> None:
+            control: str | None, no_control: bool, https: str | None, cert: str | None,
+            key: str | None, identities: tuple[str, ...], ledger: str | None,
+            issue_limit: int, signing_key: str | None, as_json: bool) -> None:
     """Serve health-tested entropy through a DRBG to local hypervisors, in the foreground.
 
     Sources are opened once and read continuously through the SP 800-90B health tests;
@@ -55,7 +86,8 @@ def command(ctx: click.Context, egd: tuple[str, ...], sources: tuple[str, ...],
     """
     if ctx.invoked_subcommand is not None:
         if egd or sources or required or rate is not None or max_clients or control \
-                or no_control or as_json:
+                or no_control or as_json or https or cert or key or identities or ledger \
+                or signing_key or issue_limit != 3:
             raise UsageError("give serve's options after `status`, or run `seedtool serve` "
                              "without a subcommand to start the daemon")
         return
@@ -63,9 +95,9 @@ def command(ctx: click.Context, egd: tuple[str, ...], sources: tuple[str, ...],
     from ..serve.egd import DEFAULT_MAX_CLIENTS, DEFAULT_RATE
     from ..serve.log import EventLog
 
-    if not egd:
+    if not egd and not https:
         raise UsageError("seedtool serve needs at least one --egd unix:PATH or "
-                         "--egd tcp:127.0.0.1:PORT to listen on")
+                         "--egd tcp:127.0.0.1:PORT, or --https HOST:PORT, to listen on")
     if rate is not None and rate < 0:
         raise UsageError("--rate is in bytes per second and cannot be negative; 0 means none")
     config = ServeConfig(
@@ -73,6 +105,8 @@ def command(ctx: click.Context, egd: tuple[str, ...], sources: tuple[str, ...],
         control=None if no_control else _control_path(control),
         rate=DEFAULT_RATE if rate is None else rate,
         max_clients=max_clients or DEFAULT_MAX_CLIENTS,
+        https=https, cert=cert, key=key, identities=identities, ledger=ledger,
+        issue_limit=issue_limit, signing_key=signing_key,
     )
     run(config, EventLog(as_json=as_json))
 
@@ -123,3 +157,116 @@ def format_status(s: dict[str, Any]) -> list[str]:
                 row += f" ({c['closed']})"
             lines.append(row)
     return lines
+
+
+@command.group("token")
+def token() -> None:
+    """Bootstrap tokens for the `token` identity (machines with no cloud identity)."""
+
+
+@token.command("create")
+@click.option("--count", type=click.IntRange(min=1, max=100000), default=1, show_default=True)
+@click.option("--ttl", default="24h", show_default=True, metavar="T",
+              help="How long the tokens are valid: seconds, or with s, m, h, d.")
+@click.option("--ledger", metavar="SPEC", default=None, help=LEDGER_HELP)
+def token_create(count: int, ttl: str, ledger: str | None) -> None:
+    """Make COUNT tokens, store their SHA-256 digests in the ledger, print them one per line."""
+    import time
+
+    from ..identity.token import make_tokens, token_digest
+
+    seconds = _duration(ttl, "--ttl")
+    tokens = make_tokens(count)
+    led = _open_ledger(ledger)
+    try:
+        now = time.time()
+        led.add_tokens([token_digest(t) for t in tokens], created=now, expires=now + seconds)
+    finally:
+        led.close()
+    for t in tokens:
+        click.echo(t)
+
+
+@command.group("ledger")
+def ledger_group() -> None:
+    """Audit the issuance ledger: ids, times, client addresses (never seeds)."""
+
+
+@ledger_group.command("show")
+@click.argument("instance")
+@click.option("--ledger", metavar="SPEC", default=None, help=LEDGER_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def ledger_show(instance: str, ledger: str | None, as_json: bool) -> None:
+    """Every issuance and refusal of INSTANCE (e.g. aws:123456789012:us-east-1:i-0abc)."""
+    led = _open_ledger(ledger)
+    try:
+        _print_events(led.show(instance), as_json)
+    finally:
+        led.close()
+
+
+@ledger_group.command("list")
+@click.option("--since", required=True, metavar="WHEN",
+              help="Seconds since the epoch, an ISO 8601 time, or an age such as 2h or 7d.")
+@click.option("--ledger", metavar="SPEC", default=None, help=LEDGER_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def ledger_list(since: str, ledger: str | None, as_json: bool) -> None:
+    """Every issuance and refusal at or after WHEN, oldest first."""
+    when = _since(since)
+    led = _open_ledger(ledger)
+    try:
+        _print_events(led.list(when), as_json)
+    finally:
+        led.close()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str, flag: str) -> float:
+    t = text.strip()
+    unit = _UNITS.get(t[-1:], None)
+    number = t[:-1] if unit else t
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a duration such as 3600, 90m, 24h or 7d") \
+            from None
+    if not value > 0:
+        raise UsageError(f"{flag} must be positive")
+    return value
+
+
+def _since(text: str) -> float:
+    import time
+    from datetime import datetime
+
+    t = text.strip()
+    if t[-1:] in _UNITS:
+        return time.time() - _duration(t, "--since")
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not epoch seconds, an ISO 8601 time or an "
+                         "age such as 2h") from None
+
+
+def _print_events(events: list[Any], as_json: bool) -> None:
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    rows = [asdict(e) for e in events]
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        at = datetime.fromtimestamp(r["at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        what = f"issued {r['number']}" if r["event"] == "issued" else "REFUSED (too many)"
+        line = f"{at} {r['instance']} {what} kind={r['kind']} client={r['client']}"
+        if r.get("seed_id"):
+            line += f" seed_id={r['seed_id']} key_id={r['key_id']}"
+        click.echo(line)

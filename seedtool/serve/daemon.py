@@ -4,8 +4,12 @@ Order of start: every socket is bound first (so "already in use" and a bad group
 reported before a USB device is opened, which another daemon may be holding), then the
 core starts (start-up health tests, first reseed), then the listeners accept. SIGTERM
 and SIGINT stop cleanly (connections closed, socket files removed, core stopped);
-SIGHUP reopens the hardware sources (`EntropyCore.reopen`). Logs go to `log`, never
-a byte of output.
+SIGHUP reopens the hardware sources (`EntropyCore.reopen`) and reloads the HTTPS
+listener's certificate and key. Logs go to `log`, never a byte of output.
+
+With `--https` the daemon also serves the seed API (`seedtool.serve.https`): its
+socket is bound with the others, the ledger is opened, the signing key loaded and the
+identity checks constructed before the core starts, so a bad option fails first.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ class ServeConfig:
     control: str | None = None
     rate: float = DEFAULT_RATE
     max_clients: int = DEFAULT_MAX_CLIENTS
+    https: str | None = None  # HOST:PORT[,rate=R,burst=B]
+    cert: str | None = None
+    key: str | None = None
+    identities: tuple[str, ...] = ()
+    ledger: str | None = None  # None: sqlite under the state directory
+    issue_limit: int = 3
+    signing_key: str | None = None
 
 
 def run(config: ServeConfig, log: EventLog) -> None:
@@ -48,6 +59,7 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
     egd = EgdServer(core, log, rate=config.rate, max_clients=config.max_clients)
     control = ControlServer(config.control, lambda: status()) if config.control else None
     stop = asyncio.Event()
+    https = _https(config, core, log) if config.https else None
 
     def status() -> dict[str, Any]:
         return {"pid": os.getpid(), "uptime_s": round(time.time() - started, 1),
@@ -60,6 +72,8 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
     def on_hup() -> None:
         log("signal", {"signal": "SIGHUP", "action": "reopen sources"})
         loop.run_in_executor(None, core.reopen)
+        if https is not None:
+            https.reload()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig.name)
@@ -72,6 +86,8 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
             sock = EgdServer.bind(spec)
             socks.append(sock)
             await egd.add(spec, sock)
+        if https is not None:
+            socks.append(https.bind())
         if control is not None:
             await control.start(control.bind())
         start = loop.run_in_executor(None, core.start)
@@ -86,11 +102,16 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
         start.result()  # a required source unusable: its SeedtoolError
         core_started = True
         await egd.start_serving()
+        if https is not None:
+            await https.start()
         if control is not None:
             log("control", {"socket": config.control})
         await stop.wait()
     finally:
         await egd.close()
+        if https is not None:
+            await https.close()
+            https.app.ledger.close()
         if control is not None:
             await control.close()
         for sock in socks:
@@ -99,6 +120,48 @@ async def _main(config: ServeConfig, core: Any, log: EventLog) -> None:
             await loop.run_in_executor(None, core.stop)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _https(config: ServeConfig, core: Any, log: EventLog) -> Any:
+    """The HTTPS listener (not yet bound): ledger, signing key, identity checks, TLS pair."""
+    from ..keys import load_private_key
+    from ..shared.errors import UsageError
+    from .https import HttpsServer, RateLimiter, SeedApp, parse_https_spec
+    from .issuer import Issuer, build_checks
+    from .ledger import open_ledger
+
+    spec = parse_https_spec(config.https or "")
+    if not (config.cert and config.key):
+        raise UsageError("--https needs --cert FILE and --key FILE (PEM)")
+    if not config.signing_key:
+        raise UsageError("--https needs --signing-key FILE, the Ed25519 key envelopes are "
+                         "signed with (make one with `seedtool keygen`)")
+    if not config.identities:
+        raise UsageError("--https needs at least one --identity (aws-iid, gce-iit, token)")
+    private_key = load_private_key(config.signing_key)
+    ledger = open_ledger(config.ledger, default_path=default_ledger_path())
+    try:
+        checks = build_checks(config.identities, ledger=ledger)
+        issuer = Issuer(core=core, ledger=ledger, checks=checks, private_key=private_key,
+                        limit=config.issue_limit)
+        app = SeedApp(issuer, core=core, ledger=ledger, log=log,
+                      limiter=RateLimiter(spec.rate, spec.burst))
+        return HttpsServer(app, spec, config.cert, config.key, log)
+    except BaseException:
+        ledger.close()
+        raise
+
+
+def default_ledger_path() -> str:
+    """/var/lib/seedtool/ledger.sqlite as root, else $XDG_STATE_HOME/seedtool/ledger.sqlite."""
+    if os.geteuid() == 0:
+        base = "/var/lib/seedtool"
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "state")
+        base = os.path.join(state, "seedtool")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return os.path.join(base, "ledger.sqlite")
 
 
 def listen_specs(texts: Sequence[str]) -> tuple[ListenSpec, ...]:
