@@ -224,3 +224,19 @@ def test_property_any_single_bit_flip_of_v2_fails(bit: int) -> None:
     flipped[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(EnvelopeError):
         envelope.verify(bytes(flipped), trusted_pairs([pub]), now=NOW)
+
+
+def test_every_bit_of_the_version_flags_and_binding_is_signed(private_key: Any,
+                                                              keypair: Any) -> None:
+    # exhaustive where the bits are new in version 2 (the property test above samples all)
+    trusted = trusted_pairs([keypair[2]])
+    raw = make(private_key)
+    start = len(raw) - 64 - len(INSTANCE) - 1 - envelope.NONCE_LEN
+    positions = [4, 5, *range(start, len(raw) - 64)]
+    assert len(positions) == 2 + 32 + 1 + len(INSTANCE)
+    for pos in positions:
+        for bit in range(8):
+            flipped = bytearray(raw)
+            flipped[pos] ^= 1 << bit
+            with pytest.raises(EnvelopeError):
+                envelope.verify(bytes(flipped), trusted, now=NOW)
