@@ -132,6 +132,7 @@ def bake(
     live: bool = False,
     stop_service: Callable[[], None] = stop_random_seed_service,
     bounds: ScanBounds | None = None,
+    seed_servers: Mapping[str, bytes] | None = None,
 ) -> BakeResult:
     """Install the guest into `fs` and remove its shared state; the changes made.
 
@@ -141,6 +142,8 @@ def bake(
     does not own (keys elsewhere, dropbear's keys, envelopes) are never touched: the
     whole-image scan reports them in `left` (not on a live root).
     Without `policy`, the image's valid policy is kept and an invalid one refused.
+    `seed_servers` (`install.seed_server_files`) also installs the seed-server
+    configuration; without it the image's own is kept.
     """
     if machine_id not in MACHINE_ID_FORMS:
         raise BakeError(
@@ -162,7 +165,7 @@ def bake(
         if existing is not None:
             policy = existing.to_json()
     # plan everything before changing anything: bad keys or policy leave the target as it was
-    steps = install_steps(fs, trusted_keys, policy)
+    steps = install_steps(fs, trusted_keys, policy, seed_servers)
     form = machine_id if uses_systemd(fs) else "empty"
     steps += scrub_steps(fs, form)
     for step in steps:

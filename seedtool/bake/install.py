@@ -14,6 +14,10 @@ writes, below `root`:
   enabled by the symlink systemctl would make in `sysinit.target.wants/`;
 * `/etc/seedtool/trusted-keys/*.pub` (exactly the given keys) and
   `/etc/seedtool/policy.json` (validated);
+* with `seed_servers` (`seed_server_files`, from `bake --seed-server`):
+  `/etc/seedtool/seed-servers.json` (validated by the guest's own parser,
+  `seedtool.guest.netseed.config_from_mapping`) and `/etc/seedtool/seed-server-ca.pem`,
+  both 0644 (no secret: URLs and a CA certificate);
 * `/etc/cloud/cloud.cfg.d/90_seedtool.cfg` when the root has cloud-init: the root's
   own `cloud_init_modules`, every entry kept in its own form, with seedtool right
   after `seed_random` (before `ssh`). A cloud.cfg.d file replaces the whole list
@@ -56,6 +60,8 @@ UNIT_DIR = "usr/lib/systemd/system"
 WANTS_DIR = "etc/systemd/system/sysinit.target.wants"
 KEYS_DIR = "etc/seedtool/trusted-keys"
 POLICY = "etc/seedtool/policy.json"
+SEED_SERVERS = "etc/seedtool/seed-servers.json"
+SEED_SERVER_CA = "etc/seedtool/seed-server-ca.pem"
 CLOUD_CFG = "etc/cloud/cloud.cfg"
 CLOUD_CFG_D = "etc/cloud/cloud.cfg.d"
 DROPIN_NAME = "90_seedtool.cfg"
@@ -146,6 +152,53 @@ def _install_keys(root: Path, trusted_keys: Sequence[str | os.PathLike[str]],
                 old.unlink()
     for name, text in sorted(names.items()):
         _write(root, f"{KEYS_DIR}/{name}", text, 0o644, written)
+
+
+# --- seed servers ------------------------------------------------------------------------
+
+
+def ca_certificates(data: bytes, where: str) -> int:
+    """How many PEM certificates `data` holds (at least one), else UsageError naming `where`."""
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise UsageError(f"{where} holds no PEM certificate; give the CA certificate that "
+                         "signs the seed servers' certificates")
+    return len(certs)
+
+
+def seed_server_files(servers: Sequence[str], ca: str | os.PathLike[str], *,
+                      timeout: float | None = None, identity: str = "aws-iid"
+                      ) -> dict[str, bytes]:
+    """{path below the root: content} of the seed-server configuration and its CA.
+
+    `servers`: https URLs (as the guest will ask them; a GCE token's audience is the URL
+    exactly as given); `ca`: a PEM file of the CA certificate(s) their certificates chain
+    to; `identity`: aws-iid, gce-iit or token:/PATH in the image. Raises UsageError.
+    """
+    from ..guest import netseed
+
+    if not servers:
+        raise UsageError("give at least one --seed-server URL")
+    path = Path(ca)
+    try:
+        pem = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the seed servers' CA {path}: {e.strerror}") from None
+    ca_certificates(pem, str(path))
+    mapping = {"version": netseed.CONFIG_VERSION, "servers": list(servers),
+               "ca": "/" + SEED_SERVER_CA, "identity": identity,
+               "timeout": netseed.DEFAULT_TIMEOUT if timeout is None else timeout}
+    try:
+        config = netseed.config_from_mapping(mapping, "--seed-server options")
+    except netseed.ConfigError as e:
+        raise UsageError(str(e)) from None
+    text = json.dumps(config.to_json(), indent=1, sort_keys=True) + "\n"
+    return {SEED_SERVERS: text.encode(), SEED_SERVER_CA: pem}
 
 
 # --- cloud.cfg module list -----------------------------------------------------------
@@ -401,12 +454,14 @@ def install_guest(
     policy: Mapping[str, Any] | None = None,
     *,
     bytecode: bool = True,
+    seed_servers: Mapping[str, bytes] | None = None,
 ) -> list[str]:
     """Install seedtool's guest side into the image root `root`; the paths written.
 
     With `bytecode` (the default) the guest code is also compiled for the image's
     python3 when that is possible here (`compile_bytecode`); the byte code files made
-    are among the paths returned.
+    are among the paths returned. `seed_servers` (from `seed_server_files`) writes the
+    seed-server configuration and CA; without it they are left as they are.
 
     Raises UsageError/SigningKeyError for bad keys or policy, DeliveryError when the
     root cannot take it (e.g. its cloud config has no module list).
@@ -430,6 +485,10 @@ def install_guest(
     _install_keys(r, trusted_keys, written)
     text = json.dumps(pol.to_json(), indent=1, sort_keys=True) + "\n"
     _write(r, POLICY, text.encode(), 0o644, written)
+    for rel, content in sorted((seed_servers or {}).items()):
+        if rel not in (SEED_SERVERS, SEED_SERVER_CA):
+            raise UsageError(f"seed_servers names {rel}, not a seed-server file")
+        _write(r, rel, content, 0o644, written)
     (r / STATE_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
     if (r / CLOUD_CFG).exists():
         _install_cloud_cfg(r, written)

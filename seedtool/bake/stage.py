@@ -87,12 +87,14 @@ def _stage(fs: TargetFS, staging: Path) -> None:
 
 
 def install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
-                   policy: Mapping[str, Any] | None) -> list[Step]:
+                   policy: Mapping[str, Any] | None,
+                   seed_servers: Mapping[str, bytes] | None = None) -> list[Step]:
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="seedtool-bake-") as tmp:
         staging = Path(tmp)
         _stage(fs, staging)
-        written = install_guest(staging, trusted_keys, policy, bytecode=False)
+        written = install_guest(staging, trusted_keys, policy, bytecode=False,
+                                seed_servers=seed_servers)
         written += _stage_bytecode(fs, staging)
         what = {
             CC_MODULE: "cloud-init module",
@@ -100,6 +102,8 @@ def install_steps(fs: TargetFS, trusted_keys: Sequence[str | os.PathLike[str]],
             UNIT: "early-boot unit",
             WANTS_LINK: "early-boot unit enabled",
             POLICY: "seed policy",
+            "/" + install.SEED_SERVERS: "seed-server configuration",
+            "/" + install.SEED_SERVER_CA: "seed servers' CA certificate",
             f"{CLOUD_CFG_D}/{install.DROPIN_NAME}": "cloud-init module list with seedtool",
         }
         made_dirs: set[str] = set()

@@ -53,6 +53,21 @@ def _print_findings(target: str, findings: list[Any], as_json: bool, strict: boo
     return 1 if failed else 0
 
 
+def _seed_server_files(servers: tuple[str, ...], ca: str | None, timeout: float | None,
+                       identity: str | None) -> dict[str, bytes]:
+    """The --seed-server* options as the files install_guest writes (checked here)."""
+    from ..bake.install import seed_server_files
+
+    if not servers:
+        raise UsageError("--seed-server-ca, --seed-server-timeout and --seed-server-identity "
+                         "go with --seed-server URL")
+    if ca is None:
+        raise UsageError("--seed-server needs --seed-server-ca CA.pem: the guest trusts only "
+                         "that CA for its seed servers")
+    return seed_server_files(list(servers), ca, timeout=timeout,
+                             identity=identity or "aws-iid")
+
+
 @click.command("bake")
 @click.option("--root", metavar="DIR", default=None,
               help="The image's root directory (a chroot, or / inside the image being built).")
@@ -86,11 +101,26 @@ def _print_findings(target: str, findings: list[Any], as_json: bool, strict: boo
               help="Bound on the bytes the secret scan reads (default 64 GiB).")
 @click.option("--scan-max-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="S", help="Bound on the secret scan's time (default 1800 s).")
+@click.option("--seed-server", "seed_servers", multiple=True, metavar="URL",
+              help="An https seed server the guest asks for a seed at boot (repeatable; "
+                   "all are asked at once). Needs --seed-server-ca.")
+@click.option("--seed-server-ca", metavar="CA.pem", default=None,
+              type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate(s) of the CA the seed servers' certificates chain to; "
+                   "the guest trusts only these, never the system store.")
+@click.option("--seed-server-timeout", type=click.FloatRange(1, 60), default=None,
+              metavar="S", help="Seconds for the whole fetch from every server (default 10).")
+@click.option("--seed-server-identity", default=None,
+              metavar="aws-iid|gce-iit|token:/PATH",
+              help="The evidence the guest presents: the AWS identity document (default), "
+                   "the GCE identity token, or a bootstrap token from a file in the image.")
 def command(root: str | None, image: str | None, partition: int | None, backend: str,
             trusted_keys: tuple[str, ...], policy_path: str | None, machine_id: str,
             dry_run: bool, check_only: bool, strict: bool, as_json: bool,
             scan_max_files: int | None, scan_max_bytes: int | None,
-            scan_max_seconds: float | None) -> None:
+            scan_max_seconds: float | None, seed_servers: tuple[str, ...],
+            seed_server_ca: str | None, seed_server_timeout: float | None,
+            seed_server_identity: str | None) -> None:
     """Prepare a base image: install the guest side, remove what VMs must not share.
 
     Installs seedtool's cloud-init module (into the distribution's own module list),
@@ -111,10 +141,12 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
         d, max_files=d.max_files if scan_max_files is None else scan_max_files,
         max_bytes=d.max_bytes if scan_max_bytes is None else scan_max_bytes,
         max_seconds=d.max_seconds if scan_max_seconds is None else scan_max_seconds)
+    server_options = (seed_servers or seed_server_ca or seed_server_timeout is not None
+                      or seed_server_identity)
     if check_only:
-        if trusted_keys or policy_path or dry_run:
-            raise UsageError("--check only reads the target; drop --trusted-key, --policy "
-                             "and --dry-run")
+        if trusted_keys or policy_path or dry_run or server_options:
+            raise UsageError("--check only reads the target; drop --trusted-key, --policy, "
+                             "--seed-server* and --dry-run")
         with _open(root, image, False, partition, backend) as fs:
             findings = lib.check(fs, bounds)
             target = fs.description
@@ -132,12 +164,15 @@ def command(root: str | None, image: str | None, partition: int | None, backend:
         from ..guest.policy import load_policy
 
         policy = load_policy(policy_path).to_json()
+    servers = _seed_server_files(seed_servers, seed_server_ca, seed_server_timeout,
+                                 seed_server_identity) if server_options else None
     live = root is not None and lib.is_live_root(root)
     if live and os.geteuid() != 0 and not dry_run:
         raise UsageError("baking the running system (--root /) needs root; run it with sudo")
     with _open(root, image, not dry_run, partition, backend) as fs:
         result = lib.bake(fs, list(trusted_keys), policy, dry_run=dry_run,
-                          machine_id=machine_id, live=live, bounds=bounds)
+                          machine_id=machine_id, live=live, bounds=bounds,
+                          seed_servers=servers)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
         return

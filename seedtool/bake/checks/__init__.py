@@ -27,7 +27,7 @@ from ...guest.policy import Policy
 from ...image.fs import TargetFS
 from ..findings import Finding
 from ..imagescan import ScanBounds
-from . import cloudinit, guest, keygen, policy, secrets, shared_state
+from . import cloudinit, guest, keygen, policy, secrets, seedserver, shared_state
 
 
 @dataclass
@@ -58,6 +58,7 @@ CHECKS: tuple[Check, ...] = (
     keygen.keygen_after_credit,
     policy.policy_valid,
     policy.trusted_keys,
+    seedserver.seed_servers_valid,
     guest.python_present,
     secrets.no_secrets,
 )
