@@ -45,6 +45,8 @@ COMMANDS: Registry[click.Command] = Registry("command", {
     "bake": ("seedtool.commands.bake:command",
              "Prepare a base image (guest side in, shared secrets out); --check lints one."),
     "serve": ("seedtool.commands.serve:command", "Feed VMs health-tested entropy over EGD."),
+    "fetch": ("seedtool.commands.fetch:command",
+              "Ask seed servers for envelopes bound to this machine, as the guest does."),
 })
 
 

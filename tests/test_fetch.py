@@ -1,0 +1,137 @@
+"""`seedtool fetch` end to end: the command as a subprocess against TLS seed servers on
+127.0.0.1 (tests/guest/test_netseed.py's SeedServer) and devtools' fake IMDS."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.fake_imds import FakeImds
+from seedtool.generate import SeedFactory
+from seedtool.shared import envelope
+from tests.guest.test_netseed import TOKEN, SeedServer, TestCa, closed_port
+
+
+def fetch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seedtool", "fetch", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> TestCa:
+    return TestCa()
+
+
+@pytest.fixture
+def make(private_key: Any, ca: TestCa, tmp_path: Path) -> Iterator[Any]:
+    made: list[SeedServer] = []
+    with SeedFactory(private_key) as factory:
+        def new(mode: str = "ok", **kw: Any) -> SeedServer:
+            s = SeedServer(factory, kw.pop("other_ca", ca), tmp_path / f"s{len(made)}",
+                           mode=mode, **kw)
+            made.append(s)
+            return s
+
+        yield new
+        for s in made:
+            s.stop()
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def test_fetch_writes_the_envelopes_and_prints_each_server(
+        make: Any, ca: TestCa, tmp_path: Path, token: Path, keypair: Any) -> None:
+    a, b = make(), make("error", status=409, code="too-many")
+    out = tmp_path / "out" / "seeds"
+    out.parent.mkdir()
+    p = fetch("--server", a.url, "--server", b.url, "--ca", str(ca.write(tmp_path / "ca.pem")),
+              "--identity", f"token:{token}", "-o", str(out), "--trusted-key", str(keypair[1]))
+    assert p.returncode == 0, p.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 and stat.S_IMODE(out.stat().st_mode) == 0o600
+    env = envelope.parse(lines[0])
+    assert env.binding is not None and env.binding[0].startswith("token:")
+    assert f"{a.url}: ok (seed {env.seed_id_hex}, issued 1); verified: signed by a trusted " \
+        "key, bound to this instance and nonce" in p.stdout
+    assert f"{b.url}: too-many (HTTP 409)" in p.stdout
+    assert lines[0][:40] not in p.stdout + p.stderr and TOKEN not in p.stdout + p.stderr
+
+
+def test_fetch_json(make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+    a = make()
+    p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
+              f"token:{token}", "-o", str(tmp_path / "e"), "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["envelopes"] == 1 and doc["servers"][0]["result"] == "ok"
+    assert doc["servers"][0]["instance"].startswith("token:")
+
+
+def test_no_envelope_is_one_sentence_and_nothing_written(
+        make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+    stranger = make(other_ca=TestCa("another CA"))
+    down = f"https://127.0.0.1:{closed_port()}"
+    out = tmp_path / "e"
+    p = fetch("--server", stranger.url, "--server", down, "--ca",
+              str(ca.write(tmp_path / "ca.pem")), "--identity", f"token:{token}", "-o", str(out))
+    assert p.returncode == 1
+    assert p.stderr.strip() == (f"seedtool: error: no seed server gave an envelope "
+                                f"({stranger.url} tls: certificate not trusted, {down} "
+                                "unreachable); nothing was written")
+    assert not out.exists()
+
+
+def test_an_envelope_that_does_not_verify_is_not_written(
+        make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+    from seedtool.keys import generate_keypair
+
+    other = generate_keypair(tmp_path / "o.key", tmp_path / "o.pub")
+    assert other is not None
+    a = make("other-nonce")
+    out = tmp_path / "e"
+    p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
+              f"token:{token}", "-o", str(out), "--trusted-key", str(tmp_path / "o.pub"))
+    assert p.returncode == 1 and "no seed server gave a verified envelope" in p.stderr
+    assert "not verified: signed by untrusted key" in p.stdout
+    assert not out.exists()
+
+
+def test_fetch_with_the_aws_identity_from_imds(make: Any, ca: TestCa, tmp_path: Path) -> None:
+    a = make()
+    with FakeImds(regions=("us-east-1",)) as imds:
+        imds.launch(instance_id="i-0fedcba9876543210")
+        p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
+                  "aws-iid", "--imds", imds.endpoint, "-o", str(tmp_path / "e"), "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["servers"][0]["instance"] == (
+        "aws:123456789012:us-east-1:i-0fedcba9876543210")
+    assert a.bodies[0]["kind"] == "aws-iid" and set(a.bodies[0]) == {
+        "kind", "document", "rsa2048", "nonce"}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--server", "http://a.example"], "not https"),
+    (["--server", "https://a.example", "--identity", "password"], "--identity must be"),
+    (["--server", "https://a.example", "--ca", "NOTPEM"], "no PEM certificate"),
+])
+def test_bad_arguments_are_one_sentence(tmp_path: Path, ca: TestCa, args: list[str],
+                                        says: str) -> None:
+    not_pem = tmp_path / "x.pem"
+    not_pem.write_text("x\n")
+    full = ["--ca", str(ca.write(tmp_path / "ca.pem")), "--identity", "aws-iid", "-o",
+            str(tmp_path / "e"), *args]
+    full = [str(not_pem) if a == "NOTPEM" else a for a in full]
+    p = fetch(*full)
+    assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
