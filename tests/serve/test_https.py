@@ -290,6 +290,7 @@ def test_tls_1_2_is_refused(server: Server) -> None:
 def test_healthz_and_metrics(world: World, server: Server) -> None:
     status, _, data = server.call("GET", "/healthz")
     assert status == 200 and json.loads(data)["ready"] is True
+    assert server.call("POST", "/v1/seed", b"[]")[0] == 400
     (token,) = world.tokens(server.ledger, 1)
     assert server.seed({"kind": "token", "token": token})[0] == 200
     status, headers, data = server.call("GET", "/metrics")
@@ -306,6 +307,7 @@ def test_healthz_and_metrics(world: World, server: Server) -> None:
     assert values['seedtool_source_healthy{source="os"}'] == 1
     assert values["seedtool_core_serving"] == 1 and values["seedtool_ledger_writable"] == 1
     assert "# TYPE seedtool_requests_refused_total counter" in text
+    assert values['seedtool_requests_refused_total{reason="malformed"}'] >= 1
     assert token not in text
 
 
@@ -420,3 +422,60 @@ def test_unhealthy_required_source_is_503(world: World, sockdir: Path) -> None:
     finally:
         assert s.stop() == 0
         upstream.stop(signal.SIGKILL)
+
+
+def test_ledger_list_prints_ids_times_and_addresses_never_seeds(
+        world: World, server: Server) -> None:
+    (token,) = world.tokens(server.ledger, 1)
+    status, answer, _ = server.seed({"kind": "token", "token": token})
+    assert status == 200
+    out = cli("serve", "ledger", "list", "--since", "1h", "--ledger", f"sqlite:{server.ledger}")
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if answer["seed_id"] in ln)
+    instance = token_instance(token_digest(token))
+    assert f"{instance} issued 1 kind=token client=127.0.0.1" in line
+    assert answer["envelope"][:40] not in out.stdout and token not in out.stdout
+    later = cli("serve", "ledger", "list", "--since", str(time.time() + 3600), "--json",
+                "--ledger", f"sqlite:{server.ledger}")
+    assert later.returncode == 0 and json.loads(later.stdout) == []
+    bad = cli("serve", "ledger", "list", "--since", "yesterday-ish",
+              "--ledger", f"sqlite:{server.ledger}")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--since" in bad.stderr
+
+
+def test_option_syntax() -> None:
+    from seedtool.serve.https import parse_https_spec
+    from seedtool.serve.issuer import parse_identity_spec
+    from seedtool.shared.errors import UsageError
+
+    assert parse_https_spec("0.0.0.0:8443") == parse_https_spec("0.0.0.0:8443,rate=20,burst=100")
+    assert parse_https_spec("[::1]:443,rate=0").host == "::1"
+    assert parse_identity_spec("aws-iid:accounts=111111111111,222222222222,regions=us-east-1") \
+        == ("aws-iid", {"accounts": "111111111111,222222222222", "regions": "us-east-1"})
+    assert parse_identity_spec("gce-iit:projects=p1,audience=https://seeds.example") == (
+        "gce-iit", {"projects": "p1", "audience": "https://seeds.example"})
+    assert parse_identity_spec("token") == ("token", {})
+    for bad in ("8443", "host:", "h:99999", "h:1,rate=-1", "h:1,burst=0", "h:1,speed=3"):
+        with pytest.raises(UsageError):
+            parse_https_spec(bad)
+    for bad in ("nfs", "token:x=1", "aws-iid:colour=red", "aws-iid:regions=a,regions=b",
+                "gce-iit:audience=x,y"):
+        with pytest.raises(UsageError):
+            parse_identity_spec(bad)
+
+
+def test_start_up_errors_are_one_sentence(world: World) -> None:
+    base = ["serve", "--https", "127.0.0.1:0", "--no-control", "--ledger",
+            f"sqlite:{world.dir / 'ledger-errors.sqlite'}"]
+    full = [*base, "--cert", str(world.pki.cert), "--key", str(world.pki.key),
+            "--signing-key", str(world.signing_key)]
+    for args, words in (
+            (base + ["--identity", "token"], "--cert"),
+            ([*full, "--identity", "aws-iid:colour=red"], "colour"),
+            ([*full[:-2], "--signing-key", str(world.pki.ca), "--identity", "token"], "key"),
+            ([*base, "--cert", str(world.pki.cert), "--key", str(world.pki2.key),
+              "--signing-key", str(world.signing_key), "--identity", "token"], "certificate"),
+            (full, "--identity")):
+        out = cli(*args)
+        assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
