@@ -479,3 +479,22 @@ def test_start_up_errors_are_one_sentence(world: World) -> None:
         out = cli(*args)
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_ledger_that_cannot_commit_is_503_and_not_ready(world: World, server: Server) -> None:
+    (token,) = world.tokens(server.ledger, 1)
+    instance = token_instance(token_digest(token))
+    holder = sqlite3.connect(server.ledger, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the timeout
+        status, answer, _ = server.seed({"kind": "token", "token": token})
+        assert (status, answer["error"]) == (503, "ledger-unavailable")
+        status, _, data = server.call("GET", "/healthz")
+        assert status == 503 and json.loads(data)["reasons"] == ["ledger-unavailable"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert server.show(instance) == []  # the 503 sent nothing and recorded nothing
+    status, answer, _ = server.seed({"kind": "token", "token": token})
+    assert status == 200 and answer["issued"] == 1
+    assert server.call("GET", "/healthz")[0] == 200
