@@ -1,22 +1,29 @@
 """`seedtool fetch` end to end: the command as a subprocess against TLS seed servers on
 127.0.0.1 (tests/guest/test_netseed.py's SeedServer) and devtools' fake IMDS."""
 
+# ruff: noqa: F811 - the fixtures imported from test_netseed are parameters here
 from __future__ import annotations
 
 import json
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.fake_imds import FakeImds
-from seedtool.generate import SeedFactory
 from seedtool.shared import envelope
-from tests.guest.test_netseed import TOKEN, SeedServer, TestCa, closed_port
+from tests.guest.test_netseed import (  # noqa: F401 - fixtures
+    TOKEN,
+    TestCa,
+    ca,
+    closed_port,
+    factory,
+    servers,
+    token_evidence,
+)
 
 
 def fetch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,35 +32,13 @@ def fetch(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def ca(tmp_path: Path) -> TestCa:
-    return TestCa()
-
-
-@pytest.fixture
-def make(private_key: Any, ca: TestCa, tmp_path: Path) -> Iterator[Any]:
-    made: list[SeedServer] = []
-    with SeedFactory(private_key) as factory:
-        def new(mode: str = "ok", **kw: Any) -> SeedServer:
-            s = SeedServer(factory, kw.pop("other_ca", ca), tmp_path / f"s{len(made)}",
-                           mode=mode, **kw)
-            made.append(s)
-            return s
-
-        yield new
-        for s in made:
-            s.stop()
-
-
-@pytest.fixture
-def token(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text(TOKEN + "\n")
-    return path
+def token(token_evidence: Any, tmp_path: Path) -> Path:
+    return tmp_path / "token"  # where token_evidence wrote it
 
 
 def test_fetch_writes_the_envelopes_and_prints_each_server(
-        make: Any, ca: TestCa, tmp_path: Path, token: Path, keypair: Any) -> None:
-    a, b = make(), make("error", status=409, code="too-many")
+        servers: Any, ca: TestCa, tmp_path: Path, token: Path, keypair: Any) -> None:
+    a, b = servers(), servers("error", status=409, code="too-many")
     out = tmp_path / "out" / "seeds"
     out.parent.mkdir()
     p = fetch("--server", a.url, "--server", b.url, "--ca", str(ca.write(tmp_path / "ca.pem")),
@@ -69,8 +54,8 @@ def test_fetch_writes_the_envelopes_and_prints_each_server(
     assert lines[0][:40] not in p.stdout + p.stderr and TOKEN not in p.stdout + p.stderr
 
 
-def test_fetch_json(make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
-    a = make()
+def test_fetch_json(servers: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+    a = servers()
     p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
               f"token:{token}", "-o", str(tmp_path / "e"), "--json")
     assert p.returncode == 0, p.stderr
@@ -80,8 +65,8 @@ def test_fetch_json(make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
 
 
 def test_no_envelope_is_one_sentence_and_nothing_written(
-        make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
-    stranger = make(other_ca=TestCa("another CA"))
+        servers: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+    stranger = servers(other_ca=TestCa("another CA"))
     down = f"https://127.0.0.1:{closed_port()}"
     out = tmp_path / "e"
     p = fetch("--server", stranger.url, "--server", down, "--ca",
@@ -94,12 +79,12 @@ def test_no_envelope_is_one_sentence_and_nothing_written(
 
 
 def test_an_envelope_that_does_not_verify_is_not_written(
-        make: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
+        servers: Any, ca: TestCa, tmp_path: Path, token: Path) -> None:
     from seedtool.keys import generate_keypair
 
     other = generate_keypair(tmp_path / "o.key", tmp_path / "o.pub")
     assert other is not None
-    a = make("other-nonce")
+    a = servers("other-nonce")
     out = tmp_path / "e"
     p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
               f"token:{token}", "-o", str(out), "--trusted-key", str(tmp_path / "o.pub"))
@@ -108,8 +93,8 @@ def test_an_envelope_that_does_not_verify_is_not_written(
     assert not out.exists()
 
 
-def test_fetch_with_the_aws_identity_from_imds(make: Any, ca: TestCa, tmp_path: Path) -> None:
-    a = make()
+def test_fetch_with_the_aws_identity_from_imds(servers: Any, ca: TestCa, tmp_path: Path) -> None:
+    a = servers()
     with FakeImds(regions=("us-east-1",)) as imds:
         imds.launch(instance_id="i-0fedcba9876543210")
         p = fetch("--server", a.url, "--ca", str(ca.write(tmp_path / "ca.pem")), "--identity",
