@@ -83,6 +83,13 @@ def command(ctx: click.Context, egd: tuple[str, ...], sources: tuple[str, ...],
     -object rng-egd,id=rng0,chardev=egd -device virtio-rng-pci,rng=rng0):
       seedtool serve --egd unix:/run/seedtool/egd.sock,mode=0660,group=kvm \\
                      --source hwrng --require hwrng
+
+    \b
+    The seed API for fleets (VMs prove who they are; every issuance is in the ledger
+    before it is sent, at most --issue-limit per instance boot):
+      seedtool serve --https 0.0.0.0:8443 --cert server.pem --key server.key \\
+                     --signing-key seed.key --identity aws-iid:accounts=123456789012 \\
+                     --identity token --source hwrng --require hwrng
     """
     if ctx.invoked_subcommand is not None:
         if egd or sources or required or rate is not None or max_clients or control \

@@ -243,6 +243,10 @@ def build_checks(specs: Sequence[str], *, ledger: Any) -> dict[str, IdentityChec
         if kind in checks:
             raise UsageError(f"--identity {kind} is given twice; give each kind once")
         cls: Any = IDENTITY_CHECKS.load(kind)
+        if kind == "aws-iid" and not opts.get("accounts"):
+            # any AWS customer can make a genuine document: name whose instances to serve
+            raise UsageError("--identity aws-iid needs accounts=, the AWS accounts whose "
+                             "instances this server serves (e.g. accounts=123456789012)")
         if kind == "token":
             checks[kind] = cls(ledger)
         else:
