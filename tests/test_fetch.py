@@ -120,3 +120,57 @@ def test_bad_arguments_are_one_sentence(tmp_path: Path, ca: TestCa, args: list[s
     full = [str(not_pem) if a == "NOTPEM" else a for a in full]
     p = fetch(*full)
     assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+# --- against the real server: `seedtool serve --https` (Contract 2 from both sides) -------------
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from seedtool.keys import generate_keypair
+    from tests.serve.test_https import Server, World, make_pki
+
+    d = tmp_path_factory.mktemp("real")
+    pub = generate_keypair(d / "signing.key", d / "signing.pub")
+    imds = FakeImds(regions=("us-east-1", "eu-west-1"))
+    world = World(d, make_pki(d, "one"), make_pki(d, "two"), d / "signing.key", pub, imds,
+                  imds.write_certs(d / "aws-certs.json"))
+    server = Server(world, "main")
+    with imds:
+        yield world, server
+    assert server.stop() == 0
+
+
+def test_fetch_from_the_real_server_with_a_token_then_too_many(real_server: Any,
+                                                               tmp_path: Path) -> None:
+    world, server = real_server
+    (tok,) = world.tokens(server.ledger, 1)
+    (tmp_path / "token").write_text(tok + "\n")
+    url = f"https://127.0.0.1:{server.port}"
+    args = ["--server", url, "--ca", str(world.pki.ca), "--identity",
+            f"token:{tmp_path / 'token'}", "--trusted-key", str(world.dir / "signing.pub")]
+    for n in (1, 2, 3):
+        p = fetch(*args, "-o", str(tmp_path / f"e{n}"))
+        assert p.returncode == 0, p.stderr
+        assert f", issued {n}); verified: signed by a trusted key, bound to this instance " \
+            "and nonce" in p.stdout
+    p = fetch(*args, "-o", str(tmp_path / "e4"))
+    assert p.returncode == 1 and f"{url}: too-many (HTTP 409)" in p.stdout
+    assert tok not in p.stdout + p.stderr
+    # another CA's pin: refused before any evidence is sent
+    p = fetch(*args[:2], "--ca", str(world.pki2.ca), *args[4:], "-o", str(tmp_path / "e5"))
+    assert p.returncode == 1 and f"{url}: tls: certificate not trusted" in p.stdout
+
+
+def test_fetch_from_the_real_server_with_the_aws_identity(real_server: Any,
+                                                          tmp_path: Path) -> None:
+    world, server = real_server
+    world.imds.launch(region="us-east-1")
+    p = fetch("--server", f"https://127.0.0.1:{server.port}", "--ca", str(world.pki.ca),
+              "--identity", "aws-iid", "--imds", world.imds.endpoint, "--trusted-key",
+              str(world.dir / "signing.pub"), "-o", str(tmp_path / "e"), "--json")
+    assert p.returncode == 0, p.stderr
+    [s] = json.loads(p.stdout)["servers"]
+    assert s["result"] == "ok" and s["verdict"].startswith("verified")
+    assert s["instance"].startswith("aws:") and s["instance"].endswith(
+        json.loads(world.imds.instance.document)["instanceId"])
