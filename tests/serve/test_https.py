@@ -102,9 +102,10 @@ class World:
     imds: FakeImds
     certs: Path
 
-    def tokens(self, ledger: Path, count: int) -> list[str]:
+    def tokens(self, ledger: Path | str, count: int) -> list[str]:
+        spec = ledger if isinstance(ledger, str) else f"sqlite:{ledger}"
         out = cli("serve", "token", "create", "--count", str(count), "--ttl", "1h",
-                  "--ledger", f"sqlite:{ledger}")
+                  "--ledger", spec)
         assert out.returncode == 0, out.stderr
         tokens = out.stdout.split()
         assert len(tokens) == count and all(t.startswith("sdt1_") for t in tokens)
@@ -124,16 +125,20 @@ class Server:
     """`seedtool serve --https 127.0.0.1:0 ...` with its ledger and its port."""
 
     def __init__(self, world: World, name: str, *extra: str, rate: str = "rate=0",
-                 limit: int = 3, pki: Pki | None = None) -> None:
+                 limit: int = 3, pki: Pki | None = None, ledger: str | None = None,
+                 identities: tuple[str, ...] | None = None) -> None:
         self.world = world
         self.pki = pki or world.pki
         self.ledger = world.dir / f"ledger-{name}.sqlite"
+        self.ledger_spec = ledger or f"sqlite:{self.ledger}"
+        if identities is None:
+            identities = ("token",
+                          f"aws-iid:accounts={ACCOUNT},regions=us-east-1,certs={world.certs}")
         self.daemon = Daemon(
             "--https", f"127.0.0.1:0,{rate}", "--cert", str(self.pki.cert),
             "--key", str(self.pki.key), "--signing-key", str(world.signing_key),
-            "--identity", "token",
-            "--identity", f"aws-iid:accounts={ACCOUNT},regions=us-east-1,certs={world.certs}",
-            "--ledger", f"sqlite:{self.ledger}", "--issue-limit", str(limit),
+            *(a for i in identities for a in ("--identity", i)),
+            "--ledger", self.ledger_spec, "--issue-limit", str(limit),
             "--no-control", *extra)
         line = self.daemon.wait_for("seedtool serve: https listen=")
         self.port = int(line.split("listen=")[1].split()[0].rsplit(":", 1)[1])
@@ -164,8 +169,7 @@ class Server:
         return status, json.loads(raw), nonce
 
     def show(self, instance: str) -> list[dict[str, Any]]:
-        out = cli("serve", "ledger", "show", instance, "--ledger", f"sqlite:{self.ledger}",
-                  "--json")
+        out = cli("serve", "ledger", "show", instance, "--ledger", self.ledger_spec, "--json")
         assert out.returncode == 0, out.stderr
         rows: list[dict[str, Any]] = json.loads(out.stdout)
         return rows
@@ -499,3 +503,35 @@ def test_a_ledger_that_cannot_commit_is_503_and_not_ready(world: World, server: 
     status, answer, _ = server.seed({"kind": "token", "token": token})
     assert status == 200 and answer["issued"] == 1
     assert server.call("GET", "/healthz")[0] == 200
+
+
+def test_gce_iit_with_a_postgresql_ledger(world: World) -> None:
+    from devtools.fake_gce_metadata import PROJECT, ZONE, FakeGceMetadata, Vm
+    from devtools.postgres import throwaway_cluster
+
+    audience = "https://seeds.example"
+    with FakeGceMetadata(vms=[Vm(name="vm-1", instance_id="1111111111111111111"),
+                              Vm(name="vm-2", instance_id="2222222222222222222")]) as meta, \
+            throwaway_cluster() as pg:
+        s = Server(world, "gce", ledger=pg.dsn, identities=(
+            f"gce-iit:projects={PROJECT},audience={audience},certs_url={meta.certs_url}",
+            "token"))
+        try:
+            seen = {}
+            for name in ("vm-1", "vm-2"):
+                vm = meta.vm(name)
+                status, answer, nonce = s.seed({"kind": "gce-iit",
+                                                "token": meta.token(audience, name)})
+                assert status == 200, answer
+                instance = f"gce:{PROJECT}:{ZONE}:{vm.instance_id}"
+                assert verify_bound(world, answer).binding == (instance, nonce)
+                seen[instance] = answer["seed_id"]
+            for instance, seed_id in seen.items():
+                assert [r["seed_id"] for r in s.show(instance)] == [seed_id]
+            status, answer, _ = s.seed({"kind": "gce-iit",
+                                        "token": meta.token("https://other.example")})
+            assert (status, answer["error"]) == (401, "evidence-invalid")
+            (token,) = world.tokens(pg.dsn, 1)  # tokens live in the PostgreSQL ledger too
+            assert s.seed({"kind": "token", "token": token})[0] == 200
+        finally:
+            assert s.stop() == 0
