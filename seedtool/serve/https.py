@@ -17,7 +17,9 @@ One process: the entropy core must be opened by one process only (a USB TRNG).
 Blocking work (identity verification, the core, signing, the ledger's commit)
 runs in a bounded `ThreadPoolExecutor`, never on the event loop.
 
-Request rules: the body at most 16 KiB (a larger Content-Length or body is answered
+Request rules: the headers must arrive within `HEADER_SECONDS` of the connection
+(or of the request's first byte; the connection is closed otherwise: a slow client
+holds no connection for long), the body at most 16 KiB (a larger Content-Length or body is answered
 400 "malformed", not 413: the API has one code for a request it will not read);
 it must arrive within `BODY_SECONDS`; per client address a token bucket limits
 requests (429 "rate-limited" with Retry-After, RFC 9110 section 10.2.3). Every error
@@ -51,6 +53,9 @@ from .metrics import Metrics
 
 #: a request body must have arrived this long after its headers
 BODY_SECONDS = 10.0
+#: a request's headers must have arrived this long after the connection (or the
+#: request's first byte); uvicorn itself bounds only the idle time between requests
+HEADER_SECONDS = 10.0
 #: default per-address rate: requests per second and burst
 DEFAULT_RATE = 20.0
 DEFAULT_BURST = 100
@@ -336,7 +341,7 @@ class HttpsServer:
         import uvicorn
 
         config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False,
-                                server_header=False, http="httptools", timeout_keep_alive=5,
+                                server_header=False, http=_protocol_class(), timeout_keep_alive=5,
                                 timeout_graceful_shutdown=5,
                                 backlog=1024)
         config.load()
@@ -369,6 +374,45 @@ class HttpsServer:
         if self.sock is not None:
             self.sock.close()
         self.app.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _protocol_class() -> Any:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol with a deadline for each request's headers."""
+
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(HEADER_SECONDS, self._late)
+
+        def _late(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()  # headers too slow: no answer, the client retries
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
 
 
 def _server_class() -> Any:

@@ -392,10 +392,19 @@ def test_slow_clients_do_not_stop_others(world: World, server: Server) -> None:
             tls.sendall(b"POST /v1/seed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                         b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"ki")
             holders.append(tls)
+        half = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)),
+                               server_hostname="127.0.0.1")
+        half.sendall(b"POST /v1/seed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-")
+        holders.append(half)
         (token,) = world.tokens(server.ledger, 1)
         status, answer, _ = server.seed({"kind": "token", "token": token})
         assert status == 200, answer
         assert server.call("GET", "/healthz")[0] == 200
+        # and the server lets go of them: headers too slow -> closed, body too slow -> 400
+        half.settimeout(WAIT)
+        assert half.recv(100) == b""
+        holders[-2].settimeout(WAIT)
+        assert holders[-2].recv(100).startswith(b"HTTP/1.1 400 ")
     finally:
         for h in holders:
             h.close()
