@@ -20,9 +20,10 @@ It never logs seed bytes. The shared logic lives in ``seedtool.guest``, which th
 image keeps in a private directory so a pip-installed seedtool cannot clash with it.
 
 Signature note: cloud-init 20.4 (cloudinit/stages.py) and 22.4 call
-``handle(name, cfg, cloud, log, args)`` positionally; 23.2+ passes ``log=`` only to a handle with exactly five parameters
-(and logs a deprecation), otherwise ``handle(name=, cfg=, cloud=, args=)`` by
-keyword (cloudinit/config/modules.py). Six parameters suit both.
+``handle(name, cfg, cloud, log, args)`` positionally; 23.2+ passes ``log=`` only to a
+handle with exactly five parameters (and logs a deprecation), otherwise
+``handle(name=, cfg=, cloud=, args=)`` by keyword (cloudinit/config/modules.py). Six
+parameters suit both.
 """
 
 from __future__ import annotations

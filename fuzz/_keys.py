@@ -31,8 +31,9 @@ TRUSTED = trusted_pairs([PUBLIC])
 
 
 def make_envelope(seed: bytes, provenance: dict[str, Any] | None = None, ttl: int = 3600,
-                  seed_id: bytes = b"\x5e" * 16) -> bytes:
-    """A raw envelope signed with the fuzz key, valid at NOW."""
+                  seed_id: bytes = b"\x5e" * 16,
+                  binding: tuple[str, bytes] | None = None) -> bytes:
+    """A raw envelope signed with the fuzz key, valid at NOW (bound: format version 2)."""
     return envelope.build(
         seed,
         private_key=KEY,
@@ -41,4 +42,5 @@ def make_envelope(seed: bytes, provenance: dict[str, Any] | None = None, ttl: in
         provenance={"v": 1} if provenance is None else provenance,
         ttl=ttl,
         now=NOW - 60,
+        binding=binding,
     )

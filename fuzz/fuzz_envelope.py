@@ -29,6 +29,9 @@ _SIGNED = [
     make_envelope(bytes(range(64)), {"v": 1, "sources": [{"name": "os", "bytes": 64}]}),
     make_envelope(b"\xa5" * 512, {"v": 1, "note": "x" * 300}, ttl=366 * 86400),
     make_envelope(b"\x00" * 32, {"v": 1, "nested": {"a": [1, 2.5, None, True, "\u00e9"]}}),
+    make_envelope(bytes(range(64)), {"v": 1, "via": "seed-server"},
+                  binding=("aws:123456789012:us-east-1:i-0123456789abcdef0", b"\x42" * 32)),
+    make_envelope(b"\x33" * 64, {}, binding=("t", bytes(32))),
 ]
 SIGNED = frozenset(_SIGNED)
 
@@ -40,6 +43,7 @@ def seeds() -> Iterator[bytes]:
         yield text
         yield b"\n".join(text[i : i + 76] for i in range(0, len(text), 76)) + b"\n"
     yield b"SDTL\x01\x00" + b"\x00" * 48
+    yield b"SDTL\x02\x01" + b"\x00" * 48
     yield b"U0RUTA=="
 
 
@@ -51,8 +55,10 @@ def test_one_input(data: bytes) -> None:
         env = None
     if env is not None:
         raw = envelope.decode_text(data)
-        body = env.signed_part[len(envelope.SIGNING_CONTEXT) :]
-        assert env.signed_part.startswith(envelope.SIGNING_CONTEXT)
+        context = (envelope.SIGNING_CONTEXT if env.binding is None
+                   else envelope.SIGNING_CONTEXT_BOUND)
+        body = env.signed_part[len(context) :]
+        assert env.signed_part.startswith(context)
         assert body + env.signature == raw, "parse does not account for every byte"
         assert envelope.SEED_MIN <= env.seed_len <= envelope.SEED_MAX
         assert env.issued_at <= env.not_after

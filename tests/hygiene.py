@@ -64,6 +64,8 @@ MAX_GUNZIP = 16 << 20
 
 MAGIC = b"SDTL"
 RAW_MAGIC = MAGIC + b"\x01\x00"  # magic, version 1, flags 0
+RAW_MAGIC_BOUND = MAGIC + b"\x02\x01"  # magic, version 2 (a seed server's), BOUND
+RAW_MAGICS = (RAW_MAGIC, RAW_MAGIC_BOUND)
 TEXT_MAGIC = base64.b64encode(MAGIC)[:5]  # b"U0RUT": the first 5 characters are fixed
 _TEXT_WRAPPED = re.compile(rb"U0RUT(?:[A-Za-z0-9+/]|\r?\n)*=?=?")
 _TEXT_RUN = re.compile(rb"U0RUT[A-Za-z0-9+/]*=?=?")
@@ -147,15 +149,17 @@ def _rec() -> Recorder | None:
 
 def _raw_envelope_end(buf: bytes, i: int) -> int:
     """End of a raw envelope starting at i, from its length fields; i + 6 if it cannot be one."""
+    from seedtool.shared import envelope
+
     try:
         (seed_len,) = struct.unpack_from(">H", buf, i + _HEAD.size - 2)
-        pos = i + _HEAD.size + seed_len
-        (prov_len,) = struct.unpack_from(">H", buf, pos)
+        (prov_len,) = struct.unpack_from(">H", buf, i + _HEAD.size + seed_len)
     except struct.error:
         return min(len(buf), i + 4096)  # truncated: treat the rest as its carrier
     if not 16 <= seed_len <= 512 or prov_len > 1024:
         return i + len(RAW_MAGIC)
-    return min(len(buf), pos + 2 + prov_len + 64)
+    total = envelope.length_at(buf[i:i + envelope.MAX_SIZE])
+    return min(len(buf), i + total) if total else min(len(buf), i + 4096)
 
 
 def _seed_of(candidate: bytes) -> tuple[bytes, str] | None:
@@ -184,11 +188,12 @@ def envelopes_in(buf: bytes) -> Iterator[tuple[int, int, tuple[bytes, str] | Non
                 end = m.end()
             taken_to = end
             yield m.start(), end, found
-    at = buf.find(RAW_MAGIC)
-    while at >= 0:
-        end = _raw_envelope_end(buf, at)
-        yield at, end, _seed_of(buf[at:end])
-        at = buf.find(RAW_MAGIC, max(end, at + 1))
+    for magic in RAW_MAGICS:
+        at = buf.find(magic)
+        while at >= 0:
+            end = _raw_envelope_end(buf, at)
+            yield at, end, _seed_of(buf[at:end])
+            at = buf.find(magic, max(end, at + 1))
 
 
 def _gunzipped(data: bytes) -> bytes | None:
@@ -303,7 +308,7 @@ def _read_for_learning(path: Path, size: int) -> list[tuple[bytes, str]]:
                 if not block:
                     break
                 data, base = tail + block, offset - len(tail)
-                for magic in (RAW_MAGIC, TEXT_MAGIC):
+                for magic in (*RAW_MAGICS, TEXT_MAGIC):
                     at = data.find(magic)
                     while at >= 0 and len(learned) < 64:
                         window = os.pread(fd, 4096, base + at)
@@ -385,7 +390,8 @@ def check(rec: Recorder, item: pytest.Item) -> str | None:
     secrets = dict(rec.secrets)
     for hay in hays:
         for data in (hay.data, _gunzipped(hay.data)):
-            if data is None or (TEXT_MAGIC not in data and RAW_MAGIC not in data):
+            if data is None or (TEXT_MAGIC not in data
+                                and not any(m in data for m in RAW_MAGICS)):
                 continue
             for _s, _e, found in envelopes_in(data):
                 if found is not None:

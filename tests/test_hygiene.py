@@ -498,7 +498,17 @@ def secret_compares(source: str, filename: str = "<src>") -> list[Compare]:
 _SEED_ID_PUBLIC = ("seed ids are public: every command prints them and the guest writes them "
                    "to status.json and the kernel log; matching one reveals nothing")
 _PARAM_NAME = "'key' is a parameter or metadata key name, not a cryptographic key"
+_KID_PUBLIC = "a JWT's key id names one of Google's published signing keys: public"
 ALLOWED: dict[tuple[str, str, str], str] = {
+    ("seedtool/identity/aws_iid.py", "_signed_attributes",
+     "md != hashlib.sha256(content).digest()"):
+        "the digest of the identity document against the digest in its signed attributes: "
+        "both are public (IMDS serves the document and its signature to anyone asking)",
+    ("seedtool/identity/aws_iid.py", "AwsIid.verify", "key in doc"): _PARAM_NAME,
+    ("seedtool/identity/gce_iit.py", "GoogleCerts.key", "kid in held.keys"): _KID_PUBLIC,
+    ("seedtool/identity/gce_iit.py", "GoogleCerts.key", "kid not in held.keys"): _KID_PUBLIC,
+    ("seedtool/serve/issuer.py", "parse_identity_spec", "key in _OPTIONS[kind]"): _PARAM_NAME,
+    ("seedtool/serve/issuer.py", "parse_identity_spec", "key in opts"): _PARAM_NAME,
     ("seedtool/deliver/userdata.py", "_check_result", "find_seed(out) != seed_text"):
         "a self-check of output this process just built, before anything leaves it: no "
         "attacker supplies either side or sees the timing",

@@ -112,12 +112,13 @@ _PUTTY = re.compile(rb"PuTTY-User-Key-File-\d+: [^\r\n]*\r?\n(?:[^\r\n]*\r?\n){0
                     rb"Private-Lines: \d+")
 #: DER of the Ed25519 algorithm identifier (OID 1.3.101.112, RFC 8410): seedtool's keys
 _ED25519_ALG = bytes.fromhex("300506032b6570")
-#: the first six bytes of every envelope (magic, version, no flags) and their base64:
-#: envelope.encode_text starts with the same eight characters for every envelope
-_ENV_RAW = envelope.MAGIC + bytes([envelope.VERSION, 0])
-_ENV_TEXT = base64.b64encode(_ENV_RAW)
+#: the first six bytes of every envelope (magic, version, flags) of both formats, and
+#: their base64: envelope.encode_text starts with the same eight characters for every
+#: envelope of one format
+_ENV_RAWS = (envelope.MAGIC + bytes([envelope.VERSION, 0]),
+             envelope.MAGIC + bytes([envelope.VERSION_BOUND, envelope.FLAG_BOUND]))
+_ENV_TEXTS = tuple(base64.b64encode(r) for r in _ENV_RAWS)
 _ENV_TEXT_RUN = re.compile(rb"(?:[A-Za-z0-9+/=]|\s|\\[rn])+")
-_HEAD = struct.Struct(">4sBB16sQQ8sH")  # envelope.py's header layout
 #: dropbear key types and how many wire fields a *private* key file has after the name
 #: (dropbear's signkey.c / rsa.c / dss.c / ecdsa.c / ed25519.c; public blobs have fewer)
 _DROPBEAR = {b"ssh-rsa": 5, b"ssh-dss": 5, b"ssh-ed25519": 1, b"ecdsa-sha2-nistp256": 3,
@@ -144,14 +145,9 @@ def _pem_kind(buf: bytes, m: re.Match[bytes]) -> str:
 
 
 def _is_envelope(raw: bytes) -> bool:
-    if len(raw) < _HEAD.size:
+    total = envelope.length_at(raw)
+    if not total or total > len(raw):
         return False
-    seed_len = _HEAD.unpack_from(raw)[7]
-    at = _HEAD.size + seed_len
-    if len(raw) < at + 2:
-        return False
-    (prov_len,) = struct.unpack_from(">H", raw, at)
-    total = at + 2 + prov_len + envelope.SIGNATURE_LEN
     try:
         envelope.parse(raw[:total])
     except (envelope.MalformedEnvelope, ValueError, struct.error):
@@ -204,16 +200,18 @@ def _search(buf: bytes, before: int) -> str | None:
         if m.start() >= before:
             break
         return _pem_kind(buf, m)
-    pos = buf.find(_ENV_RAW)
-    while 0 <= pos < before:
-        if _is_envelope(buf[pos:pos + envelope.MAX_SIZE]):
-            return "envelope"
-        pos = buf.find(_ENV_RAW, pos + 1)
-    pos = buf.find(_ENV_TEXT)
-    while 0 <= pos < before:
-        if _envelope_text_at(buf, pos):
-            return "envelope"
-        pos = buf.find(_ENV_TEXT, pos + 1)
+    for head in _ENV_RAWS:
+        pos = buf.find(head)
+        while 0 <= pos < before:
+            if _is_envelope(buf[pos:pos + envelope.MAX_SIZE]):
+                return "envelope"
+            pos = buf.find(head, pos + 1)
+    for head in _ENV_TEXTS:
+        pos = buf.find(head)
+        while 0 <= pos < before:
+            if _envelope_text_at(buf, pos):
+                return "envelope"
+            pos = buf.find(head, pos + 1)
     m2 = _PUTTY.search(buf)
     if m2 is not None and m2.start() < before:
         return "putty"

@@ -209,6 +209,24 @@ def encode_text(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def length_at(raw: bytes) -> int:
+    """How many bytes the envelope starting at `raw[0]` would take, from its length
+    fields alone (0 when the header is too short to say): for scanners looking for an
+    envelope inside a longer buffer, which then `parse` exactly that many bytes."""
+    if len(raw) < _HEAD.size:
+        return 0
+    version, seed_len = raw[4], _HEAD.unpack_from(raw)[7]
+    at = _HEAD.size + seed_len
+    if len(raw) < at + 2:
+        return 0
+    at += 2 + struct.unpack_from(">H", raw, at)[0]
+    if version == VERSION_BOUND:
+        if len(raw) < at + NONCE_LEN + 1:
+            return 0
+        at += NONCE_LEN + 1 + raw[at + NONCE_LEN]
+    return at + SIGNATURE_LEN
+
+
 def parse(data: bytes | str) -> UnverifiedEnvelope:
     """Check the structure of an envelope (raw or base64); raise MalformedEnvelope."""
     raw = decode_text(data)

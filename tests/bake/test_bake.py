@@ -765,6 +765,10 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     k = load_private_key(d / "sign.key")
     raw = envelope.build(os.urandom(64), private_key=k, key_id=key_id(public_of(k).raw),
                          seed_id=os.urandom(16), provenance={"source": "test"}, ttl=3600)
+    # a seed server's reply (format version 2): it holds that boot's seed just the same
+    bound = envelope.build(os.urandom(64), private_key=k, key_id=key_id(public_of(k).raw),
+                           seed_id=os.urandom(16), provenance={}, ttl=3600,
+                           binding=("token:0123456789abcdef", os.urandom(32)))
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh")],
                    check=True)
     # dropbear-bin's dropbearkey: missing, this fails (scripts/test installs it)
@@ -772,6 +776,7 @@ def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         subprocess.run(["dropbearkey", "-t", t, "-f", str(d / f"db_{t}")], check=True,
                        capture_output=True)
     return {"envelope": raw, "envelope_text": envelope.encode_text(raw).encode(),
+            "bound": bound, "bound_text": envelope.encode_text(bound).encode(),
             "seedtool_key": (d / "sign.key").read_bytes(), "ssh": (d / "ssh").read_bytes(),
             "db_ed25519": (d / "db_ed25519").read_bytes(),
             "db_rsa": (d / "db_rsa").read_bytes()}
@@ -788,6 +793,9 @@ def hiding_places(s: dict[str, bytes]) -> dict[str, bytes]:
         "/var/lib/cloud/seed/nocloud-net/user-data": gzip.compress(
             f"#cloud-config\nrandom_seed:\n  data: {text}\n".encode()),
         "/var/lib/cloud/seed/nocloud/vendor-data": b"raw:" + s["envelope"] + b"\n",
+        # a seed server's replies, kept by an image pipeline that fetched one
+        "/var/tmp/fetched.env": b"x" + s["bound"],
+        "/var/tmp/fetched.txt": b"envelope=" + s["bound_text"] + b"\n",
         # system cloud config: the same in every VM
         "/etc/cloud/cloud.cfg.d/50_seed.cfg": (
             f"random_seed:\n  encoding: b64\n  data: {text}\n").encode(),
