@@ -278,6 +278,8 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
     elif data is None and ds_seed is not None:
         origin = f"datasource:{platform or 'unknown'}"
     t0 = time.monotonic()
+    network = _ask_seed_servers()
+    t_net = time.monotonic()
     outcome = core.credit_seed(
         data,
         origin,
@@ -286,18 +288,34 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
         platform_seed=ds_seed,
         platform=platform,
         uncreditable=uncreditable,
+        network=network,
     )
     t1 = time.monotonic()
     # a datasource seed is ours to scrub only once credited; an envelope always is
     secret = ds_seed if outcome.credited and data is None else None
     _scrub(cloud, cfg, [given, data, ds_value], secret, _seed_file(mycfg))
-    LOG.debug("seedtool: credit took %.3f s, scrubbing %.3f s (credit phases: %s)", t1 - t0,
-              time.monotonic() - t1, ", ".join(f"{k} {v:.3f}" for k, v in outcome.timings.items()))
+    LOG.debug("seedtool: seed servers took %.3f s, credit %.3f s, scrubbing %.3f s "
+              "(credit phases: %s)", t_net - t0, t1 - t_net, time.monotonic() - t1,
+              ", ".join(f"{k} {v:.3f}" for k, v in outcome.timings.items()))
     if platform == "gce" and outcome.verified and outcome.seed_id:
         from seedtool.guest import gce  # urllib.request: only on GCE
 
         gce.report_consumed(outcome.seed_id)
     return outcome
+
+
+def _ask_seed_servers() -> Any:
+    """What the image's seed servers answered (`netseed.fetch_for_image`), or None when
+    it has none (then no TLS code is even imported). Never raises: a bug here is one
+    result, "internal error", so the user-data seed is still credited."""
+    from seedtool.guest import netseed
+
+    try:
+        return netseed.fetch_for_image("/")
+    except Exception as e:
+        LOG.warning("seedtool: asking the seed servers failed internally (%s)", type(e).__name__)
+        return netseed.NetOutcome(results=(netseed.ServerResult(
+            server=netseed.CONFIG_PATH, reason="internal error", detail=type(e).__name__),))
 
 
 def _fail_closed() -> bool:

@@ -59,11 +59,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..shared.envelope import VerifiedEnvelope
+    from .netseed import NetOutcome
+
 STATUS_VERSION = 1
 STAGE_CLOUD_INIT = "cloud-init"
 STAGE_EARLY = "early-boot"
 #: bytes of the local-inputs digest appended to what goes into the pool
 LOCAL_DIGEST_LEN = 64
+#: the reason when nothing was offered but seed servers are configured and none of
+#: them gave a creditable envelope (each server's own reason is in `servers`)
+NO_SERVER_SEED = "no seed server gave a creditable envelope"
 
 
 class SeedNotCredited(EnvelopeError):
@@ -147,6 +153,14 @@ class Outcome:
         self.policy_error = ""
         #: seconds spent in each phase, for the boot-time log line (docs/guest.md)
         self.timings: dict[str, float] = {}
+        #: one entry per configured seed server (`server_status`), None when the image
+        #: has none: then the status and the kmsg line are exactly as without servers
+        self.servers: list[dict[str, Any]] | None = None
+        #: the ids of the seed servers' envelopes in the credit, and their keys
+        self.network_seeds: list[str] = []
+        self.network_keys: list[str] = []
+        #: what `origin` offered is in the credit too (an envelope or a platform seed)
+        self.origin_credited = False
         for name, value in facts.items():
             if name not in self.__dict__:
                 raise TypeError(f"Outcome() got an unexpected keyword argument {name!r}")
@@ -162,6 +176,8 @@ class Outcome:
     def line(self) -> str:
         """The one kernel-log line for this outcome."""
         crng = f"crng {self.crng_before}->{self.crng_after}"
+        if self.servers is not None:
+            return self._network_line(crng)
         if self.credited:
             return (
                 f"seedtool: credited {self.credited_bits} bits from seed {self.seed_id or '-'} "
@@ -172,8 +188,26 @@ class Outcome:
             f"{self.reason}"
         )
 
+    def _network_line(self, crng: str) -> str:
+        servers = ", ".join(f"{s['url']} {s['result']}" for s in self.servers or ()) or "none"
+        if self.credited and self.network_seeds:
+            ids = ([self.seed_id] if self.origin_credited and self.seed_id else [])
+            keys = ([self.key_id] if self.origin_credited and self.key_id else [])
+            ids += self.network_seeds
+            keys += [k for k in self.network_keys if k not in keys]
+            origins = f"{self.origin} + seed-server" if self.origin_credited else "seed-server"
+            return (f"seedtool: credited {self.credited_bits} bits from seeds {', '.join(ids)} "
+                    f"signed by keys {', '.join(keys) or '-'} ({origins}, {crng}); "
+                    f"servers: {servers}")
+        if self.credited:
+            return (f"seedtool: credited {self.credited_bits} bits from seed "
+                    f"{self.seed_id or '-'} signed by key {self.key_id or '-'} "
+                    f"({self.origin}, {crng}); servers: {servers}")
+        return (f"seedtool: mixed seed {self.seed_id or '-'} uncredited ({self.origin}): "
+                f"{self.reason}; servers: {servers}")
+
     def status(self) -> dict[str, Any]:
-        return {
+        status: dict[str, Any] = {
             "version": STATUS_VERSION,
             "origin": self.origin,
             "stage": self.stage,
@@ -192,6 +226,9 @@ class Outcome:
             "local_inputs": list(self.local_inputs),
             "notes": list(self.notes),
         }
+        if self.servers is not None:
+            status["servers"] = [dict(s) for s in self.servers]
+        return status
 
     def failure(self) -> str:
         """The error the entry point must report (cloud-init error, failed unit), or ''."""
@@ -304,7 +341,7 @@ def _keeps_earlier(path: str, status: dict[str, Any]) -> bool:
     must not be hidden by cloud-init's "no seed offered" a minute later.
     """
     if status.get("seed_id") or status.get("credited_bits") or status.get("reason") not in (
-        "no seed offered",
+        "no seed offered", NO_SERVER_SEED,
     ):
         return False
     try:
@@ -434,6 +471,7 @@ def credit_seed(
     platform: str = "",
     now: float | None = None,
     uncreditable: str = "",
+    network: NetOutcome | None = None,
 ) -> Outcome:
     """Verify `data` (an envelope, raw or base64) and credit or mix it; see the module doc.
 
@@ -445,6 +483,12 @@ def credit_seed(
     A non-empty `uncreditable` is the reason the envelope may not be credited
     whatever its signature (e.g. it arrived in a form seedtool does not write): it
     is mixed, never verified for credit nor recorded in the ledger.
+
+    `network` is what the image's seed servers answered (`netseed.fetch_for_image`),
+    None when it has none. Each envelope is checked (trusted key, validity, binding to
+    the instance and nonce asked) and its id recorded in the ledger before anything is
+    credited; the fresh ones join this call's one credit (`decision.add_network`), and
+    every reply with its receive times is mixed in (`netseed.mix_replies`).
     """
     paths = paths or Paths.under("/")
     wall = time.time() if now is None else now
@@ -467,6 +511,7 @@ def credit_seed(
 
     env, malformed = decision.parse(data)
     verified, refused, ledger = None, "", ""
+    keys: list[PublicKey] | None = None
     # an envelope that may not be credited anyway is never checked nor recorded
     if env is not None and not out.policy_error and not uncreditable:
         keys = _load_trusted(paths, policy, out.notes)
@@ -487,13 +532,24 @@ def credit_seed(
     )
     out.seed_id, out.key_id, out.verified, out.reason = d.seed_id, d.key_id, d.verified, d.reason
     mark("ledger")
+    net_inputs: list[tuple[str, bytes]] = []
+    if network is not None:
+        if keys is None and not out.policy_error:
+            keys = _load_trusted(paths, policy, out.notes)
+        d, fresh = _network(network, keys, policy, wall, paths, out, d, offered=data is not None)
+        replies = _mix_replies(network)
+        if replies:
+            net_inputs.append(("seed-servers", replies))
+        mark("seed-servers")
 
     out.boot_id = _read_small(paths.boot_id, 64).decode("ascii", "replace").strip()
-    local = local_inputs(instance_id, paths)
+    local = local_inputs(instance_id, paths) + net_inputs
     out.local_inputs = [f"{name}:{len(value)}" for name, value in local]
     digest = mix(local, LOCAL_DIGEST_LEN, b"seedtool guest local inputs")
     out.credited_bits, out.reason, notes = credit_or_mix(d, digest, paths.urandom)
     out.notes += notes
+    if network is not None:
+        _settle_servers(out, fresh)
     out.crng_after = kernel.crng_state()
     out.entropy_after = kernel.entropy_avail(paths.proc_random)
     mark("credit")
@@ -502,3 +558,62 @@ def credit_seed(
     save_status(out, paths)
     mark("status")
     return out
+
+
+def _mix_replies(network: NetOutcome) -> bytes:
+    from .netseed import mix_replies
+
+    return mix_replies(network)
+
+
+def _network(network: NetOutcome, keys: list[PublicKey] | None, policy: Policy, wall: float,
+             paths: Paths, out: Outcome, d: Decision, *, offered: bool
+             ) -> tuple[Decision, list[tuple[int, VerifiedEnvelope]]]:
+    """Check the servers' envelopes, record the verified ones in the ledger (fsynced,
+    before any credit), and add the fresh ones to `d`. Sets `out.servers`."""
+    from .netseed import check_envelopes
+
+    verdicts: dict[int, tuple[VerifiedEnvelope | None, str]] = {}
+    if keys is not None:  # None: the policy is invalid, nothing is credited
+        for r, v, why in check_envelopes(network, keys, policy, wall):
+            verdicts[id(r)] = (v, why)
+    fresh: list[tuple[int, VerifiedEnvelope]] = []
+    out.servers = []
+    for i, r in enumerate(network.results):
+        result = r.reason
+        if r.ok:
+            v, why = verdicts.get(id(r), (None, "policy invalid"))
+            result = why or result
+            if v is not None:
+                state, note = record_in_ledger(paths.ledger, v.seed_id_hex,
+                                               f"seed-server {r.server}", wall)
+                if note:
+                    out.notes.append(note)
+                if state == decision.LEDGER_FRESH:
+                    fresh.append((i, v))
+                else:
+                    result = state
+        entry: dict[str, Any] = {"url": r.server, "result": result}
+        if r.detail:
+            entry["detail"] = r.detail
+        entry["seed_id"] = r.seed_id
+        entry["credited"] = False
+        out.servers.append(entry)
+    out.origin_credited = d.credit is not None
+    if not fresh:
+        if not offered and d.reason == "no seed offered":
+            d = d.replace(reason=NO_SERVER_SEED)
+        return d, fresh
+    if d.reason and offered:
+        out.notes.append(f"{out.origin} seed not credited: {d.reason}")
+    return decision.add_network(d, [v for _, v in fresh]), fresh
+
+
+def _settle_servers(out: Outcome, fresh: list[tuple[int, VerifiedEnvelope]]) -> None:
+    """Mark the servers whose seeds the kernel took (all or none: it was one credit)."""
+    if not out.credited or not fresh or out.servers is None:
+        return
+    for i, _ in fresh:
+        out.servers[i]["credited"] = True
+    out.network_seeds = [v.seed_id_hex for _, v in fresh]
+    out.network_keys = list(dict.fromkeys(v.key_id_hex for _, v in fresh))

@@ -31,6 +31,8 @@ from ..shared.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # read at boot: no typing at run time (docs/guest.md "Boot time")
+    from collections.abc import Sequence
+
     from ..shared.envelope import UnverifiedEnvelope, VerifiedEnvelope
     from ..shared.pubkeys import PublicKey
     from .platform_seed import DatasourceSeed
@@ -207,3 +209,23 @@ def decide(
         reason = "no seed offered"
     return Decision(seed_id=seed_id, key_id=key_id, verified=passed, credit=credit,
                     bits=bits, mix=b"".join(mix), reason=reason)
+
+
+def add_network(d: Decision, network: Sequence[VerifiedEnvelope]) -> Decision:
+    """`d` with the seed servers' envelopes added: verified, bound to this boot's requests
+    and fresh in the ledger. One credit for everything, at most `envelope.MAX_CREDIT_BITS`.
+
+    What `d` credits (a user-data envelope, a trusted platform's seed) stays credited
+    beside them; what it could only mix (a refused envelope) goes in with them uncounted.
+    Unchanged when `network` is empty.
+    """
+    if not network:
+        return d
+    seeds = b"".join(v.seed for v in network)
+    bits = sum(v.creditable_bits for v in network)
+    if d.credit is not None:
+        credit, bits = d.credit + seeds, bits + d.bits
+    else:
+        credit = d.mix + seeds
+    return Decision(seed_id=d.seed_id, key_id=d.key_id, verified=d.verified, credit=credit,
+                    bits=min(envelope.MAX_CREDIT_BITS, bits), mix=d.mix + seeds, reason="")
