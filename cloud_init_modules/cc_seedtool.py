@@ -292,7 +292,9 @@ def _run(cfg: dict, cloud: Any) -> core.Outcome:
     )
     t1 = time.monotonic()
     # a datasource seed is ours to scrub only once credited; an envelope always is
-    secret = ds_seed if outcome.credited and data is None else None
+    # (not when only the seed servers' envelopes were credited)
+    ds_credited = outcome.credited and (outcome.servers is None or outcome.origin_credited)
+    secret = ds_seed if ds_credited and data is None else None
     _scrub(cloud, cfg, [given, data, ds_value], secret, _seed_file(mycfg))
     LOG.debug("seedtool: seed servers took %.3f s, credit %.3f s, scrubbing %.3f s "
               "(credit phases: %s)", t_net - t0, t1 - t_net, time.monotonic() - t1,

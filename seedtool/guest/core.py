@@ -341,7 +341,7 @@ def _keeps_earlier(path: str, status: dict[str, Any]) -> bool:
     must not be hidden by cloud-init's "no seed offered" a minute later.
     """
     if status.get("seed_id") or status.get("credited_bits") or status.get("reason") not in (
-        "no seed offered", NO_SERVER_SEED,
+        "no seed offered",
     ):
         return False
     try:
