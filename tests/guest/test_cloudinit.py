@@ -107,7 +107,13 @@ def driver(work: Path) -> int:
     _mount("--make-rprivate", "/")
     _mount("-t", "overlay", "overlay", "-o",
            f"lowerdir={lower},upperdir={upper},workdir={scratch}", str(merged))
-    install_guest(merged, [work / "trusted.pub"], spec.get("policy"))
+    servers = None
+    if spec.get("seed_servers") is not None:
+        from tests.guest.test_cloudinit_network import start_seed_servers
+
+        servers = start_seed_servers(work, merged, spec["seed_servers"])
+    install_guest(merged, [work / "trusted.pub"], spec.get("policy"),
+                  seed_servers=servers.files if servers else None)
     (merged / "etc/cloud/cloud.cfg.d/05_seedtool_test.cfg").write_text(LOCAL_CFG)
     seed_dir = merged / "var/lib/cloud/seed/nocloud"
     seed_dir.mkdir(parents=True, exist_ok=True)
@@ -130,8 +136,12 @@ def driver(work: Path) -> int:
     (merged / "root/check.py").write_text(CHECK)
     (merged / "root/spec.json").write_text(json.dumps(spec["check"]))
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
-    res = subprocess.run(["chroot", str(merged), "/usr/bin/python3", "/root/check.py"],
-                         env=env, capture_output=True, text=True, check=False)
+    try:
+        res = subprocess.run(["chroot", str(merged), "/usr/bin/python3", "/root/check.py"],
+                             env=env, capture_output=True, text=True, check=False)
+    finally:
+        if servers:
+            servers.stop()
     sys.stdout.write(res.stdout)
     sys.stderr.write(res.stderr)
     return res.returncode
@@ -160,7 +170,10 @@ class Run:
 def run_in_chroot(tmp_path: Path, release: str, private_key: Any, pub: Path, *,
                   user_data: str, steps: list[list[str]], needles: list[bytes],
                   disk_seed: str | None = None, policy: dict[str, Any] | None = None,
-                  seed_id: str | None = None, meta_extra: str = "") -> Run:
+                  seed_id: str | None = None, meta_extra: str = "",
+                  seed_servers: dict[str, Any] | None = None) -> Run:
+    """Run `steps` in the chroot. `seed_servers` (tests/guest/test_cloudinit_network.py):
+    seed servers run inside the chroot's network namespace and baked into the image."""
     lower = base_root(release)
     work = tmp_path / "work"
     work.mkdir()
@@ -172,6 +185,7 @@ def run_in_chroot(tmp_path: Path, release: str, private_key: Any, pub: Path, *,
         "user_data": user_data,
         "disk_seed": disk_seed,
         "policy": policy,
+        "seed_servers": seed_servers,
         "check": {"steps": steps,
                   "needles": [base64.b64encode(n).decode() for n in needles]},
     }
