@@ -35,9 +35,11 @@ from tests.guest.test_core import (
     needs_root,
     seed_of,
 )
-from tests.guest.test_netseed import TOKEN, SeedServer, TestCa, closed_port
+from tests.guest.test_netseed import TOKEN, TestCa, ca, closed_port, servers
 
-__all__ = ["guest"]  # the fixture, used by name below
+# fixtures used by name below; test_netseed's `servers` takes this module's `factory`
+# (signing with the key the guest fixture's image trusts)
+__all__ = ["ca", "guest", "servers"]
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = needs_root
@@ -45,27 +47,11 @@ pytestmark = needs_root
 
 @pytest.fixture
 def factory(guest: Guest) -> Iterator[SeedFactory]:
+    """Overrides test_netseed's: the servers sign with the key the guest trusts."""
     with SeedFactory(guest.private_key) as f:
         yield f
 
 
-@pytest.fixture
-def ca() -> TestCa:
-    return TestCa()
-
-
-@pytest.fixture
-def servers(factory: SeedFactory, ca: TestCa, tmp_path: Path) -> Iterator[Any]:
-    made: list[SeedServer] = []
-
-    def make(mode: str = "ok", *, other_ca: TestCa | None = None, **kw: Any) -> SeedServer:
-        s = SeedServer(factory, other_ca or ca, tmp_path / f"srv{len(made)}", mode=mode, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.stop()
 
 
 def bake(g: Guest, ca: TestCa, *urls: str, timeout: float = 10) -> None:
