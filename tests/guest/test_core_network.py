@@ -236,6 +236,22 @@ def test_every_server_failing_is_uncredited_with_a_reason_each_and_the_boot_goes
     assert kmsg_line(guest).endswith("; servers: " + ", ".join(f"{u} {r}" for u, r in want))
 
 
+def test_imds_unreachable_asks_no_server_and_is_uncredited(guest: Guest, ca: TestCa,
+                                                           servers: Any) -> None:
+    s = servers()
+    bake(guest, ca, s.url)
+    config = guest.root / "etc/seedtool/seed-servers.json"
+    config.write_text(config.read_text().replace("token:/etc/seedtool/token", "aws-iid"))
+    net = netseed.fetch_for_image(str(guest.root), imds=f"http://127.0.0.1:{closed_port()}")
+    assert net is not None
+    out, events = boot(guest, net)
+    assert out.credited_bits == 0 and credits(events) == 0 and out.failure() == ""
+    (entry,) = guest.status()["servers"]
+    assert entry["result"].startswith("evidence: IMDS") and not entry["credited"]
+    assert s.bodies == []  # nothing was sent without evidence
+    assert kmsg_line(guest).endswith(f"; servers: {s.url} {entry['result']}")
+
+
 def test_fail_closed_with_every_server_failing_is_the_error(guest: Guest, ca: TestCa) -> None:
     bake(guest, ca, f"https://127.0.0.1:{closed_port()}")
     out, _ = boot(guest, ask(guest), policy=Policy(fail_closed=True))
