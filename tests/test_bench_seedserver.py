@@ -85,6 +85,10 @@ class _TlsServer:
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += tls.recv(4096)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                while len(body) < length:  # read it all: unread data would make a reset
+                    body += tls.recv(4096)
                 tls.sendall(self.answer)
         except OSError:
             raw.close()
