@@ -20,6 +20,7 @@ Needs what the VM tests need: root, qemu-system-x86, qemu-utils, debootstrap, e2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -37,9 +38,11 @@ from seedtool.keys import generate_keypair, load_private_key  # noqa: E402
 
 BAR = 0.05
 
-# 22.4: "config-seedtool ran successfully @27.008s +02.165s"; 25.1 adds "and took N seconds"
+# 20.4 and 22.4: "config-seedtool ran successfully @27.008s +02.165s"; 25.1 adds "and took
+# N seconds", 26.2 also "(duration: Ns)"
 _MODULE = re.compile(
-    r"config-seedtool ran successfully(?: and took [\d.]+ seconds)? @\s*[\d.]+s \+(?P<s>[\d.]+)s"
+    r"config-seedtool ran successfully(?: and took [\d.]+ seconds)?(?: \(duration: [\d.]+s\))?"
+    r" @\s*[\d.]+s \+(?P<s>[\d.]+)s"
 )
 _STAGE = re.compile(r"Finished stage: \((?P<stage>[\w-]+)\) (?P<s>[\d.]+) seconds")
 
@@ -82,7 +85,12 @@ def run(release: str, work: Path, pool: ThreadPoolExecutor) -> dict[str, object]
                                             cpu="qemu64"), work)
     result = seeded.result()
     lines = lines_for(result.seedtool_lines(), seed.seed_id)
-    share = module_share(result.report("analyze.txt"))
+    analyze = result.report("analyze.txt")
+    try:
+        share = module_share(analyze)
+    except ValueError as err:  # keep what cloud-init printed, for whoever reads the bench
+        (work / "analyze.txt").write_text(analyze)
+        raise ValueError(f"{release}: {err} (its output: {work / 'analyze.txt'})") from None
     # the module's own split, from its debug line in cloud-init.log
     log = result.text("/var/log/cloud-init.log")
     split = _SPLIT.search(log)
@@ -107,12 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--release", action="append", choices=RELEASES)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="boot in DIR and keep it (default: a temporary directory)")
     args = p.parse_args(argv)
     results = []
-    with tempfile.TemporaryDirectory(prefix="seedtool-bench-") as tmp, \
-            ThreadPoolExecutor(max_workers=2) as pool:  # two VMs at a time on two cores
+    with contextlib.ExitStack() as stack:
+        work = args.keep or Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="seedtool-bench-")))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2))  # two VMs, two cores
         for release in args.release or list(RELEASES):
-            results.append(run(release, Path(tmp) / release, pool))
+            results.append(run(release, work / release, pool))
     if args.json:
         print(json.dumps(results, indent=1))
     else:
