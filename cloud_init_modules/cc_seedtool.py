@@ -310,6 +310,10 @@ def _ask_seed_servers() -> Any:
     """What the image's seed servers answered (`netseed.fetch_for_image`), or None when
     it has none (then no TLS code is even imported). Never raises: a bug here is one
     result, "internal error", so the user-data seed is still credited."""
+    from seedtool.guest.policy import SEED_SERVERS_PATH
+
+    if not os.path.exists(SEED_SERVERS_PATH):
+        return None  # the usual image: not even netseed is imported (ms under emulation)
     from seedtool.guest import netseed
 
     try:

@@ -35,6 +35,7 @@ import time
 from ..shared.errors import UsageError
 from ..shared.mix import mix
 from ..shared.record import Record
+from .policy import SEED_SERVERS_PATH
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # read at boot: no typing at run time (docs/guest.md "Boot time")
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # read at boot: no typing at run time (docs/guest.md "Boot ti
 
     EvidenceFor = Union[Evidence, str, dict[str, Union[Evidence, str]]]
 
-CONFIG_PATH = "/etc/seedtool/seed-servers.json"
+CONFIG_PATH = SEED_SERVERS_PATH
 CA_PATH = "/etc/seedtool/seed-server-ca.pem"
 CONFIG_VERSION = 1
 DEFAULT_TIMEOUT = 10.0

@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # read at boot: no typing, pathlib or dataclasses (docs/guest
 
 DEFAULT_POLICY_PATH = "/etc/seedtool/policy.json"
 DEFAULT_TRUSTED_KEYS = "/etc/seedtool/trusted-keys"
+#: the seed servers the image asks at boot (seedtool.guest.netseed; written by bake)
+SEED_SERVERS_PATH = "/etc/seedtool/seed-servers.json"
 DEFAULT_CLOCK_SKEW = 300
 #: a day: more than any sane clock error, less than an envelope's longest life
 MAX_CLOCK_SKEW = 86400
