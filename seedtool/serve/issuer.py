@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
 import os
 import time
@@ -249,6 +250,13 @@ def build_checks(specs: Sequence[str], *, ledger: Any) -> dict[str, IdentityChec
                              "instances this server serves (e.g. accounts=123456789012)")
         if kind == "token":
             checks[kind] = cls(ledger)
-        else:
-            checks[kind] = cls(**_convert(kind, opts))
+            continue
+        missing = [name for name, param in inspect.signature(cls).parameters.items()
+                   if param.default is inspect.Parameter.empty
+                   and param.kind is not inspect.Parameter.VAR_KEYWORD and name not in opts]
+        if missing:
+            raise UsageError(f"--identity {kind} needs " + " and ".join(f"{m}=" for m in missing)
+                             + f" (e.g. --identity {kind}:"
+                             + ",".join(f"{m}=..." for m in missing) + ")")
+        checks[kind] = cls(**_convert(kind, opts))
     return checks

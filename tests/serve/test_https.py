@@ -486,6 +486,8 @@ def test_start_up_errors_are_one_sentence(world: World) -> None:
             (base + ["--identity", "token"], "--cert"),
             ([*full, "--identity", "aws-iid:colour=red"], "colour"),
             ([*full, "--identity", "aws-iid:regions=us-east-1"], "accounts="),
+            ([*full, "--identity", "gce-iit"], "needs audience= and projects="),
+            ([*full, "--identity", "gce-iit:projects=p1"], "needs audience="),
             ([*full[:-2], "--signing-key", str(world.pki.ca), "--identity", "token"], "key"),
             ([*base, "--cert", str(world.pki.cert), "--key", str(world.pki2.key),
               "--signing-key", str(world.signing_key), "--identity", "token"], "certificate"),
