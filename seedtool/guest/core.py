@@ -134,7 +134,8 @@ class Outcome:
         self.credited_bits = 0
         self.crng_before = "unknown"
         self.crng_after = "unknown"
-        #: the kernel's pool size (4096 bits before Linux 5.18, 256 from 5.18) and its
+        #: the kernel's pool size (4096 bits: the driver before Linux 5.18's rewrite; 256:
+        #: the rewrite, also in stable kernels such as Debian 11's 5.10) and its
         #: entropy_avail around the credit; None where /proc does not show them
         self.pool_bits: int | None = None
         self.entropy_before: int | None = None

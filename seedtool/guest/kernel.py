@@ -13,12 +13,13 @@ Facts used here (include/uapi/linux/random.h, drivers/char/random.c, random(4)):
 * `getrandom(1, GRND_NONBLOCK)` fails with EAGAIN until the CRNG is ready (3.17+), on
   both generations of the driver below.
 * Two generations of drivers/char/random.c, told apart by what /proc shows, never by
-  a version number. Before 5.18: a 4096-bit input pool (`poolsize` 4096) whose
+  a version number (the stable kernels took the 5.18 rewrite in 2022: Debian 11's
+  5.10.223 has the new one). The old driver: a 4096-bit input pool (`poolsize` 4096) whose
   estimate `entropy_avail` rises with every credit (capped at the pool size) and
   falls as reseeds and /dev/random draw from it; the CRNG is ready once 128 bits are
   credited, and afterwards reseeds from the pool only every 300 s
-  (CRNG_RESEED_INTERVAL) unless asked with RNDRESEEDCRNG. From 5.18 (the BLAKE2s
-  rewrite): `poolsize` is 256 and `entropy_avail` counts credits only up to the 256
+  (CRNG_RESEED_INTERVAL) unless asked with RNDRESEEDCRNG. The new one (the BLAKE2s
+  rewrite of 5.18): `poolsize` is 256 and `entropy_avail` counts credits only up to the 256
   bits that make the CRNG ready, then stays at 256; a credit still mixes its whole
   buffer, and the CRNG reseeds on a schedule that starts short after boot.
 
@@ -56,12 +57,12 @@ def crng_state() -> str:
     return "ready"
 
 
-#: `poolsize` from 5.18 on (POOL_BITS = BLAKE2S_HASH_SIZE * 8); 4096 before
+#: `poolsize` of the 5.18 rewrite (POOL_BITS = BLAKE2S_HASH_SIZE * 8); 4096 before it
 POOL_BITS_BLAKE2S = 256
 
 
 def pool_bits(proc_random: str) -> int | None:
-    """/proc/sys/kernel/random/poolsize: 4096 before Linux 5.18, 256 from 5.18; None
+    """/proc/sys/kernel/random/poolsize: 4096 for the old driver, 256 for the 5.18 rewrite; None
     when unreadable."""
     return _read_int(os.path.join(proc_random, "poolsize"))
 

@@ -34,10 +34,13 @@ def test_seed_is_credited_by_key_before_host_keys_are_made(campaign: Campaign) -
     assert status["seed_id"] == seed.seed_id
     assert status["verified"] is True
     assert status["credited_bits"] == line.bits
-    # the generation of the kernel's RNG, as the guest saw it in /proc: a 4096-bit input
-    # pool before Linux 5.18, the 256-bit BLAKE2s pool from 5.18
+    # the generation of the kernel's RNG, as the guest saw it in /proc: the 256-bit
+    # BLAKE2s pool from Linux 5.18 on; before, a 4096-bit input pool, unless the stable
+    # kernel carries the 5.18 rewrite (Debian 11's 5.10.223 does: the guest sees 256)
     kernel = TABLE[campaign.release].kernel_version
-    assert status["pool_bits"] == (4096 if kernel < (5, 18) else 256), status
+    assert status["pool_bits"] in (256, 4096), status
+    if kernel >= (5, 18):
+        assert status["pool_bits"] == 256, status
     assert isinstance(status["entropy_avail_after"], int), status
     # cloud-init runs its modules one after the other in one process and logs each
     # command it runs: our module must have finished before cc_ssh's first ssh-keygen
