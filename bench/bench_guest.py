@@ -66,7 +66,8 @@ def module_share(analyze: str) -> dict[str, float | str]:
             "ratio": module_s / stage_s if stage_s else float("inf")}
 
 
-_SPLIT = re.compile(r"seedtool: credit took (?P<credit>[\d.]+) s, scrubbing (?P<scrub>[\d.]+) s")
+_SPLIT = re.compile(r"seedtool: seed servers took (?P<servers>[\d.]+) s, "
+                    r"credit (?P<credit>[\d.]+) s, scrubbing (?P<scrub>[\d.]+) s")
 
 
 def run(release: str, work: Path, pool: ThreadPoolExecutor) -> dict[str, object]:
@@ -96,13 +97,14 @@ def run(release: str, work: Path, pool: ThreadPoolExecutor) -> dict[str, object]
     split = _SPLIT.search(log)
     parts = {k: float(v) for k, v in split.groupdict().items()} if split else {}
     detail = [ln.split("seedtool: ", 1)[1] for ln in log.splitlines()
-              if "seedtool: credit took" in ln or "seedtool: scrubbed the seed" in ln]
+              if "seedtool: seed servers took" in ln or "seedtool: scrubbed the seed" in ln]
     e, n = early.result(), plain.result()
     credit = lines_for(e.seedtool_lines(), disk.seed_id)
     status = e.status()
     return {"release": release, "credited": bool(lines and lines[0].credited),
             "boot_s": result.seconds, **share, "credit_s": parts.get("credit"),
-            "scrub_s": parts.get("scrub"), "detail": detail, "bar": BAR,
+            "scrub_s": parts.get("scrub"), "servers_s": parts.get("servers"), "detail": detail,
+            "bar": BAR,
             "early_credited": bool(credit and credit[0].credited),
             "early_crng": f"{credit[0].crng_before}->{credit[0].crng_after}" if credit else "",
             "early_credit_at_s": credit[0].kernel_time if credit else None,
