@@ -509,6 +509,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("seedtool/identity/gce_iit.py", "GoogleCerts.key", "kid not in held.keys"): _KID_PUBLIC,
     ("seedtool/serve/issuer.py", "parse_identity_spec", "key in _OPTIONS[kind]"): _PARAM_NAME,
     ("seedtool/serve/issuer.py", "parse_identity_spec", "key in opts"): _PARAM_NAME,
+    ("seedtool/guest/core.py", "Outcome._network_line", "k not in keys"):
+        "signing key ids, listed once each in the kernel log line: key ids are public "
+        "(every envelope carries its own in the clear)",
     ("seedtool/deliver/userdata.py", "_check_result", "find_seed(out) != seed_text"):
         "a self-check of output this process just built, before anything leaves it: no "
         "attacker supplies either side or sees the timing",
