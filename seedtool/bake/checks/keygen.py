@@ -63,12 +63,13 @@ def _unit_file(fs: TargetFS, name: str) -> str | None:
     return None
 
 
-def _text(fs: TargetFS, name: str) -> str:
+def _text(fs: TargetFS, name: str, main: str | None = None) -> str:
     """Unit `name`'s file and its drop-ins (`name.d/*.conf`, and `template@.service.d`
     for an instance), concatenated; directives are read by name, so the order of
-    files matters only for DefaultDependencies (the last setting wins)."""
+    files matters only for DefaultDependencies (the last setting wins). `main` is the
+    unit's file when the caller has already found it."""
     parts = []
-    main = _unit_file(fs, name)
+    main = _unit_file(fs, name) if main is None else main
     if main:
         parts.append(fs.read(main).decode("utf-8", "replace"))
     dirs = [f"{name}.d"]
@@ -102,6 +103,11 @@ def _default_dependencies(text: str) -> bool:
 
 def _key_makers(fs: TargetFS) -> list[str]:
     """Names of the (unmasked) service units whose Exec lines run ssh-keygen."""
+    return [name for name, _, _ in _key_making_units(fs)]
+
+
+def _key_making_units(fs: TargetFS) -> list[tuple[str, str, str]]:
+    """(name, file, text with drop-ins) of those units, each unit file found and read once."""
     names: set[str] = set()
     for d in UNIT_DIRS:
         st = fs.stat(d)
@@ -110,10 +116,12 @@ def _key_makers(fs: TargetFS) -> list[str]:
         names.update(n for n in fs.listdir(d) if n.endswith(".service"))
     makers = []
     for name in sorted(names):
-        if not _unit_file(fs, name):
+        main = _unit_file(fs, name)
+        if not main:
             continue
-        if any(_KEYGEN.search(cmd) for cmd in _EXEC.findall(_text(fs, name))):
-            makers.append(name)
+        text = _text(fs, name, main)
+        if any(_KEYGEN.search(cmd) for cmd in _EXEC.findall(text)):
+            makers.append((name, main, text))
     return makers
 
 
@@ -131,13 +139,11 @@ def keygen_after_credit(ctx: Context) -> list[Finding]:
     credit_before = _values(credit_text, "Before")
     after_credit = {credit, *LATER} if credit != UNIT_NAME else {credit}
     findings = []
-    for name in _key_makers(fs):
-        text = _text(fs, name)
+    for name, where, text in _key_making_units(fs):
         template = name.split("@", 1)[0] + "@.service" if "@" in name else name
         if (_values(text, "After") & after_credit or {name, template} & credit_before
                 or _default_dependencies(text) and "sysinit.target" in credit_before):
             continue
-        where = _unit_file(fs, name) or name
         findings.append(Finding(
             where, f"{name} makes SSH host keys and is not ordered after {credit}, where "
             "seedtool credits the seed, so its keys can come from an uncredited pool",
